@@ -1,0 +1,153 @@
+"""Self-attention of the oracle: linear (SPEC 2.1) and softmax (SPEC 2.2), multi-head.
+
+Shape legend: B tasks, T tokens, D token width, S keys (the first S tokens: the context, S = T - 1,
+or every token with the query included), H heads, K key size (= value size).
+Parameters, as in the public code's Haiku modules (maps stored (in, out), applied as x @ W):
+    W_q, W_k, W_v: (D, H*K) -- head h uses columns h*K:(h+1)*K
+    W_p:           (H*K, D) -- the output projection
+Linear:  A^h = Q^h K^h^T                              (no softmax, no 1/S, no 1/sqrt(K))
+Softmax: A^h = softmax(Q^h K^h^T / sqrt(K)) over keys (row max subtracted; optional causal mask)
+Out:     concat_h(A^h V^h) @ W_p; every token is a query and is updated.
+"""
+import numpy as np
+
+from .validate import check_array, check_same_dtype, check_positive_int
+
+PARAM_NAMES = ("W_q", "W_k", "W_v", "W_p")
+
+
+def _check_attention_args(H, params, num_heads, num_keys):
+    check_array("H", H, ndim=3)
+    B, T, D = H.shape
+    num_heads = check_positive_int("num_heads", num_heads)
+    num_keys = check_positive_int("num_keys", num_keys)
+    if num_keys > T:
+        raise ValueError(f"num_keys: expected at most T = {T} tokens, got {num_keys}")
+    for name in PARAM_NAMES:
+        if name not in params:
+            raise ValueError(f"params: missing attention parameter {name!r}")
+    W_q = check_array("W_q", params["W_q"], ndim=2)
+    if W_q.shape[0] != D:
+        raise ValueError(f"W_q: expected {D} rows (the token width D of H), got shape {W_q.shape}")
+    HK = W_q.shape[1]
+    if HK % num_heads != 0 or HK == 0:
+        raise ValueError(f"W_q: {HK} columns are not num_heads = {num_heads} heads of key size >= 1")
+    check_array("W_k", params["W_k"], shape=(D, HK))
+    check_array("W_v", params["W_v"], shape=(D, HK))
+    check_array("W_p", params["W_p"], shape=(HK, D))
+    check_same_dtype(H=H, **{n: params[n] for n in PARAM_NAMES})
+    return num_heads, num_keys, HK // num_heads
+
+
+def _dense(x, W):
+    """x (..., D) @ W (D, F) as one 2-D product (one BLAS call instead of one per task)."""
+    return (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[1])
+
+
+def _split_heads(x, num_heads):
+    B, T, HK = x.shape
+    return x.reshape(B, T, num_heads, HK // num_heads).transpose(0, 2, 1, 3)  # (B, H, T, K)
+
+
+def _merge_heads(x):
+    B, nh, T, K = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, nh * K)  # (B, T, H*K)
+
+
+def _project(H, params, num_heads, num_keys):
+    """Queries from all T tokens, keys and values from the first S tokens, each (B, H, T|S, K)."""
+    Q = _split_heads(_dense(H, params["W_q"]), num_heads)  # (B, H, T, K)
+    C = H[:, :num_keys]  # (B, S, D): the key/value tokens
+    Kt = _split_heads(_dense(C, params["W_k"]), num_heads)  # (B, H, S, K)
+    V = _split_heads(_dense(C, params["W_v"]), num_heads)  # (B, H, S, K)
+    return Q, Kt, V
+
+
+def _input_backward(dQ, dKt, dV, cache):
+    """From the gradients of Q, K, V (B, H, T|S, K) to the weights and to the tokens H."""
+    H, params = cache["H"], cache["params"]
+    D, S = H.shape[-1], dKt.shape[2]
+    dQ, dKt, dV = _merge_heads(dQ), _merge_heads(dKt), _merge_heads(dV)  # (B, T|S, H*K)
+    H2 = H.reshape(-1, D)  # (B*T, D)
+    C2 = H[:, :S].reshape(-1, D)  # (B*S, D)
+    grads = {
+        "W_q": H2.T @ dQ.reshape(-1, dQ.shape[-1]),  # (D, H*K)
+        "W_k": C2.T @ dKt.reshape(-1, dKt.shape[-1]),  # (D, H*K)
+        "W_v": C2.T @ dV.reshape(-1, dV.shape[-1]),  # (D, H*K)
+    }
+    dH = _dense(dQ, params["W_q"].T)  # (B, T, D): every token is a query
+    dH[:, :S] += _dense(dKt, params["W_k"].T)  # the key tokens also feed K ...
+    dH[:, :S] += _dense(dV, params["W_v"].T)  # ... and V
+    return dH, grads
+
+
+# ----------------------------------------------------------------------------------------------
+def lsa_forward(H, params, num_heads=1, num_keys=None):
+    """Linear self-attention. H: (B, T, D); returns (out (B, T, D), cache).
+
+    num_keys: how many leading tokens are keys and values (default T - 1: all but the query).
+    """
+    if num_keys is None and isinstance(H, np.ndarray) and H.ndim == 3:
+        num_keys = H.shape[1] - 1
+    num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
+    Q, Kt, V = _project(H, params, num_heads, num_keys)
+    A = Q @ Kt.transpose(0, 1, 3, 2)  # (B, H, T, S)
+    O = _merge_heads(A @ V)  # (B, T, H*K)
+    out = _dense(O, params["W_p"])  # (B, T, D)
+    cache = dict(H=H, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, A=A, O=O)
+    return out, cache
+
+
+def lsa_backward(dout, cache):
+    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients})."""
+    Q, Kt, V, A, O = cache["Q"], cache["Kt"], cache["V"], cache["A"], cache["O"]
+    dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (H*K, D)
+    dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, H, T, K)
+    dA = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
+    dV = A.transpose(0, 1, 3, 2) @ dO  # (B, H, S, K)
+    dQ = dA @ Kt  # (B, H, T, K)
+    dKt = dA.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
+    dH, grads = _input_backward(dQ, dKt, dV, cache)
+    grads["W_p"] = dW_p
+    return dH, grads
+
+
+# ----------------------------------------------------------------------------------------------
+def causal_mask(num_tokens, num_keys):
+    """(T, S) boolean: query token t sees key s iff s <= t."""
+    return np.arange(num_keys)[None, :] <= np.arange(num_tokens)[:, None]
+
+
+def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=False):
+    """Softmax self-attention, scores scaled by 1/sqrt(K). H: (B, T, D) -> (out (B, T, D), cache)."""
+    if num_keys is None and isinstance(H, np.ndarray) and H.ndim == 3:
+        num_keys = H.shape[1] - 1
+    num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
+    Q, Kt, V = _project(H, params, num_heads, num_keys)
+    scores = (Q @ Kt.transpose(0, 1, 3, 2)) / np.sqrt(key_size).astype(H.dtype)  # (B, H, T, S)
+    if causal:
+        scores = np.where(causal_mask(H.shape[1], num_keys), scores, -np.inf)
+    scores = scores - scores.max(axis=-1, keepdims=True)  # stable: row max subtracted
+    E = np.exp(scores)  # (B, H, T, S)
+    P = E / E.sum(axis=-1, keepdims=True)  # (B, H, T, S)
+    O = _merge_heads(P @ V)  # (B, T, H*K)
+    out = _dense(O, params["W_p"])  # (B, T, D)
+    cache = dict(H=H, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, P=P, O=O,
+                 key_size=key_size)
+    return out, cache
+
+
+def softmax_attention_backward(dout, cache):
+    Q, Kt, V, P, O = cache["Q"], cache["Kt"], cache["V"], cache["P"], cache["O"]
+    dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (H*K, D)
+    dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, H, T, K)
+    dP = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
+    dV = P.transpose(0, 1, 3, 2) @ dO  # (B, H, S, K)
+    # softmax Jacobian: dS = P * (dP - sum_s dP P); masked entries have P = 0, so dS = 0 there
+    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))  # (B, H, T, S)
+    dS = dS / np.sqrt(cache["key_size"]).astype(dS.dtype)
+    dQ = dS @ Kt  # (B, H, T, K)
+    dKt = dS.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
+    dH, grads = _input_backward(dQ, dKt, dV, cache)
+    grads["W_p"] = dW_p
+    return dH, grads

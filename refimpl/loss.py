@@ -1,0 +1,31 @@
+"""The loss of SPEC 3: mean_b 0.5 (y_hat_b - y_b)^2, as a forward/backward pair."""
+import numpy as np
+
+from .validate import check_array, check_same_dtype
+
+
+def mse_forward(y_hat, y):
+    """y_hat, y: (B,) -> (loss scalar, cache)."""
+    check_array("y_hat", y_hat, ndim=1)
+    check_array("y", y, shape=y_hat.shape)
+    check_same_dtype(y_hat=y_hat, y=y)
+    r = y_hat - y  # (B,)
+    return 0.5 * np.mean(r * r), r
+
+
+def mse_backward(dloss, cache):
+    """d loss / d y_hat (B,) times the upstream scalar dloss."""
+    r = cache
+    return (dloss / r.shape[0]) * r
+
+
+def loss_and_grads(params, tokens, y, cfg):
+    """Loss of the final read-out and its gradients: (loss, per-layer losses (L,), grads)."""
+    from .model import model_backward, model_forward
+    readouts, cache = model_forward(params, tokens, cfg)  # (L, B)
+    loss, lcache = mse_forward(readouts[-1], y)
+    dread = np.zeros_like(readouts)  # (L, B)
+    dread[-1] = mse_backward(1.0, lcache)
+    _, grads = model_backward(dread, cache)
+    per_layer = 0.5 * np.mean((readouts - y) ** 2, axis=1)  # (L,)
+    return loss, per_layer, grads

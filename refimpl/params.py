@@ -1,0 +1,142 @@
+"""Parameters: one flat, named mapping derived from the config (STYLE habit 4).
+
+Names (p = parameter set: always 0 for a weight-tied model, the layer index for a deep one):
+    embed.W                         (D_in', E)    linear embedding, no bias     [embed_dim > 0]
+    input_mlp.{W1,b1,W2,b2}         E -> 4E -> E  residual input MLP            [input_mlp]
+    layer{p}.ln1.{scale,offset}     (D,)          LayerNorm before attention    [where used]
+    layer{p}.attn.{W_q,W_k,W_v}     (D, H*K)
+    layer{p}.attn.W_p               (H*K, D)
+    layer{p}.ln2.{scale,offset}     (D,)          LayerNorm before the MLP      [mlp and layernorm]
+    layer{p}.mlp.{W1,b1,W2,b2}      D -> wD -> D                                [mlp]
+D_in' = token_dim (+ pos_enc_size when concatenated); D = model width. Weights are (in, out).
+"""
+import numpy as np
+
+from .config import ModelConfig
+from .validate import check_array
+
+TRUNC_STD_CORRECTION = 0.87962566103423978  # std of a unit normal truncated at +-2
+
+
+def num_param_sets(cfg):
+    return 1 if cfg.weight_tied else cfg.num_layers
+
+
+def param_shapes(cfg: ModelConfig):
+    """Ordered {name: shape}: the single source of every parameter's name and shape."""
+    shapes = {}
+    E, D, HK = cfg.embed_dim, cfg.model_dim, cfg.num_heads * cfg.key_size
+    if E:
+        shapes["embed.W"] = (cfg.front_dim, E)
+    if cfg.input_mlp:
+        F = cfg.mlp_widening * E
+        shapes.update({"input_mlp.W1": (E, F), "input_mlp.b1": (F,),
+                       "input_mlp.W2": (F, E), "input_mlp.b2": (E,)})
+    for p in range(num_param_sets(cfg)):
+        users = range(cfg.num_layers) if cfg.weight_tied else [p]
+        if any(cfg.layer_has_ln(l) for l in users):
+            shapes[f"layer{p}.ln1.scale"] = (D,)
+            shapes[f"layer{p}.ln1.offset"] = (D,)
+        shapes[f"layer{p}.attn.W_q"] = (D, HK)
+        shapes[f"layer{p}.attn.W_k"] = (D, HK)
+        shapes[f"layer{p}.attn.W_v"] = (D, HK)
+        shapes[f"layer{p}.attn.W_p"] = (HK, D)
+        if cfg.mlp:
+            F = cfg.mlp_widening * D
+            if cfg.layernorm:
+                shapes[f"layer{p}.ln2.scale"] = (D,)
+                shapes[f"layer{p}.ln2.offset"] = (D,)
+            shapes.update({f"layer{p}.mlp.W1": (D, F), f"layer{p}.mlp.b1": (F,),
+                           f"layer{p}.mlp.W2": (F, D), f"layer{p}.mlp.b2": (D,)})
+    return shapes
+
+
+def truncated_normal(rng, shape, std, dtype=np.float64):
+    """Normal(0, std^2) truncated at +-2 std, by resampling the draws outside (Haiku's law)."""
+    z = rng.standard_normal(shape)
+    out = np.abs(z) > 2.0
+    while out.any():
+        z[out] = rng.standard_normal(int(out.sum()))
+        out = np.abs(z) > 2.0
+    return (z * std).astype(dtype)
+
+
+def fan_in_std(fan_in, scale):
+    """Haiku VarianceScaling(scale, 'fan_in', 'truncated_normal'): sqrt(scale/fan_in)/0.8796..."""
+    return np.sqrt(scale / fan_in) / TRUNC_STD_CORRECTION
+
+
+def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float64):
+    """Weights: fan-in truncated normal, scale init_scale / L (SPEC 3); biases 0; LN scale 1."""
+    scale = cfg.init_scale / cfg.num_layers
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        leaf = name.rsplit(".", 1)[1]
+        if leaf in ("b1", "b2", "offset"):
+            params[name] = np.zeros(shape, dtype)
+        elif leaf == "scale":
+            params[name] = np.ones(shape, dtype)
+        else:
+            params[name] = truncated_normal(rng, shape, fan_in_std(shape[0], scale), dtype)
+    return params
+
+
+def check_params(params, cfg: ModelConfig):
+    """Every expected name present with its shape, no unknown names, finite, one dtype."""
+    shapes = param_shapes(cfg)
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    missing = [n for n in shapes if n not in params]
+    unknown = [n for n in params if n not in shapes]
+    if missing:
+        raise ValueError(f"params: missing {missing} for this config; expected {list(shapes)}")
+    if unknown:
+        raise ValueError(f"params: unknown name(s) {unknown} for this config; expected {list(shapes)}")
+    dtypes = set()
+    for name, shape in shapes.items():
+        check_array(f"params[{name!r}]", params[name], shape=shape)
+        dtypes.add(params[name].dtype)
+    if len(dtypes) > 1:
+        raise ValueError(f"params: mixed dtypes {sorted(map(str, dtypes))}")
+    return params
+
+
+def params_astype(params, dtype):
+    return {k: np.asarray(v, dtype=dtype) for k, v in params.items()}
+
+
+def flatten(params, names=None):
+    """Concatenate parameters (in `names` order, default the dict's order) into one vector."""
+    names = list(params) if names is None else names
+    return np.concatenate([params[n].ravel() for n in names])
+
+
+def unflatten(vector, like):
+    out, i = {}, 0
+    for name, value in like.items():
+        out[name] = vector[i:i + value.size].reshape(value.shape).astype(value.dtype)
+        i += value.size
+    if i != vector.size:
+        raise ValueError(f"vector: expected {i} entries, got {vector.size}")
+    return out
+
+
+def save_params(path, params, cfg: ModelConfig | None = None):
+    """Write parameters (and the config as JSON under '__config__') to an .npz file."""
+    import json
+    from .config import config_to_dict
+    extra = {"__config__": np.array(json.dumps(config_to_dict(cfg)))} if cfg is not None else {}
+    np.savez(path, **params, **extra)
+
+
+def load_params(path):
+    """Read (params, cfg or None) written by save_params."""
+    import json
+    from .config import config_from_dict
+    with np.load(path, allow_pickle=False) as data:
+        params = {k: data[k] for k in data.files if k != "__config__"}
+        cfg = (config_from_dict(ModelConfig, json.loads(str(data["__config__"])), "__config__")
+               if "__config__" in data.files else None)
+    if cfg is not None:
+        check_params(params, cfg)
+    return params, cfg

@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="iclgd",
+    version="0.1.0",
+    description="Auditable reference implementation of 'Transformers learn in-context by gradient "
+                "descent' and its second-order follow-up, with hand-written backward passes and "
+                "custom CPU/GPU kernels",
+    python_requires=">=3.10",
+    packages=find_packages(include=["refimpl", "refimpl.*", "kernels", "kernels.*"]),
+    package_data={"kernels": ["cuda/*.cu"]},
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "numba>=0.59",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]==0.30.4"],
+        "peers": ["jax[cpu]>=0.4.30", "torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["iclgd=refimpl.cli:main"]},
+)
