@@ -11,7 +11,7 @@ Out:     concat_h(A^h V^h) @ W_p; every token is a query and is updated.
 """
 import numpy as np
 
-from .validate import check_array, check_same_dtype, check_positive_int
+from .validate import array_module, check_array, check_same_dtype, check_positive_int
 
 PARAM_NAMES = ("W_q", "W_k", "W_v", "W_p")
 
@@ -126,7 +126,8 @@ def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=Fals
     Q, Kt, V = _project(H, params, num_heads, num_keys)
     scores = (Q @ Kt.transpose(0, 1, 3, 2)) / np.sqrt(key_size).astype(H.dtype)  # (B, H, T, S)
     if causal:
-        scores = np.where(causal_mask(H.shape[1], num_keys), scores, -np.inf)
+        mask = array_module(H).asarray(causal_mask(H.shape[1], num_keys))  # (T, S)
+        scores = np.where(mask, scores, -np.inf)
     scores = scores - scores.max(axis=-1, keepdims=True)  # stable: row max subtracted
     E = np.exp(scores)  # (B, H, T, S)
     P = E / E.sum(axis=-1, keepdims=True)  # (B, H, T, S)

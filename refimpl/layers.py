@@ -8,7 +8,7 @@ leading axes; the maps act on the last axis. All arithmetic stays in the inputs'
 """
 import numpy as np
 
-from .validate import check_array, check_same_dtype
+from .validate import array_module, check_array, check_same_dtype
 
 LN_EPS = 1e-5  # SPEC 2.3: LayerNorm eps
 GELU_C = np.sqrt(2.0 / np.pi)  # tanh approximation constant
@@ -124,7 +124,8 @@ def posenc_concat_forward(x, size):
     """
     check_array("x", x, ndim=3)
     B, T, _ = x.shape
-    pe = np.broadcast_to(sinusoidal_encoding(T, size, x.dtype), (B, T, size))  # (B, T, P)
+    pe = array_module(x).asarray(sinusoidal_encoding(T, size, x.dtype))  # (T, P)
+    pe = np.broadcast_to(pe, (B, T, size))  # (B, T, P)
     return np.concatenate([pe, x], axis=-1), size
 
 
@@ -135,7 +136,7 @@ def posenc_concat_backward(dout, cache):
 
 def posenc_add_forward(x):
     check_array("x", x, ndim=3)
-    return x + sinusoidal_encoding(x.shape[1], x.shape[2], x.dtype), None
+    return x + array_module(x).asarray(sinusoidal_encoding(x.shape[1], x.shape[2], x.dtype)), None
 
 
 def posenc_add_backward(dout, cache):

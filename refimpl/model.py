@@ -16,7 +16,7 @@ import numpy as np
 from . import attention, layers
 from .config import ModelConfig
 from .params import check_params
-from .validate import check_array, check_same_dtype
+from .validate import array_module, check_array, check_same_dtype
 
 ATTENTION = {
     "linear": (attention.lsa_forward, attention.lsa_backward),
@@ -80,7 +80,7 @@ def model_forward(params, tokens, cfg: ModelConfig):
         x, c = layers.posenc_add_forward(x)  # (B, T, D)
         cache["front"].append(("posenc_add", c))
     num_keys = T if cfg.include_query else T - 1
-    readouts = np.empty((cfg.num_layers, B), dtype=tokens.dtype)  # (L, B)
+    readouts = array_module(tokens).empty((cfg.num_layers, B), dtype=tokens.dtype)  # (L, B)
     cache["layers"] = []
     for l in range(cfg.num_layers):
         p = f"layer{cfg.param_layer(l)}"
@@ -94,7 +94,7 @@ def model_forward(params, tokens, cfg: ModelConfig):
         a, lc["attn"] = fwd(a_in, _sub(params, p + ".attn"), cfg.num_heads, num_keys, **kwargs)
         lc["kind"] = kind
         if cfg.y_update:
-            a = a * y_update_mask(a.shape[-1], a.dtype)  # (B, T, D): x part frozen
+            a = a * array_module(a).asarray(y_update_mask(a.shape[-1], a.dtype))  # (B, T, D): x part frozen
         x = x + lam * a  # (B, T, D)
         if cfg.token_clip > 0:
             x, lc["clip"] = layers.clip_forward(x, cfg.token_clip)
@@ -118,7 +118,7 @@ def model_backward(dreadouts, cache):
     check_array("dreadouts", dreadouts, shape=(L, B))
     lam = cfg.dampening
     grads = {}
-    dx = np.zeros(cache["x_shape"], dtype=cache["dtype"])  # (B, T, D)
+    dx = array_module(dreadouts).zeros(cache["x_shape"], dtype=cache["dtype"])  # (B, T, D)
     for l in reversed(range(L)):
         lc = cache["layers"][l]
         p = lc["prefix"]
@@ -134,7 +134,7 @@ def model_backward(dreadouts, cache):
             dx, _ = layers.clip_backward(dx, lc["clip"])
         da = lam * dx  # (B, T, D)
         if cfg.y_update:
-            da = da * y_update_mask(da.shape[-1], da.dtype)
+            da = da * array_module(da).asarray(y_update_mask(da.shape[-1], da.dtype))
         da_in, g = ATTENTION[lc["kind"]][1](da, lc["attn"])
         _add_grads(grads, p + ".attn", g)
         if "ln1" in lc:

@@ -3,9 +3,18 @@
 Each check raises ``ValueError`` naming the argument, what was expected and what was given,
 so that a bad call never turns into a silently wrong number.
 """
+import importlib
+
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def array_module(x):
+    """numpy for NumPy arrays; for a CuPy array, the cupy module (the oracle runs on both)."""
+    if isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] != "cupy":
+        return np
+    return importlib.import_module("cupy")
 
 
 def check_array(name, x, ndim=None, shape=None, finite=True):
@@ -13,7 +22,7 @@ def check_array(name, x, ndim=None, shape=None, finite=True):
 
     ``shape`` may contain ``None`` for an axis of any size. Returns ``x`` unchanged.
     """
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and array_module(x) is np:
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
     if x.dtype.type not in FLOAT_DTYPES:
         raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
