@@ -11,7 +11,7 @@ import numpy as np
 from .validate import array_module, check_array, check_same_dtype
 
 LN_EPS = 1e-5  # SPEC 2.3: LayerNorm eps
-GELU_C = np.sqrt(2.0 / np.pi)  # tanh approximation constant
+GELU_C = float(np.sqrt(2.0 / np.pi))  # tanh approximation constant (a Python float keeps float32 float32)
 
 
 def _sum_leading(x):
