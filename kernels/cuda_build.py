@@ -23,7 +23,9 @@ KERNELS = {
     "adam.cu": ("adam_sumsq", "adam_apply"),
 }
 REAL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-SMEM_LIMIT = 48 * 1024  # dynamic shared memory per block without an opt-in attribute
+SMEM_DEFAULT = 48 * 1024  # dynamic shared memory per block without the opt-in attribute
+SMEM_LIMIT = 96 * 1024  # with it (the launcher sets it above SMEM_DEFAULT): fits sm_80 .. sm_90,
+#                         leaving room for the kernels' few KB of static shared memory
 MAX_WARPS_PER_BLOCK = 8  # the kernels' static scratch holds 256 threads
 TARGET_WARPS = 1024  # ~8 resident warps on each of ~132 SMs: tasks per warp = ceil(B / this)
 
