@@ -16,6 +16,8 @@ import importlib
 # name -> (module, install command shown when it is unavailable)
 BACKENDS = {
     "numpy": ("kernels.numpy_backend", "pip install iclgd"),
+    "cupy": ("kernels.cupy_backend", "pip install iclgd[gpu]"),
+    "cupy_unfused": ("kernels.cupy_unfused", "pip install iclgd[gpu]"),
 }
 
 

@@ -7,6 +7,7 @@ launches with it. Sizes mirror the `*_workspace` / `*_layout` functions of the .
 CPU tests compile those sources with g++ and compare).
 """
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,17 +32,31 @@ TARGET_WARPS = 1024  # ~8 resident warps on each of ~132 SMs: tasks per warp = c
 
 
 def source(name):
-    """The text of kernels/cuda/`name`."""
+    """The text of kernels/cuda/`name` with its local #include "x.cuh" headers inlined (once each),
+    so that the text handed to NVRTC (and CuPy's compile cache key) is the whole program."""
     if name not in KERNELS:
         raise ValueError(f"name: expected one of {sorted(KERNELS)}, got {name!r}")
+    return _inline(name, set())
+
+
+def _inline(name, seen):
     with open(os.path.join(CUDA_DIR, name)) as f:
-        return f.read()
+        text = f.read()
+    out = []
+    for line in text.splitlines():
+        m = re.match(r'\s*#include "([\w.]+)"', line)
+        if m:
+            if m.group(1) not in seen:
+                seen.add(m.group(1))
+                out.append(_inline(m.group(1), seen))
+        elif line.strip() != "#pragma once":
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def compile_options(arch=None):
-    """NVRTC options as CuPy's RawModule passes them (it adds -arch=sm_XX itself when arch is None)."""
-    opts = ("-std=c++17", f"-I{CUDA_DIR}")
-    return opts + ((f"-arch=sm_{arch}", "-ftz=true") if arch is not None else ())
+    """NVRTC options as CuPy's RawModule passes them (it adds -arch=sm_XX and -ftz=true itself)."""
+    return ("-std=c++17",) + ((f"-arch=sm_{arch}", "-ftz=true") if arch is not None else ())
 
 
 def name_expressions(src_name, dtypes=(np.float32, np.float64)):
