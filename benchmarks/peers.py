@@ -1,0 +1,250 @@
+"""Peers for the GPU benchmark: the same model and training step written in JAX (jit) and in
+PyTorch (autograd, optionally torch.compile). They exist only to be timed against the `cupy`
+backend; the tests check them against the oracle (tests/test_peers.py).
+
+Model: the attention-only transformer of refimpl/model.py (linear or softmax attention per layer,
+H heads, tied or deep, dampening, y_update, token clipping, include_query) -- what model_step.cu
+fuses. Step: the batch (drawn on the device with the framework's own generator, SPEC 1.1 law),
+loss mean 0.5 (y_hat - y)^2, gradients by autodiff, global-norm clipping, Adam with bias
+correction (refimpl/optim.py). Parameters are dicts named as refimpl.params.param_shapes.
+"""
+import numpy as np
+
+from kernels.cuda_build import model_step_unsupported
+
+
+def _check(cfg):
+    reason = model_step_unsupported(cfg)
+    if reason is not None:
+        raise ValueError(f"cfg: the peers implement attention-only models, not {reason}")
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX
+class JaxPeer:
+    """`loss_and_grads(params, tokens, y)` and a jitted `train_step(state, key_step)` that draws its
+    batch with jax.random from (seed, step)."""
+
+    def __init__(self, cfg, adam_cfg, batch=2048, num_context=10, input_dim=10, input_range=1.0,
+                 weight_scale=1.0, dtype=np.float32, device=None):
+        import jax
+        import jax.numpy as jnp
+        _check(cfg)
+        self.jax, self.jnp, self.cfg, self.adam_cfg = jax, jnp, cfg, adam_cfg
+        self.dtype = np.dtype(dtype)
+        self.device = device or jax.devices()[0]
+        self.task = (batch, num_context, input_dim, input_range, weight_scale)
+        self._value_and_grad = jax.jit(jax.value_and_grad(self.loss))
+        self.train_step = jax.jit(self._train_step)
+        self.train_loop = jax.jit(self._train_loop, static_argnums=(1,))
+
+    def forward(self, params, tokens):
+        jnp, cfg = self.jnp, self.cfg
+        x = tokens
+        B, T, D = x.shape
+        S = T if cfg.include_query else T - 1
+        H, K = cfg.num_heads, cfg.key_size
+        mask = jnp.zeros(D, x.dtype).at[-1].set(1) if cfg.y_update else None
+        readouts = []
+        for l in range(cfg.num_layers):
+            p = f"layer{cfg.param_layer(l)}.attn."
+            q = (x @ params[p + "W_q"]).reshape(B, T, H, K)
+            k = (x[:, :S] @ params[p + "W_k"]).reshape(B, S, H, K)
+            v = (x[:, :S] @ params[p + "W_v"]).reshape(B, S, H, K)
+            a = jnp.einsum("bthk,bshk->bhts", q, k)
+            if cfg.layer_attention(l) == "softmax":
+                a = a / jnp.sqrt(jnp.asarray(K, x.dtype))
+                if cfg.causal:
+                    a = jnp.where(jnp.arange(S)[None, :] <= jnp.arange(T)[:, None], a, -jnp.inf)
+                a = self.jax.nn.softmax(a, axis=-1)
+            o = jnp.einsum("bhts,bshk->bthk", a, v).reshape(B, T, H * K)
+            u = o @ params[p + "W_p"]
+            if mask is not None:
+                u = u * mask
+            x = x + cfg.dampening * u
+            if cfg.token_clip > 0:
+                x = jnp.clip(x, -cfg.token_clip, cfg.token_clip)
+            readouts.append(-x[:, -1, -1])
+        return jnp.stack(readouts)
+
+    def loss(self, params, tokens, y):
+        r = self.forward(params, tokens)[-1] - y
+        return 0.5 * self.jnp.mean(r * r)
+
+    def loss_and_grads(self, params, tokens, y):
+        """NumPy in, NumPy out: (loss, grads)."""
+        put = lambda a: self.jax.device_put(np.asarray(a, self.dtype), self.device)  # noqa: E731
+        loss, grads = self._value_and_grad({k: put(v) for k, v in params.items()}, put(tokens), put(y))
+        return float(loss), {k: np.asarray(g) for k, g in grads.items()}
+
+    def draw(self, key):
+        jax, jnp = self.jax, self.jnp
+        B, N, d, r, s = self.task
+        kw, kx = jax.random.split(key)
+        w = s * jax.random.normal(kw, (B, d), self.dtype)
+        x = jax.random.uniform(kx, (B, N + 1, d), self.dtype, -r / 2, r / 2)
+        y = jnp.einsum("btd,bd->bt", x, w)
+        tokens = jnp.concatenate([x, y.at[:, -1].set(0)[..., None]], axis=-1)
+        return tokens, y[:, -1]
+
+    def init_state(self, params, seed=0):
+        put = lambda a: self.jax.device_put(np.asarray(a, self.dtype), self.device)  # noqa: E731
+        p = {k: put(v) for k, v in params.items()}
+        zeros = {k: self.jnp.zeros_like(v) for k, v in p.items()}
+        state = (p, zeros, dict(zeros), self.jnp.zeros((), self.jnp.int32), self.jax.random.PRNGKey(seed))
+        return self.jax.device_put(state, self.device)  # every leaf committed: one compilation
+
+    def adam(self, params, grads, m, v, t):
+        jnp, c = self.jnp, self.adam_cfg
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads.values()))
+        factor = jnp.where((c.grad_clip > 0) & (norm > c.grad_clip), c.grad_clip / norm, 1.0)
+        t = t + 1
+        bc1 = 1 - c.b1 ** t.astype(self.dtype)
+        bc2 = 1 - c.b2 ** t.astype(self.dtype)
+        new_p, new_m, new_v = {}, {}, {}
+        for k, p in params.items():
+            g = grads[k] * factor.astype(p.dtype)
+            new_m[k] = c.b1 * m[k] + (1 - c.b1) * g
+            new_v[k] = c.b2 * v[k] + (1 - c.b2) * g * g
+            new_p[k] = p - c.lr * (new_m[k] / bc1) / (jnp.sqrt(new_v[k] / bc2) + c.eps)
+        return new_p, new_m, new_v, t
+
+    def _train_step(self, state):
+        params, m, v, t, key = state
+        tokens, y = self.draw(self.jax.random.fold_in(key, t))
+        loss, grads = self.jax.value_and_grad(self.loss)(params, tokens, y)
+        params, m, v, t = self.adam(params, grads, m, v, t)
+        return (params, m, v, t, key), loss
+
+    def _train_loop(self, state, num_steps):
+        """num_steps steps in one jitted call (lax.fori_loop): the launch-overhead-free reference."""
+        def body(_, carry):
+            st, _loss = carry
+            return self._train_step(st)
+        return self.jax.lax.fori_loop(0, num_steps, body, (state, self.jnp.zeros((), self.dtype)))
+
+    def train_step_on_batch(self, state, tokens, y):
+        """One step on a given batch (NumPy), for the tests: returns (state, loss)."""
+        params, m, v, t, key = state
+        loss, grads = self._value_and_grad(params, self.jnp.asarray(tokens, self.dtype),
+                                           self.jnp.asarray(y, self.dtype))
+        params, m, v, t = self.adam(params, grads, m, v, t)
+        return (params, m, v, t, key), float(loss)
+
+    def block(self, x):
+        return self.jax.block_until_ready(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch
+class TorchPeer:
+    """The same in PyTorch: autograd for the gradients, the Adam step written out (no fused
+    optimiser, so that the arithmetic is refimpl/optim.py's); `compile=True` wraps the step in
+    torch.compile."""
+
+    def __init__(self, cfg, adam_cfg, batch=2048, num_context=10, input_dim=10, input_range=1.0,
+                 weight_scale=1.0, dtype=np.float32, device="cpu", compile=False):
+        import torch
+        _check(cfg)
+        self.torch, self.cfg, self.adam_cfg, self.device = torch, cfg, adam_cfg, torch.device(device)
+        self.dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+        self.task = (batch, num_context, input_dim, input_range, weight_scale)
+        self.step_fn = torch.compile(self._train_step) if compile else self._train_step
+
+    def forward(self, params, tokens):
+        torch, cfg = self.torch, self.cfg
+        x = tokens
+        B, T, D = x.shape
+        S = T if cfg.include_query else T - 1
+        H, K = cfg.num_heads, cfg.key_size
+        readouts = []
+        for l in range(cfg.num_layers):
+            p = f"layer{cfg.param_layer(l)}.attn."
+            q = (x @ params[p + "W_q"]).reshape(B, T, H, K).transpose(1, 2)  # (B, H, T, K)
+            k = (x[:, :S] @ params[p + "W_k"]).reshape(B, S, H, K).transpose(1, 2)
+            v = (x[:, :S] @ params[p + "W_v"]).reshape(B, S, H, K).transpose(1, 2)
+            a = q @ k.transpose(-1, -2)  # (B, H, T, S)
+            if cfg.layer_attention(l) == "softmax":
+                a = a / float(np.sqrt(K))
+                if cfg.causal:
+                    vis = torch.arange(S, device=x.device)[None, :] <= torch.arange(T, device=x.device)[:, None]
+                    a = a.masked_fill(~vis, float("-inf"))
+                a = torch.softmax(a, dim=-1)
+            o = (a @ v).transpose(1, 2).reshape(B, T, H * K)
+            u = o @ params[p + "W_p"]
+            if cfg.y_update:
+                u = torch.cat([torch.zeros_like(u[..., :-1]), u[..., -1:]], dim=-1)
+            x = x + cfg.dampening * u
+            if cfg.token_clip > 0:
+                x = x.clamp(-cfg.token_clip, cfg.token_clip)
+            readouts.append(-x[:, -1, -1])
+        return torch.stack(readouts)
+
+    def loss(self, params, tokens, y):
+        r = self.forward(params, tokens)[-1] - y
+        return 0.5 * (r * r).mean()
+
+    def loss_and_grads(self, params, tokens, y):
+        torch = self.torch
+        p = {k: torch.tensor(np.asarray(v), dtype=self.dtype, device=self.device, requires_grad=True)
+             for k, v in params.items()}
+        t = torch.tensor(np.asarray(tokens), dtype=self.dtype, device=self.device)
+        loss = self.loss(p, t, torch.tensor(np.asarray(y), dtype=self.dtype, device=self.device))
+        grads = torch.autograd.grad(loss, list(p.values()))
+        return float(loss.detach()), {k: g.detach().cpu().numpy() for k, g in zip(p, grads)}
+
+    def init_state(self, params, seed=0):
+        torch = self.torch
+        p = {k: torch.tensor(np.asarray(v), dtype=self.dtype, device=self.device) for k, v in params.items()}
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return {"params": p, "m": {k: torch.zeros_like(v) for k, v in p.items()},
+                "v": {k: torch.zeros_like(v) for k, v in p.items()}, "t": 0, "gen": gen}
+
+    def draw(self, gen):
+        torch = self.torch
+        B, N, d, r, s = self.task
+        w = s * torch.randn(B, d, generator=gen, device=self.device, dtype=self.dtype)
+        x = (torch.rand(B, N + 1, d, generator=gen, device=self.device, dtype=self.dtype) - 0.5) * r
+        y = torch.einsum("btd,bd->bt", x, w)
+        lab = torch.cat([y[:, :-1], torch.zeros_like(y[:, -1:])], dim=1)
+        return torch.cat([x, lab[..., None]], dim=-1), y[:, -1]
+
+    def _train_step(self, params, m, v, t, tokens, y):
+        torch, c = self.torch, self.adam_cfg
+        leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+        loss = self.loss(leaves, tokens, y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        with torch.no_grad():
+            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+            factor = torch.where((norm > c.grad_clip) & torch.tensor(c.grad_clip > 0, device=norm.device),
+                                 c.grad_clip / norm, torch.ones_like(norm)).to(self.dtype)
+            bc1, bc2 = 1 - c.b1 ** t, 1 - c.b2 ** t
+            new_p, new_m, new_v = {}, {}, {}
+            for (k, p), g in zip(params.items(), grads):
+                g = g * factor
+                new_m[k] = c.b1 * m[k] + (1 - c.b1) * g
+                new_v[k] = c.b2 * v[k] + (1 - c.b2) * g * g
+                new_p[k] = p - c.lr * (new_m[k] / bc1) / (torch.sqrt(new_v[k] / bc2) + c.eps)
+        return new_p, new_m, new_v, loss.detach()
+
+    def train_step(self, state):
+        """One step on a freshly drawn batch (device generator); returns the loss tensor (no sync)."""
+        tokens, y = self.draw(state["gen"])
+        state["t"] += 1
+        state["params"], state["m"], state["v"], loss = self.step_fn(
+            state["params"], state["m"], state["v"], state["t"], tokens, y)
+        return loss
+
+    def train_step_on_batch(self, state, tokens, y):
+        torch = self.torch
+        state["t"] += 1
+        state["params"], state["m"], state["v"], loss = self.step_fn(
+            state["params"], state["m"], state["v"], state["t"],
+            torch.tensor(np.asarray(tokens), dtype=self.dtype, device=self.device),
+            torch.tensor(np.asarray(y), dtype=self.dtype, device=self.device))
+        return float(loss)
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
