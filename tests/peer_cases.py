@@ -21,7 +21,7 @@ CASES = {
     "tied_lsa_ln_yupdate": ModelConfig(token_dim=4, num_layers=3, weight_tied=True, key_size=5,
                                        layernorm=True, y_update=True, dampening=0.75,
                                        include_query=True),
-    "sine_embed_input_mlp": ModelConfig(token_dim=2, num_layers=1, weight_tied=True, key_size=6,
+    "sine_embed_input_mlp": ModelConfig(token_dim=2, num_layers=1, weight_tied=True, key_size=5,
                                         embed_dim=6, input_mlp=True),
 }
 
