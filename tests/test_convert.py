@@ -205,3 +205,29 @@ def test_a_bad_state_dict_is_an_error_naming_the_key(rng, case):
     sd = to_torch_state_dict(random_params(cfg, rng), cfg)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         from_torch_state_dict(edit(sd), cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_convert_command_round_trip_through_every_format(tmp_path, rng, capsys):
+    import json
+
+    from refimpl.cli import main
+    from refimpl.config import config_to_dict
+    cfg = CONFIGS["deep_ln_mlp"]
+    params = random_params(cfg, rng)
+    save_params(tmp_path / "p.npz", params, cfg)
+    (tmp_path / "cfg.json").write_text(json.dumps({**config_to_dict(cfg), "num_layers": 1}))
+    c = ["--config", str(tmp_path / "cfg.json"), "--set", "num_layers=3"]  # the override wins
+    steps = [["p.npz", "h.pkl", "--from", "iclgd", "--to", "haiku", "--root", "Transformer_gd"],
+             ["h.pkl", "t.npz", "--from", "haiku", "--to", "torch", *c],
+             ["t.npz", "h.npz", "--from", "torch", "--to", "haiku", *c],
+             ["h.npz", "back.npz", "--from", "haiku", "--to", "iclgd", *c]]
+    for step in steps:
+        argv = ["convert"] + [str(tmp_path / a) if a.endswith(("npz", "pkl")) else a for a in step]
+        assert main(argv) == 0, capsys.readouterr().err
+    back, cfg2 = load_params(tmp_path / "back.npz")
+    assert cfg2 == cfg
+    assert_same(back, params)
+    assert main(["convert", str(tmp_path / "h.npz"), str(tmp_path / "x.npz"), "--from", "haiku",
+                 "--to", "iclgd"]) == 2
+    assert "--config" in capsys.readouterr().err
