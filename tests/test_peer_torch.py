@@ -14,6 +14,8 @@ nn = torch.nn
 
 from peer_cases import CASES, WEIGHT_SCALE, export_and_check, make_data  # noqa: E402
 from refimpl.convert import from_torch_state_dict  # noqa: E402
+from refimpl.crosscheck import crosscheck_file  # noqa: E402
+from refimpl.exchange import save_exchange  # noqa: E402
 
 
 class Attention(nn.Module):
@@ -132,3 +134,27 @@ def test_torch_autograd_agrees_with_the_oracle(tmp_path, rng, case):
                "prediction_grads": dpred.numpy()}
     results.update({"grads/" + n: g for n, g in grads.items()})
     export_and_check(tmp_path, cfg, params, tokens, targets, results)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_float32_results_pass_only_at_the_documented_float32_tolerance(tmp_path, rng, case):
+    """The README's advice for float32 peers (--rtol 1e-4 --atol 1e-6) holds; the float64 default
+    tolerance is tight enough to tell a float32 computation from a float64 one."""
+    cfg = CASES[case]
+    model = random_model(cfg, int(rng.integers(2**31))).float()
+    tokens, targets = make_data(cfg, rng)
+    tokens, targets = tokens.astype(np.float32), targets.astype(np.float32)
+    x = torch.tensor(tokens, requires_grad=True)
+    readouts = model(x)  # (L, B)
+    loss = 0.5 * torch.mean((readouts[-1] - torch.tensor(targets)) ** 2)
+    loss.backward()
+    assert readouts.dtype == torch.float32
+    params = from_torch_state_dict(model.state_dict(), cfg)
+    grads = from_torch_state_dict({n: p.grad for n, p in model.named_parameters()}, cfg)
+    results = {"readouts": readouts.detach().numpy(), "loss": loss.detach().numpy(),
+               "input_grads": x.grad.numpy()}
+    results.update({"grads/" + n: g for n, g in grads.items()})
+    path = tmp_path / "f32.npz"
+    save_exchange(path, cfg, params, tokens, targets, results)
+    assert crosscheck_file(path, rtol=1e-4, atol=1e-6)["passed"]
+    assert not crosscheck_file(path)["passed"]
