@@ -97,10 +97,12 @@ def test_public_deep_names_land_on_the_right_parameter(rng):
         tree[f"transformer/layer_{l}/linear"] = {"w": rng.standard_normal((HK, D))}
         want[f"layer{l}.attn.W_p"] = tree[f"transformer/layer_{l}/linear"]["w"]
         if l > 0:
-            tree[f"transformer/norm_{l}"] = {"scale": rng.standard_normal(D), "offset": rng.standard_normal(D)}
+            tree[f"transformer/norm_{l}"] = {"scale": rng.standard_normal(D),
+                                             "offset": rng.standard_normal(D)}
             want[f"layer{l}.ln1.scale"] = tree[f"transformer/norm_{l}"]["scale"]
             want[f"layer{l}.ln1.offset"] = tree[f"transformer/norm_{l}"]["offset"]
-        tree[f"transformer/layer_norm{sfx}"] = {"scale": rng.standard_normal(D), "offset": rng.standard_normal(D)}
+        tree[f"transformer/layer_norm{sfx}"] = {"scale": rng.standard_normal(D),
+                                                "offset": rng.standard_normal(D)}
         want[f"layer{l}.ln2.scale"] = tree[f"transformer/layer_norm{sfx}"]["scale"]
         want[f"layer{l}.ln2.offset"] = tree[f"transformer/layer_norm{sfx}"]["offset"]
         for lin, w, b, shape in (("linear", "W1", "b1", (D, F)), ("linear_1", "W2", "b2", (F, D))):
@@ -193,7 +195,8 @@ TORCH_ERRORS = {
                         "blocks.0.attn.q_proj.bias"),
     "missing key": (lambda sd: {k: v for k, v in sd.items() if k != "blocks.2.ln1.bias"},
                     "blocks.2.ln1.bias"),
-    "untransposed weight": (lambda sd: {**sd, "blocks.1.attn.k_proj.weight": sd["blocks.1.attn.k_proj.weight"].T},
+    "untransposed weight": (lambda sd: {**sd, "blocks.1.attn.k_proj.weight":
+                                        sd["blocks.1.attn.k_proj.weight"].T},
                             "blocks.1.attn.k_proj.weight"),
 }
 

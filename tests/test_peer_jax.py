@@ -95,8 +95,8 @@ def jax_readouts(tree, tokens, cfg):
     reads = []
     for l in range(cfg.num_layers):
         if cfg.weight_tied:
-            name, ln1, ln2, mlp_name = "multi_head_attention", "l_norm/layer_norm", "l_norm_1/layer_norm", "mlp"
-            h_norm = layer_norm(h, P(ln1)) if cfg.layernorm else h
+            name, ln2, mlp_name = "multi_head_attention", "l_norm_1/layer_norm", "mlp"
+            h_norm = layer_norm(h, P("l_norm/layer_norm")) if cfg.layernorm else h
         else:
             suffix = "" if l == 0 else f"_{l}"
             name, ln2, mlp_name = f"layer_{l}", f"layer_norm{suffix}", f"mlp{suffix}"
