@@ -20,7 +20,8 @@ TINY = np.finfo(np.float64).tiny
 
 
 def compare(name, actual, expected, rtol=RTOL, atol=ATOL):
-    """One report row: {name, shape, max_abs_err, max_rel_err, worst_index, actual, oracle, passed}."""
+    """One report row: {name, shape, dtype, max_abs_err, max_rel_err, worst_index, actual, oracle, passed}."""
+    dtype = str(np.asarray(actual).dtype)
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
@@ -31,6 +32,7 @@ def compare(name, actual, expected, rtol=RTOL, atol=ATOL):
     return {
         "name": name,
         "shape": list(e.shape),
+        "dtype": dtype,
         "max_abs_err": float(err.max(initial=0.0)),
         "max_rel_err": float(rel.max(initial=0.0)),
         "worst_index": [int(k) for k in i],
@@ -63,6 +65,9 @@ def format_report(report):
                      f"{str(tuple(r['worst_index'])):14s} {'ok' if r['passed'] else 'FAIL'}")
     failed = [r["name"] for r in report["tensors"] if not r["passed"]]
     verdict = "PASSED" if report["passed"] else f"FAILED: {', '.join(failed)}"
+    if any(r["dtype"] == "float32" and not r["passed"] for r in report["tensors"]):
+        verdict += ("\n(float32 results differ from float64 ones by ~1e-6 relative: "
+                    "try --rtol 1e-4 --atol 1e-6)")
     lines.append(f"{verdict} ({len(report['tensors'])} tensors, rtol {report['rtol']:g}, "
                  f"atol {report['atol']:g})")
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def test_a_perturbed_tensor_fails_and_is_named(tmp_path, rng, capsys, key):
     assert list(np.unravel_index(i, value.shape)) == bad["worst_index"]
 
 
-def test_float32_results_need_a_float32_tolerance(tmp_path, rng):
+def test_float32_results_need_a_float32_tolerance(tmp_path, rng, capsys):
     cfg = CONFIGS["deep_lsa"]
     path = write_oracle_file(tmp_path / "x.npz", cfg, rng)
     data = read_npz(path)
@@ -83,6 +83,8 @@ def test_float32_results_need_a_float32_tolerance(tmp_path, rng):
     np.savez(path, **data)
     assert crosscheck_file(path)["passed"] is False
     assert crosscheck_file(path, rtol=1e-5, atol=1e-7)["passed"] is True
+    assert main(["crosscheck", str(path)]) == 1
+    assert "--rtol 1e-4 --atol 1e-6" in capsys.readouterr().out
 
 
 def test_the_table_names_the_failing_tensor(tmp_path, rng, capsys):
