@@ -17,7 +17,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # NVRTC without a GPU: CI compiles every kernels/cuda/*.cu source (tests/test_cuda_build.py)
+        "test": ["pytest>=7", "cuda-bindings>=12.6,<13", "nvidia-cuda-nvrtc-cu12"],
         "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]==0.30.4"],
         "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
     },

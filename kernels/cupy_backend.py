@@ -14,6 +14,7 @@ Two paths, same numbers:
 Parameters stay dicts of CuPy arrays in the interface; the kernels see one packed vector in
 refimpl.params.param_shapes order (kernels/cuda_build.py pack/unpack).
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -49,6 +50,11 @@ def availability():
 def _cp():
     import cupy
     return cupy
+
+
+def _on(stream):
+    """`with _on(stream):` makes `stream` current (None: leave the current stream)."""
+    return stream if stream is not None else contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,8 +134,9 @@ class StepBuffers:
         args = cb.model_step_args(self.dims, self.B, self.launch, tokens, targets, draw, params_vec,
                                   self.partials, self.ticket, grads, self.stats, apply, m, v, step,
                                   adam_cfg, self.dtype)
-        self.kernel((self.launch.grid,), (self.launch.block,), args,
-                    shared_mem=self.launch.smem_bytes, stream=stream)
+        with _on(stream):  # RawKernel launches on the current stream
+            self.kernel((self.launch.grid,), (self.launch.block,), args,
+                        shared_mem=self.launch.smem_bytes)
 
 
 def _model_step_loss_and_grads(params, tokens, y, cfg):
@@ -206,11 +213,11 @@ def adam_packed(vec, m, v, g, step, adam_cfg, norm_out, stream=None):
     grid, block = cb.adam_launch(n)
     block_sums = cp.empty(grid, cp.float64)
     ticket = cp.zeros(1, cp.uint32)
-    kernel("adam.cu", "adam_sumsq", vec.dtype)((grid,), (block,), cb.adam_sumsq_args(n, g, block_sums),
-                                               stream=stream)
-    kernel("adam.cu", "adam_apply", vec.dtype)(
-        (grid,), (block,),
-        cb.adam_apply_args(n, vec, m, v, g, block_sums, step, ticket, norm_out, adam_cfg), stream=stream)
+    with _on(stream):
+        kernel("adam.cu", "adam_sumsq", vec.dtype)((grid,), (block,), cb.adam_sumsq_args(n, g, block_sums))
+        kernel("adam.cu", "adam_apply", vec.dtype)(
+            (grid,), (block,),
+            cb.adam_apply_args(n, vec, m, v, g, block_sums, step, ticket, norm_out, adam_cfg))
 
 
 def adam_update(params, grads, state, adam_cfg):
@@ -285,9 +292,10 @@ class GraphTrainer:
         self._launch(apply=0)
         self.stream.synchronize()
         if use_graph:
-            self.stream.begin_capture()
-            self._launch(apply=1)
-            self.graph = self.stream.end_capture()
+            with self.stream:
+                self.stream.begin_capture()
+                self._launch(apply=1)
+                self.graph = self.stream.end_capture()
             self.graph.upload(self.stream)
 
     def _launch(self, apply):

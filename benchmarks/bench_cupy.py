@@ -1,0 +1,306 @@
+"""GPU benchmark of the `cupy` backend against its unfused baseline, numba-cuda (when registered)
+and peers written for the benchmark (JAX jit, PyTorch eager / torch.compile): one training step
+and a whole fig2 training (1-layer LSA, 5 000 steps, batch 2048, N = d = 10, online tasks drawn on
+the device). Writes one JSON file with device, driver, versions, shapes and timings.
+
+    python -m benchmarks.bench_cupy [--out FILE] [--steps 5000] [--dtype float32] [--peers jax,torch]
+
+Definitions (all wall-clock on the host, the GPU synchronised before the clock stops):
+  step_s             time per training step when steps are issued one by one from Python
+  device_step_s      time per step with no per-step host work: fused -- 100 steps captured in one
+                     CUDA graph, replayed; JAX -- lax.fori_loop of the same steps in one jit call
+  launch_overhead    1 - device_step_s / step_s: the fraction of a step spent issuing it
+  fig2_s             the whole 5 000-step training (parameters initialised, compiled, warmed up
+                     before the clock starts); fig2_logged_s reads the loss back every 100 steps
+  speedup_vs[peer]   peer step_s / fused step_s, and the same for fig2_s
+Exits with status 2 and the reason, writing nothing, when there is no usable GPU.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import kernels
+from refimpl.config import AdamConfig, ModelConfig, config_to_dict
+from refimpl.params import init_params
+
+FIG2 = ModelConfig()  # one LSA layer, D = K = 11, one head
+FIG2_ADAM = AdamConfig(lr=1e-3, grad_clip=0.001)  # SPEC 3: L <= 2 -> clip 0.001, L <= 3 -> lr 1e-3
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench_cupy", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/cupy_<gpu>.json)")
+    p.add_argument("--steps", type=int, default=5000, help="steps of the whole training (5000)")
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--repeats", type=int, default=200, help="steps timed for the per-step numbers")
+    p.add_argument("--peers", default="jax,torch,torch_compile,numba_cuda,unfused",
+                   help="comma-separated subset of jax, torch, torch_compile, numba_cuda, unfused")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _wall(fn, n, sync):
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
+def _versions():
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("cupy", "jax", "jaxlib", "torch", "numba", "numba_cuda"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # not installed or no version attribute
+            out[mod] = None
+    return out
+
+
+def device_meta():
+    import cupy as cp
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    meta = {"name": props["name"].decode(), "compute_capability": f"{props['major']}.{props['minor']}",
+            "multiprocessors": props["multiProcessorCount"],
+            "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+            "driver_version": cp.cuda.runtime.driverGetVersion(),
+            "runtime_version": cp.cuda.runtime.runtimeGetVersion()}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        meta["nvidia_smi"] = smi.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        meta["nvidia_smi"] = None
+    return meta
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+def bench_fused(params, args, dtype):
+    be = kernels.get_backend("cupy")
+    res = {}
+    t0 = time.perf_counter()
+    tr = be.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
+    res["setup_s"] = time.perf_counter() - t0  # compile (first time), buffers, warm-up, capture
+    for _ in range(10):
+        tr.step()
+    res["step_s"] = _wall(tr.step, args.repeats, tr.synchronize)
+    eager = be.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype, use_graph=False)
+    res["eager_step_s"] = _wall(eager.step, args.repeats, eager.synchronize)
+    # 100 steps in one graph: no host work between steps
+    k = 100
+    with tr.stream:
+        tr.stream.begin_capture()
+        for _ in range(k):
+            tr._launch(apply=1)
+        big = tr.stream.end_capture()
+    big.upload(tr.stream)
+    big.launch(tr.stream)
+    res["device_step_s"] = _wall(lambda: big.launch(tr.stream), max(1, args.repeats // k), tr.synchronize) / k
+    res["launch_overhead"] = 1 - res["device_step_s"] / res["step_s"]
+    res["eager_launch_overhead"] = 1 - res["device_step_s"] / res["eager_step_s"]
+    fresh = be.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
+    fresh.synchronize()
+    t0 = time.perf_counter()
+    fresh.run(args.steps)
+    fresh.synchronize()
+    res["fig2_s"] = time.perf_counter() - t0
+    res["fig2_final_batch_loss"] = fresh.loss()
+    logged = be.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
+    logged.synchronize()
+    t0 = time.perf_counter()
+    log = logged.run(args.steps, log_every=100)
+    logged.synchronize()
+    res["fig2_logged_s"] = time.perf_counter() - t0
+    res["fig2_loss_every_100"] = [loss for _, loss in log]
+    return res
+
+
+def bench_unfused(params, args, dtype):
+    import cupy as cp
+    be = kernels.get_backend("cupy_unfused")
+    fused = kernels.get_backend("cupy")
+    p = {k: cp.asarray(v) for k, v in params.items()}
+    state = {"p": p, "s": be.adam_init(p), "t": 0}
+
+    def step():
+        tok, y = fused.draw_tasks(args.seed, state["t"], args.batch, dtype=dtype)  # device draw
+        state["p"], state["s"], state["loss"] = be.train_step(state["p"], state["s"], tok, y, FIG2, FIG2_ADAM)
+        state["t"] += 1
+
+    sync = cp.cuda.Device().synchronize
+    for _ in range(5):
+        step()
+    res = {"step_s": _wall(step, max(10, args.repeats // 10), sync)}
+    state.update(p={k: cp.asarray(v) for k, v in params.items()}, t=0)
+    state["s"] = be.adam_init(state["p"])
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    res["fig2_s"] = time.perf_counter() - t0
+    res["fig2_final_batch_loss"] = float(state["loss"])
+    return res
+
+
+def bench_numba_cuda(params, args, dtype):
+    names = [n for n in kernels.backend_names() if "numba" in n and "cuda" in n]
+    if not names:
+        return {"skipped": "no numba CUDA backend registered in kernels.BACKENDS"}
+    ok, reason = kernels.availability(names[0])
+    if not ok:
+        return {"skipped": f"{names[0]}: {reason}"}
+    from kernels import philox
+    be = kernels.get_backend(names[0])
+    tok, y = philox.linear_regression_tasks(args.seed, 0, args.batch, dtype=dtype)
+    tok, y = be.asarray(tok), be.asarray(y)  # one fixed batch: host data generation not timed
+    state = {"p": {k: be.asarray(v) for k, v in params.items()}}
+    state["s"] = be.adam_init(state["p"])
+
+    def step():
+        state["p"], state["s"], _ = be.train_step(state["p"], state["s"], tok, y, FIG2, FIG2_ADAM)
+
+    import cupy as cp
+    sync = cp.cuda.Device().synchronize
+    for _ in range(3):
+        step()
+    return {"backend": names[0], "batch": "one fixed batch, drawn on the host once",
+            "step_s": _wall(step, max(10, args.repeats // 10), sync)}
+
+
+def bench_jax(params, args, dtype):
+    try:
+        import jax
+    except ImportError as e:
+        return {"skipped": f"JAX not installed ({e}); pip install 'jax[cuda12]'"}
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        return {"skipped": "JAX has no GPU backend; pip install 'jax[cuda12]'"}
+    from benchmarks.peers import JaxPeer
+    peer = JaxPeer(FIG2, FIG2_ADAM, batch=args.batch, dtype=dtype, device=gpus[0])
+    st = {"s": peer.init_state(params, args.seed)}
+
+    def step():
+        st["s"], st["loss"] = peer.train_step(st["s"])
+
+    sync = lambda: jax.block_until_ready(st["s"])  # noqa: E731
+    t0 = time.perf_counter()
+    step()
+    sync()
+    res = {"setup_s": time.perf_counter() - t0, "device": str(gpus[0])}
+    res["step_s"] = _wall(step, args.repeats, sync)
+    k = 100
+    loop = lambda: st.__setitem__("l", peer.train_loop(st["s"], k))  # noqa: E731
+    loop()
+    jax.block_until_ready(st["l"])
+    res["device_step_s"] = _wall(loop, max(1, args.repeats // k), lambda: jax.block_until_ready(st["l"])) / k
+    res["launch_overhead"] = 1 - res["device_step_s"] / res["step_s"]
+    st["s"] = peer.init_state(params, args.seed)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    res["fig2_s"] = time.perf_counter() - t0
+    res["fig2_final_batch_loss"] = float(st["loss"])
+    return res
+
+
+def bench_torch(params, args, dtype, compile):
+    try:
+        import torch
+    except ImportError as e:
+        return {"skipped": f"PyTorch not installed ({e})"}
+    if not torch.cuda.is_available():
+        return {"skipped": f"PyTorch {torch.__version__} has no CUDA device (a CPU build?)"}
+    from benchmarks.peers import TorchPeer
+    peer = TorchPeer(FIG2, FIG2_ADAM, batch=args.batch, dtype=dtype, device="cuda", compile=compile)
+    st = peer.init_state(params, args.seed)
+    t0 = time.perf_counter()
+    for _ in range(3):  # torch.compile compiles here
+        peer.train_step(st)
+    peer.synchronize()
+    res = {"setup_s": time.perf_counter() - t0, "device": torch.cuda.get_device_name(0)}
+    res["step_s"] = _wall(lambda: peer.train_step(st), args.repeats, peer.synchronize)
+    res["launch_overhead"] = None  # not measured: no launch-free variant of the eager step
+    st = peer.init_state(params, args.seed)
+    peer.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = peer.train_step(st)
+    peer.synchronize()
+    res["fig2_s"] = time.perf_counter() - t0
+    res["fig2_final_batch_loss"] = float(loss)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+def main(argv=None):
+    args = parse_args(argv)
+    ok, reason = kernels.availability("cupy")
+    if not ok:
+        print(f"bench_cupy: cannot benchmark without a usable GPU: {reason}", file=sys.stderr)
+        return 2
+    dtype = np.dtype(args.dtype)
+    params = init_params(FIG2, np.random.default_rng(args.seed), dtype)
+    meta = device_meta()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   "cupy_" + meta["name"].replace(" ", "_").lower() + ".json")
+    peers = [p for p in args.peers.split(",") if p]
+    result = {
+        "benchmark": "fig2 training step: 1-layer LSA, online tasks drawn on the device",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(), "device": meta, "versions": _versions(),
+        "shapes": {"B": args.batch, "N": 10, "d": 10, "T": 11, "D": 11, "dtype": args.dtype,
+                   "steps": args.steps, "repeats": args.repeats},
+        "model": config_to_dict(FIG2), "adam": config_to_dict(FIG2_ADAM),
+        "definitions": __doc__.split("Definitions")[1].split("Exits")[0].strip(),
+        "results": {},
+    }
+    runs = {"fused_cupy": lambda: bench_fused(params, args, dtype),
+            "unfused": lambda: bench_unfused(params, args, dtype),
+            "numba_cuda": lambda: bench_numba_cuda(params, args, dtype),
+            "jax": lambda: bench_jax(params, args, dtype),
+            "torch": lambda: bench_torch(params, args, dtype, compile=False),
+            "torch_compile": lambda: bench_torch(params, args, dtype, compile=True)}
+    for name, fn in runs.items():
+        if name != "fused_cupy" and name not in peers:
+            continue
+        print(f"bench_cupy: {name} ...", file=sys.stderr, flush=True)
+        try:
+            result["results"][name] = fn()
+        except Exception as e:  # a failing peer is recorded, never replaced by a number
+            result["results"][name] = {"error": f"{type(e).__name__}: {e}"}
+    fused = result["results"]["fused_cupy"]
+    result["speedup_vs"] = {}
+    for name, r in result["results"].items():
+        if name == "fused_cupy" or "step_s" not in r:
+            continue
+        result["speedup_vs"][name] = {"step": r["step_s"] / fused["step_s"],
+                                      "fig2": r["fig2_s"] / fused["fig2_s"] if "fig2_s" in r else None}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({"out": out, "fused_step_us": fused["step_s"] * 1e6, "fused_fig2_s": fused["fig2_s"],
+                      "speedup_vs": result["speedup_vs"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
