@@ -332,6 +332,24 @@ def adam_apply_args(n, params, m, v, g, block_sums, step, ticket, norm_out, adam
 
 
 # ----------------------------------------------------------------------------------------------
+def kernel_signature(src, kernel_name):
+    """[(C type, name)] of the parameters of `kernel_name` in kernels/cuda/`src`, macros expanded,
+    `const` and `__restrict__` dropped (pointer types end in '*')."""
+    text = source(src)
+    for name, body in re.findall(r"#define (\w+_ARGS)\s*\\\n((?:.*\\\n)*.*)\n", text):
+        text = text.replace(name, body.replace("\\\n", " "))
+    text = re.sub(r"//[^\n]*", "", text)
+    m = re.search(r"__global__ void " + kernel_name + r"\s*\((.*?)\)\s*\{", text, re.S)
+    if m is None:
+        raise ValueError(f"kernel_name: {kernel_name!r} is not a kernel of {src}")
+    params = []
+    for p in m.group(1).split(","):
+        p = p.replace("__restrict__", "").replace("const ", "").split()
+        params.append((" ".join(p[:-1]) + ("*" if p[-1].startswith("*") else ""), p[-1].lstrip("*")))
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
 def nvrtc_compile(src_name, arch, dtypes=(np.float32, np.float64)):
     """Compile kernels/cuda/`src_name` to a cubin for sm_`arch` with NVRTC (cuda.bindings.nvrtc),
     as CuPy would. Returns {name expression: lowered name}; ValueError with the log on failure.

@@ -321,7 +321,7 @@ class GraphTrainer:
     def loss(self):
         """The loss of the last step's batch (before its update): synchronises."""
         self.stream.synchronize()
-        return float(self.buf.stats[self.cfg.num_layers - 1].get())
+        return float(to_numpy(self.buf.stats)[self.cfg.num_layers - 1])
 
     def synchronize(self):
         self.stream.synchronize()
@@ -333,7 +333,7 @@ class GraphTrainer:
 
     def adam_state(self):
         self.stream.synchronize()
-        return {"t": int(self.step_dev.get()[0]), "m": cb.unpack(to_numpy(self.m), self.cfg),
+        return {"t": int(to_numpy(self.step_dev)[0]), "m": cb.unpack(to_numpy(self.m), self.cfg),
                 "v": cb.unpack(to_numpy(self.v), self.cfg)}
 
 

@@ -2,7 +2,6 @@
 (the options CuPy uses) for sm_80 and sm_90, float and double; the host-side launch shapes, packed
 parameter layout and argument lists agree with the kernels and with refimpl.params."""
 import os
-import re
 
 import numpy as np
 import pytest
@@ -44,21 +43,6 @@ def test_every_source_has_a_header_naming_what_it_mirrors():
 
 
 # ----------------------------------------------------------------------------------------------
-def kernel_signature(src, kernel):
-    """[(type, name)] of the parameters of `kernel` in kernels/cuda/`src` (macros expanded)."""
-    text = cb.source(src)
-    for name, body in re.findall(r"#define (\w+_ARGS)\s*\\\n((?:.*\\\n)*.*)\n", text):
-        text = text.replace(name, body.replace("\\\n", " "))
-    text = re.sub(r"//[^\n]*", "", text)
-    m = re.search(r"__global__ void " + kernel + r"\s*\((.*?)\)\s*\{", text, re.S)
-    assert m, f"{kernel} not found in {src}"
-    params = []
-    for p in m.group(1).split(","):
-        p = p.replace("__restrict__", "").replace("const ", "").split()
-        params.append((" ".join(p[:-1]) + ("*" if p[-1].startswith("*") else ""), p[-1].lstrip("*")))
-    return params
-
-
 C_TYPES = {"int": np.int32, "unsigned int": np.uint32, "unsigned long long": np.uint64,
            "double": np.float64}
 
@@ -68,7 +52,7 @@ class Buffer:
 
 
 def check_args(src, kernel, args):
-    sig = kernel_signature(src, kernel)
+    sig = cb.kernel_signature(src, kernel)
     assert len(args) == len(sig), f"{kernel}: {len(args)} arguments for {len(sig)} parameters"
     for (ctype, name), arg in zip(sig, args):
         if ctype.endswith("*"):

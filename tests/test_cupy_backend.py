@@ -86,10 +86,10 @@ def test_fused_gradients_are_deterministic(cp, be, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_model_step_kernel_writes_every_output(cp, be, rng, dtype):
+def test_model_step_kernel_writes_every_output(cp, be, rng, dtype, B=1001):
     """NaN-prefilled outputs (grads, stats) must all be overwritten with the oracle's numbers."""
     cfg = CONFIGS["tied2"]
-    params, tokens, y = problem(cfg, rng, dtype, B=1001)
+    params, tokens, y = problem(cfg, rng, dtype, B=B)
     loss, per_layer, grads = loss_and_grads(params, tokens, y, cfg)
     buf = be.StepBuffers(cfg, tokens.shape[0], tokens.shape[1], dtype)
     g = cp.full(buf.dims.num_params, np.nan, dtype)
@@ -146,15 +146,15 @@ def test_unfused_model_forward_backward_match_oracle(cp, be, rng, dtype):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["cupy", "cupy_unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
-def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name):
+def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name, B=64):
     cfg = CONFIGS[name]
     be = kernels.get_backend(backend)
     adam_cfg = AdamConfig(lr=1e-2, grad_clip=0.5)
-    params, _, _ = problem(cfg, rng, np.float64, B=64)
+    params, _, _ = problem(cfg, rng, np.float64)
     state = adam_init(params)
     d_params, d_state = dev(cp, params), be.adam_init(dev(cp, params))
     for step in range(10):
-        tokens, y = philox.linear_regression_tasks(1, step, 64, dtype=np.float64)
+        tokens, y = philox.linear_regression_tasks(1, step, B, dtype=np.float64)
         loss, _, grads = loss_and_grads(params, tokens, y, cfg)
         params, state, _ = adam_update(params, grads, state, adam_cfg)
         d_params, d_state, d_loss = be.train_step(d_params, d_state, cp.asarray(tokens), cp.asarray(y),
@@ -209,23 +209,24 @@ def test_device_tasks_moments_and_determinism(cp, be):
 
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg_name", ["fig2", "deep5_clip"])
-def test_graph_replay_equals_eager_launches_and_host_training(cp, be, rng, cfg_name):
+def test_graph_replay_equals_eager_launches_and_host_training(cp, be, rng, cfg_name, batch=256,
+                                                              steps=20):
     cfg = CONFIGS[cfg_name]
     adam_cfg = AdamConfig(grad_clip=0.001 if cfg.num_layers <= 2 else 10.0)
     params = init_params(cfg, rng, np.float64)
     runs = {}
     for use_graph in (True, False):
-        tr = be.GraphTrainer(params, cfg, adam_cfg, batch=256, seed=3, dtype=np.float64,
+        tr = be.GraphTrainer(params, cfg, adam_cfg, batch=batch, seed=3, dtype=np.float64,
                              use_graph=use_graph)
-        log = tr.run(20, log_every=5)
+        log = tr.run(steps, log_every=5)
         runs[use_graph] = (tr.params(), log, tr.adam_state()["t"])
     for k in params:
         np.testing.assert_array_equal(runs[True][0][k], runs[False][0][k])
-    assert runs[True][1] == runs[False][1] and runs[True][2] == 20
-    # the same 20 steps on the host: oracle on the mirror's batches
+    assert runs[True][1] == runs[False][1] and runs[True][2] == steps
+    # the same steps on the host: oracle on the mirror's batches
     p, state = params, adam_init(params)
-    for step in range(20):
-        tokens, y = philox.linear_regression_tasks(3, step, 256, dtype=np.float64)
+    for step in range(steps):
+        tokens, y = philox.linear_regression_tasks(3, step, batch, dtype=np.float64)
         loss, _, grads = loss_and_grads(p, tokens, y, cfg)
         p, state, _ = adam_update(p, grads, state, adam_cfg)
         if (step + 1) % 5 == 0:
