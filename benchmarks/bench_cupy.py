@@ -43,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=200, help="steps timed for the per-step numbers")
     p.add_argument("--peers", default="jax,torch,torch_compile,numba_cuda,unfused",
                    help="comma-separated subset of jax, torch, torch_compile, numba_cuda, unfused")
+    p.add_argument("--graph-steps", type=int, default=100,
+                   help="steps captured in one CUDA graph (or one fori_loop) for device_step_s")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -103,8 +105,8 @@ def bench_fused(params, args, dtype):
     res["step_s"] = _wall(tr.step, args.repeats, tr.synchronize)
     eager = be.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype, use_graph=False)
     res["eager_step_s"] = _wall(eager.step, args.repeats, eager.synchronize)
-    # 100 steps in one graph: no host work between steps
-    k = 100
+    # graph_steps steps in one graph: no host work between steps
+    k = args.graph_steps
     with tr.stream:
         tr.stream.begin_capture()
         for _ in range(k):
@@ -205,7 +207,7 @@ def bench_jax(params, args, dtype):
     sync()
     res = {"setup_s": time.perf_counter() - t0, "device": str(gpus[0])}
     res["step_s"] = _wall(step, args.repeats, sync)
-    k = 100
+    k = args.graph_steps
     loop = lambda: st.__setitem__("l", peer.train_loop(st["s"], k))  # noqa: E731
     loop()
     jax.block_until_ready(st["l"])
@@ -268,7 +270,7 @@ def main(argv=None):
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(), "device": meta, "versions": _versions(),
         "shapes": {"B": args.batch, "N": 10, "d": 10, "T": 11, "D": 11, "dtype": args.dtype,
-                   "steps": args.steps, "repeats": args.repeats},
+                   "steps": args.steps, "repeats": args.repeats, "graph_steps": args.graph_steps},
         "model": config_to_dict(FIG2), "adam": config_to_dict(FIG2_ADAM),
         "definitions": __doc__.split("Definitions")[1].split("Exits")[0].strip(),
         "results": {},
