@@ -19,7 +19,7 @@ setup(
     extras_require={
         # NVRTC without a GPU: CI compiles every kernels/cuda/*.cu source (tests/test_cuda_build.py)
         "test": ["pytest>=7", "cuda-bindings>=12.6,<13", "nvidia-cuda-nvrtc-cu12"],
-        "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]==0.30.4"],
+        "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda[cu12]==0.30.4"],
         "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
     },
     entry_points={"console_scripts": ["iclgd=refimpl.cli:main"]},
