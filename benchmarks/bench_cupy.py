@@ -195,6 +195,7 @@ def bench_jax(params, args, dtype):
     if not gpus:
         return {"skipped": "JAX has no GPU backend; pip install 'jax[cuda12]'"}
     from benchmarks.peers import JaxPeer
+    jax.config.update("jax_default_matmul_precision", "highest")  # float32 products, as the others
     peer = JaxPeer(FIG2, FIG2_ADAM, batch=args.batch, dtype=dtype, device=gpus[0])
     st = {"s": peer.init_state(params, args.seed)}
 
@@ -205,7 +206,7 @@ def bench_jax(params, args, dtype):
     t0 = time.perf_counter()
     step()
     sync()
-    res = {"setup_s": time.perf_counter() - t0, "device": str(gpus[0])}
+    res = {"setup_s": time.perf_counter() - t0, "device": str(gpus[0]), "matmul_precision": "highest"}
     res["step_s"] = _wall(step, args.repeats, sync)
     k = args.graph_steps
     loop = lambda: st.__setitem__("l", peer.train_loop(st["s"], k))  # noqa: E731
@@ -238,7 +239,8 @@ def bench_torch(params, args, dtype, compile):
     for _ in range(3):  # torch.compile compiles here
         peer.train_step(st)
     peer.synchronize()
-    res = {"setup_s": time.perf_counter() - t0, "device": torch.cuda.get_device_name(0)}
+    res = {"setup_s": time.perf_counter() - t0, "device": torch.cuda.get_device_name(0),
+           "allow_tf32": torch.backends.cuda.matmul.allow_tf32}
     res["step_s"] = _wall(lambda: peer.train_step(st), args.repeats, peer.synchronize)
     res["launch_overhead"] = None  # not measured: no launch-free variant of the eager step
     st = peer.init_state(params, args.seed)

@@ -97,7 +97,7 @@ class JaxPeer:
     def adam(self, params, grads, m, v, t):
         jnp, c = self.jnp, self.adam_cfg
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads.values()))
-        factor = jnp.where((c.grad_clip > 0) & (norm > c.grad_clip), c.grad_clip / norm, 1.0)
+        factor = jnp.minimum(1.0, c.grad_clip / norm) if c.grad_clip > 0 else jnp.ones((), norm.dtype)
         t = t + 1
         bc1 = 1 - c.b1 ** t.astype(self.dtype)
         bc2 = 1 - c.b2 ** t.astype(self.dtype)
@@ -217,8 +217,10 @@ class TorchPeer:
         grads = torch.autograd.grad(loss, list(leaves.values()))
         with torch.no_grad():
             norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
-            factor = torch.where((norm > c.grad_clip) & torch.tensor(c.grad_clip > 0, device=norm.device),
-                                 c.grad_clip / norm, torch.ones_like(norm)).to(self.dtype)
+            if c.grad_clip > 0:  # min(1, c / ||g||): scaling by 1 changes nothing
+                factor = torch.clamp(c.grad_clip / norm, max=1.0).to(self.dtype)
+            else:
+                factor = torch.ones((), dtype=self.dtype, device=norm.device)
             bc1, bc2 = 1 - c.b1 ** t, 1 - c.b2 ** t
             new_p, new_m, new_v = {}, {}, {}
             for (k, p), g in zip(params.items(), grads):
