@@ -7,7 +7,9 @@
 #pragma once
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -30,8 +32,18 @@ static thread_local std::barrier<>* emu_warp_barrier;
 static std::barrier<>* emu_block_barrier;
 static unsigned char* emu_dynamic_smem;
 
-inline void __syncwarp() { emu_warp_barrier->arrive_and_wait(); }
-inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+// With EMU_JITTER set in the environment every thread sleeps a random 0..63 us after each barrier,
+// so that threads run the code between barriers in changing orders (a missing barrier then
+// shows as a wrong or changing result).
+static const bool emu_jitter = std::getenv("EMU_JITTER") != nullptr;
+static thread_local unsigned emu_rng = 12345u;
+inline void emu_after_barrier() {
+    if (!emu_jitter) return;
+    emu_rng = emu_rng * 1664525u + 1013904223u + (unsigned)threadIdx.x;
+    std::this_thread::sleep_for(std::chrono::microseconds((emu_rng >> 16) % 64));
+}
+inline void __syncwarp() { emu_warp_barrier->arrive_and_wait(); emu_after_barrier(); }
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); emu_after_barrier(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 template <typename T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
