@@ -147,7 +147,8 @@ class TorchPeer:
         import torch
         _check(cfg)
         self.torch, self.cfg, self.adam_cfg, self.device = torch, cfg, adam_cfg, torch.device(device)
-        self.dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+        self.dtype = {np.dtype(np.float32): torch.float32,
+                      np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
         self.task = (batch, num_context, input_dim, input_range, weight_scale)
         self.step_fn = torch.compile(self._train_step) if compile else self._train_step
 
@@ -167,7 +168,8 @@ class TorchPeer:
             if cfg.layer_attention(l) == "softmax":
                 a = a / float(np.sqrt(K))
                 if cfg.causal:
-                    vis = torch.arange(S, device=x.device)[None, :] <= torch.arange(T, device=x.device)[:, None]
+                    keys = torch.arange(S, device=x.device)
+                    vis = keys[None, :] <= torch.arange(T, device=x.device)[:, None]  # (T, S)
                     a = a.masked_fill(~vis, float("-inf"))
                 a = torch.softmax(a, dim=-1)
             o = (a @ v).transpose(1, 2).reshape(B, T, H * K)

@@ -1,5 +1,5 @@
-"""The GPU tests of tests/test_cupy_backend.py (at smaller sizes), run WITHOUT a GPU: `cupy` is replaced by a CPU
-stand-in (tests/cuda_host/fake_cupy.py) whose RawKernels are the kernels/cuda/*.cu sources compiled
+"""The GPU tests of tests/test_cupy_backend.py (at smaller sizes), run WITHOUT a GPU: `cupy` is
+replaced by a CPU stand-in (tests/cuda_host/fake_cupy.py) whose RawKernels are the kernels/cuda/*.cu sources compiled
 by g++ against a CPU model of CUDA's execution (tests/cuda_host/emu_prelude.h: one std::thread per
 CUDA thread, barriers for __syncwarp/__syncthreads, per-block shared memory, real integer atomics).
 So the kernels' parallel schedule and the backend's launch code run end to end against the oracle.
