@@ -105,12 +105,16 @@ def _check_batch(params, tokens, y, cfg):
     return dtype
 
 
-def fused_path(cfg):
-    """'model_step', 'blocks' or None (the unfused oracle) for this config."""
+def fused_path(cfg, T=None, dtype=np.float32):
+    """'model_step', 'blocks' or None (the unfused oracle) for this config and, given T tokens,
+    these shapes: one task's workspace must fit in a block's shared memory (cb.SMEM_LIMIT)."""
     if cb.model_step_unsupported(cfg) is None:
-        return "model_step"
+        if T is None or cb.model_dims(cfg, T).warp_bytes(0, dtype) <= cb.SMEM_LIMIT:
+            return "model_step"
     if cb.block_unsupported(cfg) is None:
-        return "blocks"
+        if T is None or all(cb.block_dims(cfg, l, T).warp_bytes(dtype) <= cb.SMEM_LIMIT
+                            for l in range(cfg.num_layers)):
+            return "blocks"
     return None
 
 
@@ -196,7 +200,7 @@ def loss_and_grads(params, tokens, y, cfg):
     """(loss, per-layer losses (L,), grads) as refimpl.loss.loss_and_grads, by the fused kernels
     where the config allows (fused_path), else by the oracle on CuPy arrays."""
     _check_batch(params, tokens, y, cfg)
-    path = fused_path(cfg)
+    path = fused_path(cfg, tokens.shape[1], tokens.dtype)
     if path == "model_step":
         return _model_step_loss_and_grads(params, tokens, y, cfg)
     if path == "blocks":
@@ -246,7 +250,7 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     models; per-layer launches plus the fused Adam otherwise."""
     cp = _cp()
     _check_batch(params, tokens, y, cfg)
-    if fused_path(cfg) != "model_step":
+    if fused_path(cfg, tokens.shape[1], tokens.dtype) != "model_step":
         loss, _, grads = loss_and_grads(params, tokens, y, cfg)
         params, state, _ = adam_update(params, grads, state, adam_cfg)
         return params, state, loss

@@ -28,6 +28,7 @@ CONFIGS = {  # fused path in the comment
     "tied_ln_mlp_clip": ModelConfig(num_layers=2, weight_tied=True, layernorm=True, mlp=True,
                                     token_clip=1.0),  # blocks
     "front_end": ModelConfig(embed_dim=8, input_mlp=True),  # unfused
+    "too_wide_for_shared_memory": ModelConfig(token_dim=11, key_size=96, num_heads=4),  # unfused
 }
 
 
@@ -73,6 +74,13 @@ def test_loss_and_grads_match_oracle(cp, be, rng, name, dtype):
     assert set(d_grads) == set(grads)
     for k, g in host(cp, d_grads).items():
         assert_close_to_oracle(g, grads[k], dtype, red, f"grads[{k}]")
+
+
+def test_fused_path_follows_config_and_shapes(be):
+    assert be.fused_path(CONFIGS["fig2"], 11) == "model_step"
+    assert be.fused_path(CONFIGS["softmax_ln_mlp"], 11) == "blocks"
+    assert be.fused_path(CONFIGS["front_end"], 11) is None
+    assert be.fused_path(CONFIGS["too_wide_for_shared_memory"], 11, np.float64) is None
 
 
 def test_fused_gradients_are_deterministic(cp, be, rng):

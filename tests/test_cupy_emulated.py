@@ -82,6 +82,10 @@ def test_graph_replay_equals_eager_launches_and_host_training(cp, be, rng, cfg_n
                                                                         batch=24, steps=10)
 
 
+def test_fused_path_follows_config_and_shapes(cp, be):
+    gpu_tests.test_fused_path_follows_config_and_shapes(be)
+
+
 def test_fused_gradients_are_deterministic(cp, be, rng):
     cfg = gpu_tests.CONFIGS["deep5_clip"]
     params, tokens, y = gpu_tests.problem(cfg, rng, np.float32, B=60)
