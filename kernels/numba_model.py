@@ -1,0 +1,300 @@
+"""One task through the whole model, forward and backward, for the Numba backends.
+
+Mirrors refimpl/model.py (front end, blocks, per-layer read-outs) and refimpl/attention.py, for
+task b only: the CPU backend runs it in a `prange` over chunks of tasks, the CUDA backend in one
+thread per task. Everything is `@register_jitable` (compiled for the caller's target).
+
+Arguments, shared by every function: tok (B, T, D_in) tokens; pv flat parameters; ii, lay, cst, pe
+from kernels/numba_layout.py; ws a flat workspace with this task's part at offset w0; G a flat
+gradient row (same layout as pv) that the backward ACCUMULATES into.
+Linear attention uses the associativity O^h = Q^h (K^h^T V^h): (K, K) per head instead of (T, S).
+"""
+from numba.extending import register_jitable
+
+from .numba_layout import (I_B_AIN, I_B_KT, I_B_MG, I_B_MH, I_B_MIN, I_B_O, I_B_PK, I_B_Q, I_B_R1,
+                           I_B_R2, I_B_V, I_B_X, I_B_XC, I_B_XH1, I_B_XH2, I_B_XM, I_CAUSAL, I_CLIP,
+                           I_D, I_DF, I_DIN, I_E, I_EMB, I_F, I_FI, I_H, I_IMLP, I_K, I_L, I_LN2,
+                           I_MLP, I_P_EMB, I_P_IB1, I_P_IB2, I_P_IW1, I_P_IW2, I_POS, I_PW, I_S, I_T,
+                           I_W_DA, I_W_DH, I_W_DK, I_W_DO, I_W_DP, I_W_DQ, I_W_DT, I_W_DU, I_W_DV,
+                           I_W_DX, I_W_IG, I_W_IH, I_W_LAYER, I_W_LSTRIDE, I_W_XE, I_W_XF, I_YUP,
+                           Y_B1, Y_B2, Y_LN1, Y_LN1O, Y_LN1S, Y_LN2O, Y_LN2S, Y_SOFTMAX, Y_W1, Y_W2,
+                           Y_WK, Y_WP, Y_WQ, Y_WV)
+from .numba_ops import (C_CLIP, C_INV_B, C_LAM, C_SQRT_K, C_ZERO, copy, fill, layernorm_bwd,
+                        layernorm_fwd, mlp_bwd, mlp_fwd, mm_nn, mm_nt, mm_tn)
+import math
+
+POS_ADD, POS_CONCAT = 1, 2
+
+
+@register_jitable
+def block_base(ii, w0, l):
+    return w0 + ii[I_W_LAYER] + l * ii[I_W_LSTRIDE]
+
+
+# ----------------------------------------------------------------------------------------------
+@register_jitable
+def front_forward(tok, b, pv, ii, cst, pe, ws, w0):
+    """tokens -> [concat encoding] -> [embedding] -> [+ input MLP] -> [+ encoding] = block 0's x."""
+    T, DIN, DF, D, PW = ii[I_T], ii[I_DIN], ii[I_DF], ii[I_D], ii[I_PW]
+    xf = w0 + ii[I_W_XF]  # (T, DF)
+    lead = PW if ii[I_POS] == POS_CONCAT else 0
+    for t in range(T):
+        for j in range(lead):
+            ws[xf + t * DF + j] = pe[t, j]
+        for j in range(DIN):
+            ws[xf + t * DF + lead + j] = tok[b, t, j]
+    x0 = block_base(ii, w0, 0) + ii[I_B_X]  # (T, D)
+    if ii[I_EMB] == 1:
+        E = ii[I_E]
+        xe = w0 + ii[I_W_XE]  # (T, E)
+        mm_nn(ws, xf, DF, pv, ii[I_P_EMB], E, ws, xe, E, T, DF, E, 0, cst)
+        if ii[I_IMLP] == 1:
+            mlp_fwd(ws, xe, T, E, ii[I_FI], pv, ii[I_P_IW1], ii[I_P_IB1], ii[I_P_IW2], ii[I_P_IB2],
+                    ws, w0 + ii[I_W_IH], ws, w0 + ii[I_W_IG], ws, x0, 0, cst)  # m (T, E)
+            for i in range(T * E):
+                ws[x0 + i] = ws[xe + i] + ws[x0 + i]  # x + m
+        else:
+            copy(ws, xe, ws, x0, T * E)
+    else:
+        copy(ws, xf, ws, x0, T * DF)
+    if ii[I_POS] == POS_ADD:
+        for t in range(T):
+            for j in range(D):
+                ws[x0 + t * D + j] += pe[t, j]
+
+
+@register_jitable
+def attention_forward(l, pv, ii, lay, cst, ws, base, out, o0):
+    """out (T, D) = concat_h(softmax-or-linear attention) @ W_p, from AIN; caches Q, K, V, P|KV, O."""
+    T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
+    HK = H * K
+    ain, q, kt, v = base + ii[I_B_AIN], base + ii[I_B_Q], base + ii[I_B_KT], base + ii[I_B_V]
+    pk, o = base + ii[I_B_PK], base + ii[I_B_O]
+    mm_nn(ws, ain, D, pv, lay[l, Y_WQ], HK, ws, q, HK, T, D, HK, 0, cst)  # Q (T, HK)
+    mm_nn(ws, ain, D, pv, lay[l, Y_WK], HK, ws, kt, HK, S, D, HK, 0, cst)  # K (S, HK)
+    mm_nn(ws, ain, D, pv, lay[l, Y_WV], HK, ws, v, HK, S, D, HK, 0, cst)  # V (S, HK)
+    if lay[l, Y_SOFTMAX] == 1:
+        for h in range(H):
+            p = pk + h * T * S  # P^h (T, S)
+            mm_nt(ws, q + h * K, HK, ws, kt + h * K, HK, ws, p, S, T, K, S, 0, cst)
+            for t in range(T):
+                smax = cst[C_ZERO]
+                first = True
+                for s in range(S):
+                    if ii[I_CAUSAL] == 1 and s > t:
+                        continue
+                    sc = ws[p + t * S + s] / cst[C_SQRT_K]
+                    ws[p + t * S + s] = sc
+                    if first or sc > smax:
+                        smax = sc
+                        first = False
+                tot = cst[C_ZERO]
+                for s in range(S):
+                    if ii[I_CAUSAL] == 1 and s > t:
+                        ws[p + t * S + s] = cst[C_ZERO]
+                    else:
+                        e = math.exp(ws[p + t * S + s] - smax)
+                        ws[p + t * S + s] = e
+                        tot += e
+                for s in range(S):
+                    ws[p + t * S + s] = ws[p + t * S + s] / tot
+            mm_nn(ws, p, S, ws, v + h * K, HK, ws, o + h * K, HK, T, S, K, 0, cst)  # O^h = P^h V^h
+    else:
+        for h in range(H):
+            kv = pk + h * K * K  # K^h^T V^h (K, K)
+            mm_tn(ws, kt + h * K, HK, ws, v + h * K, HK, ws, kv, K, K, S, K, 0, cst)
+            mm_nn(ws, q + h * K, HK, ws, kv, K, ws, o + h * K, HK, T, K, K, 0, cst)  # O^h = Q^h KV^h
+    mm_nn(ws, o, HK, pv, lay[l, Y_WP], D, out, o0, D, T, HK, D, 0, cst)  # (T, D)
+
+
+@register_jitable
+def layer_forward(l, pv, ii, lay, cst, ws, w0):
+    """Block l: x + lam Attn(LN1 x) [y only] -> clip -> + lam MLP(LN2 x); writes block l+1's x."""
+    T, D = ii[I_T], ii[I_D]
+    base = block_base(ii, w0, l)
+    x, ain, xm, xc = base + ii[I_B_X], base + ii[I_B_AIN], base + ii[I_B_XM], base + ii[I_B_XC]
+    xn = block_base(ii, w0, l + 1) + ii[I_B_X]
+    tmp = w0 + ii[I_W_DT]  # (T, D) the branch output
+    lam = cst[C_LAM]
+    if lay[l, Y_LN1] == 1:
+        layernorm_fwd(ws, x, T, D, pv, lay[l, Y_LN1S], lay[l, Y_LN1O], ws, base + ii[I_B_XH1],
+                      ws, base + ii[I_B_R1], ws, ain, cst)
+    else:
+        copy(ws, x, ws, ain, T * D)
+    attention_forward(l, pv, ii, lay, cst, ws, base, ws, tmp)
+    for t in range(T):
+        for j in range(D):
+            i = t * D + j
+            if ii[I_YUP] == 1 and j != D - 1:
+                ws[xm + i] = ws[x + i]  # x part frozen
+            else:
+                ws[xm + i] = ws[x + i] + lam * ws[tmp + i]
+    if ii[I_CLIP] == 1:
+        c = cst[C_CLIP]
+        for i in range(T * D):
+            ws[xc + i] = min(max(ws[xm + i], -c), c)
+    else:
+        copy(ws, xm, ws, xc, T * D)
+    if ii[I_MLP] == 1:
+        mi = base + ii[I_B_MIN]
+        if ii[I_LN2] == 1:
+            layernorm_fwd(ws, xc, T, D, pv, lay[l, Y_LN2S], lay[l, Y_LN2O], ws, base + ii[I_B_XH2],
+                          ws, base + ii[I_B_R2], ws, mi, cst)
+        else:
+            copy(ws, xc, ws, mi, T * D)
+        mlp_fwd(ws, mi, T, D, ii[I_F], pv, lay[l, Y_W1], lay[l, Y_B1], lay[l, Y_W2], lay[l, Y_B2],
+                ws, base + ii[I_B_MH], ws, base + ii[I_B_MG], ws, tmp, 0, cst)
+        for i in range(T * D):
+            ws[xn + i] = ws[xc + i] + lam * ws[tmp + i]
+    else:
+        copy(ws, xc, ws, xn, T * D)
+
+
+@register_jitable
+def task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd):
+    """Forward of task b; rd[l, b] = -x_l[query, -1] after every application l (SPEC 2.6)."""
+    T, D = ii[I_T], ii[I_D]
+    front_forward(tok, b, pv, ii, cst, pe, ws, w0)
+    for l in range(ii[I_L]):
+        layer_forward(l, pv, ii, lay, cst, ws, w0)
+        rd[l, b] = -ws[block_base(ii, w0, l + 1) + ii[I_B_X] + (T - 1) * D + D - 1]
+
+
+# ----------------------------------------------------------------------------------------------
+@register_jitable
+def attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
+    """From da (W_DA, (T, D)) to the weight gradients and, if need_dain, dAIN into W_DU (T, D)."""
+    T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
+    HK = H * K
+    ain, q, kt, v = base + ii[I_B_AIN], base + ii[I_B_Q], base + ii[I_B_KT], base + ii[I_B_V]
+    pk, o = base + ii[I_B_PK], base + ii[I_B_O]
+    da, do, dq = w0 + ii[I_W_DA], w0 + ii[I_W_DO], w0 + ii[I_W_DQ]
+    dk, dv, dp, du = w0 + ii[I_W_DK], w0 + ii[I_W_DV], w0 + ii[I_W_DP], w0 + ii[I_W_DU]
+    mm_tn(ws, o, HK, ws, da, D, G, g0 + lay[l, Y_WP], D, HK, T, D, 1, cst)  # dW_p += O^T da
+    mm_nt(ws, da, D, pv, lay[l, Y_WP], D, ws, do, HK, T, D, HK, 0, cst)  # dO = da W_p^T
+    if lay[l, Y_SOFTMAX] == 1:
+        for h in range(H):
+            p, dph = pk + h * T * S, dp + h * T * S  # (T, S)
+            mm_nt(ws, do + h * K, HK, ws, v + h * K, HK, ws, dph, S, T, K, S, 0, cst)  # dP = dO V^T
+            mm_tn(ws, p, S, ws, do + h * K, HK, ws, dv + h * K, HK, S, T, K, 0, cst)  # dV = P^T dO
+            for t in range(T):  # dS = P (dP - sum_s dP P) / sqrt(K)
+                r = cst[C_ZERO]
+                for s in range(S):
+                    r += ws[dph + t * S + s] * ws[p + t * S + s]
+                for s in range(S):
+                    i = t * S + s
+                    ws[dph + i] = ws[p + i] * (ws[dph + i] - r) / cst[C_SQRT_K]
+            mm_nn(ws, dph, S, ws, kt + h * K, HK, ws, dq + h * K, HK, T, S, K, 0, cst)  # dQ = dS K
+            mm_tn(ws, dph, S, ws, q + h * K, HK, ws, dk + h * K, HK, S, T, K, 0, cst)  # dK = dS^T Q
+    else:
+        for h in range(H):
+            kv, dkv = pk + h * K * K, dp + h * K * K  # (K, K)
+            mm_nt(ws, do + h * K, HK, ws, kv, K, ws, dq + h * K, HK, T, K, K, 0, cst)  # dQ = dO KV^T
+            mm_tn(ws, q + h * K, HK, ws, do + h * K, HK, ws, dkv, K, K, T, K, 0, cst)  # dKV = Q^T dO
+            mm_nt(ws, v + h * K, HK, ws, dkv, K, ws, dk + h * K, HK, S, K, K, 0, cst)  # dK = V dKV^T
+            mm_nn(ws, kt + h * K, HK, ws, dkv, K, ws, dv + h * K, HK, S, K, K, 0, cst)  # dV = K dKV
+    mm_tn(ws, ain, D, ws, dq, HK, G, g0 + lay[l, Y_WQ], HK, D, T, HK, 1, cst)  # dW_q += AIN^T dQ
+    mm_tn(ws, ain, D, ws, dk, HK, G, g0 + lay[l, Y_WK], HK, D, S, HK, 1, cst)  # dW_k += C^T dK
+    mm_tn(ws, ain, D, ws, dv, HK, G, g0 + lay[l, Y_WV], HK, D, S, HK, 1, cst)  # dW_v += C^T dV
+    if need_dain == 1:
+        mm_nt(ws, dq, HK, pv, lay[l, Y_WQ], HK, ws, du, D, T, HK, D, 0, cst)  # every token a query
+        mm_nt(ws, dk, HK, pv, lay[l, Y_WK], HK, ws, du, D, S, HK, D, 1, cst)  # key tokens ...
+        mm_nt(ws, dv, HK, pv, lay[l, Y_WV], HK, ws, du, D, S, HK, D, 1, cst)  # ... and values
+
+
+@register_jitable
+def layer_backward(l, pv, ii, lay, cst, ws, w0, G, g0, need_dx):
+    """Backward of block l: W_DX holds d(block l+1's x) on entry and d(block l's x) on exit
+    (for l = 0 only when need_dx)."""
+    T, D = ii[I_T], ii[I_D]
+    base = block_base(ii, w0, l)
+    dx, da, du = w0 + ii[I_W_DX], w0 + ii[I_W_DA], w0 + ii[I_W_DU]
+    lam = cst[C_LAM]
+    if ii[I_MLP] == 1:
+        for i in range(T * D):
+            ws[da + i] = lam * ws[dx + i]  # d m
+        mlp_bwd(ws, da, ws, base + ii[I_B_MIN], T, D, ii[I_F], pv, lay[l, Y_W1], lay[l, Y_W2],
+                ws, base + ii[I_B_MH], ws, base + ii[I_B_MG], G, g0 + lay[l, Y_W1],
+                g0 + lay[l, Y_B1], g0 + lay[l, Y_W2], g0 + lay[l, Y_B2], ws, w0 + ii[I_W_DH],
+                ws, du, 0, cst)
+        if ii[I_LN2] == 1:
+            layernorm_bwd(ws, du, T, D, pv, lay[l, Y_LN2S], ws, base + ii[I_B_XH2], ws,
+                          base + ii[I_B_R2], G, g0 + lay[l, Y_LN2S], g0 + lay[l, Y_LN2O], ws, dx, 1, cst)
+        else:
+            for i in range(T * D):
+                ws[dx + i] += ws[du + i]
+    if ii[I_CLIP] == 1:
+        xm, c = base + ii[I_B_XM], cst[C_CLIP]
+        for i in range(T * D):
+            if abs(ws[xm + i]) > c:
+                ws[dx + i] = cst[C_ZERO]
+    for t in range(T):
+        for j in range(D):
+            i = t * D + j
+            if ii[I_YUP] == 1 and j != D - 1:
+                ws[da + i] = cst[C_ZERO]
+            else:
+                ws[da + i] = lam * ws[dx + i]
+    # d(attention input) is needed below layer 0, for the front end or dtokens, and for LN1's grads
+    need_dain = 1 if (l > 0 or need_dx == 1 or lay[l, Y_LN1] == 1) else 0
+    attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
+    if need_dain == 1:
+        if lay[l, Y_LN1] == 1:
+            layernorm_bwd(ws, du, T, D, pv, lay[l, Y_LN1S], ws, base + ii[I_B_XH1], ws,
+                          base + ii[I_B_R1], G, g0 + lay[l, Y_LN1S], g0 + lay[l, Y_LN1O], ws, dx, 1, cst)
+        else:
+            for i in range(T * D):
+                ws[dx + i] += ws[du + i]
+
+
+@register_jitable
+def front_backward(b, pv, ii, cst, ws, w0, G, g0, need_dx, dtok):
+    """From d(block 0's x) in W_DX to the front-end gradients and, if need_dx, dtok[b]."""
+    T, DIN, DF, PW = ii[I_T], ii[I_DIN], ii[I_DF], ii[I_PW]
+    dx, du = w0 + ii[I_W_DX], w0 + ii[I_W_DU]
+    src = dx
+    if ii[I_EMB] == 1:
+        E = ii[I_E]
+        xe = w0 + ii[I_W_XE]
+        if ii[I_IMLP] == 1:
+            mlp_bwd(ws, dx, ws, xe, T, E, ii[I_FI], pv, ii[I_P_IW1], ii[I_P_IW2], ws, w0 + ii[I_W_IH],
+                    ws, w0 + ii[I_W_IG], G, g0 + ii[I_P_IW1], g0 + ii[I_P_IB1], g0 + ii[I_P_IW2],
+                    g0 + ii[I_P_IB2], ws, w0 + ii[I_W_DH], ws, du, 0, cst)
+            for i in range(T * E):
+                ws[dx + i] += ws[du + i]  # residual + MLP branch
+        mm_tn(ws, w0 + ii[I_W_XF], DF, ws, dx, E, G, g0 + ii[I_P_EMB], E, DF, T, E, 1, cst)
+        if need_dx == 1:
+            mm_nt(ws, dx, E, pv, ii[I_P_EMB], E, ws, du, DF, T, E, DF, 0, cst)  # (T, DF)
+            src = du
+    if need_dx == 1:
+        lead = PW if ii[I_POS] == POS_CONCAT else 0
+        for t in range(T):
+            for j in range(DIN):
+                dtok[b, t, j] = ws[src + t * DF + lead + j]
+
+
+@register_jitable
+def task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, need_dx, dtok):
+    """Backward of task b after task_forward: dr (L, B) read-out gradients; G += parameter grads."""
+    T, D = ii[I_T], ii[I_D]
+    dx = w0 + ii[I_W_DX]
+    fill(ws, dx, T * D, cst[C_ZERO])
+    need_x0 = 1 if (need_dx == 1 or ii[I_EMB] == 1) else 0  # d(block 0's x) is used
+    for l in range(ii[I_L] - 1, -1, -1):
+        ws[dx + (T - 1) * D + D - 1] -= dr[l, b]  # readout[l] = -x[query, -1]
+        layer_backward(l, pv, ii, lay, cst, ws, w0, G, g0, need_x0)
+    if need_x0 == 1:
+        front_backward(b, pv, ii, cst, ws, w0, G, g0, need_dx, dtok)
+
+
+@register_jitable
+def task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, g0, need_dx, dtok):
+    """Forward, the MSE gradient (1/B)(y_hat - y) at the last read-out, backward. Returns (y_hat - y)."""
+    L = ii[I_L]
+    task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+    r = rd[L - 1, b] - y[b]
+    for l in range(L - 1):
+        dr[l, b] = cst[C_ZERO]
+    dr[L - 1, b] = cst[C_INV_B] * r
+    task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, need_dx, dtok)
+    return r
