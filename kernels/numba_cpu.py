@@ -5,9 +5,9 @@ refimpl.optim (adam_update), with the same results (float64: to rounding; float3
 float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts.
 
 Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks of tasks):
-    forward_kernel     read-outs of every task                        (model_forward)
-    backward_kernel    per task: recompute forward, backward          (model_backward)
-    loss_grads_kernel  per task: forward, MSE gradient, backward      (loss_and_grads, train_step)
+    task_kernel        by mode: read-outs (model_forward); recompute forward + backward
+                       (model_backward); forward + MSE gradient + backward (loss_and_grads,
+                       train_step). One kernel, so Numba compiles the per-task code once per dtype.
     reduce_rows        parameter gradients: sum of the per-chunk rows in chunk order
     adam_kernel        global-norm clipping and Adam on the flat parameter vector
 Determinism: a chunk's tasks accumulate into the chunk's own gradient row in task order, and rows
@@ -56,43 +56,37 @@ def chunking(batch):
 
 
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def forward_kernel(tok, pv, ii, lay, cst, pe, chunk, ws, rd):
-    B = tok.shape[0]
-    nch = (B + chunk - 1) // chunk
-    W = ii[I_W_SIZE]
-    for c in prange(nch):
-        for b in range(c * chunk, min(B, (c + 1) * chunk)):
-            task_forward(tok, b, pv, ii, lay, cst, pe, ws, c * W, rd)
+MODE_FORWARD, MODE_BACKWARD, MODE_LOSS = 0, 1, 2
 
 
 @njit(cache=True, parallel=True)
-def backward_kernel(tok, dr, pv, ii, lay, cst, pe, chunk, need_dx, ws, rd, G, dtok):
-    B = tok.shape[0]
-    nch = (B + chunk - 1) // chunk
-    W, NP = ii[I_W_SIZE], ii[I_NP]
-    for c in prange(nch):
-        G[c * NP:(c + 1) * NP] = 0
-        for b in range(c * chunk, min(B, (c + 1) * chunk)):
-            task_forward(tok, b, pv, ii, lay, cst, pe, ws, c * W, rd)
-            task_backward(b, dr, pv, ii, lay, cst, ws, c * W, G, c * NP, need_dx, dtok)
-
-
-@njit(cache=True, parallel=True)
-def loss_grads_kernel(tok, y, pv, ii, lay, cst, pe, chunk, ws, rd, dr, G, sq, dtok):
-    """sq (nch, L): per-chunk sums of (readout_l - y)^2."""
+def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, chunk, ws, rd, G, sq, dtok):
+    """All per-task work in one kernel (one compilation), by mode:
+    MODE_FORWARD   rd (L, B) read-outs
+    MODE_BACKWARD  forward, then backward of the given dr (L, B): G rows and dtok (B, T, D_in)
+    MODE_LOSS      forward, dr = MSE gradient, backward (no dtok); sq (nch, L) sums of squared errors
+    G holds one gradient row (NP,) per chunk of `chunk` tasks."""
     B = tok.shape[0]
     L = rd.shape[0]
     nch = (B + chunk - 1) // chunk
     W, NP = ii[I_W_SIZE], ii[I_NP]
     for c in prange(nch):
-        G[c * NP:(c + 1) * NP] = 0
-        sq[c, :] = 0
+        w0 = c * W
+        if mode != MODE_FORWARD:
+            G[c * NP:(c + 1) * NP] = 0
+        if mode == MODE_LOSS:
+            sq[c, :] = 0
         for b in range(c * chunk, min(B, (c + 1) * chunk)):
-            task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, c * W, rd, dr, G, c * NP, 0, dtok)
-            for l in range(L):
-                e = rd[l, b] - y[b]
-                sq[c, l] += e * e
+            if mode == MODE_FORWARD:
+                task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+            elif mode == MODE_BACKWARD:
+                task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+                task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, c * NP, 1, dtok)
+            else:
+                task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, c * NP, 0, dtok)
+                for l in range(L):
+                    e = rd[l, b] - y[b]
+                    sq[c, l] += e * e
 
 
 @njit(cache=True, parallel=True)
@@ -153,7 +147,8 @@ class _Plan:
         self.rd = np.empty((cfg.num_layers, B), dtype)
         self.dr = np.empty((cfg.num_layers, B), dtype)
         self.sq = np.empty((self.nch, cfg.num_layers), dtype)
-        self.no_dtok = np.empty((1, 1, 1), dtype)
+        self.no_dtok = np.empty((1, 1, 1), dtype)  # dtok placeholder where no input gradient is made
+        self.y0 = np.empty(B, dtype)  # y placeholder outside MODE_LOSS
 
 
 _PLANS = {}
@@ -184,7 +179,8 @@ def model_forward(params, tokens, cfg):
     pl = plan(cfg, T, B, tok.dtype)
     pv = pack(params, cfg)
     rd = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
-    forward_kernel(tok, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, rd)
+    task_kernel(MODE_FORWARD, tok, pl.y0, pl.dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, rd,
+                pl.G, pl.sq, pl.no_dtok)
     return rd, {"cfg": cfg, "tokens": tok, "pv": pv}
 
 
@@ -196,7 +192,8 @@ def model_backward(dreadouts, cache):
     dr = np.ascontiguousarray(dreadouts, dtype=tok.dtype)
     pl = plan(cfg, T, B, tok.dtype)
     dtok = np.full(tok.shape, np.nan, tok.dtype)  # (B, T, D_in)
-    backward_kernel(tok, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, 1, pl.ws, pl.rd, pl.G, dtok)
+    task_kernel(MODE_BACKWARD, tok, pl.y0, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, pl.rd,
+                pl.G, pl.sq, dtok)
     g = np.full(pv.shape, np.nan, tok.dtype)  # (P,)
     reduce_rows(pl.G, pl.nch, g)
     return dtok, unpack(g, cfg)
@@ -205,8 +202,8 @@ def model_backward(dreadouts, cache):
 def _loss_grads_flat(pv, tok, y, cfg):
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
-    loss_grads_kernel(tok, y, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, pl.rd, pl.dr, pl.G,
-                      pl.sq, pl.no_dtok)
+    task_kernel(MODE_LOSS, tok, y, pl.dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, pl.rd,
+                pl.G, pl.sq, pl.no_dtok)
     g = np.empty(pv.shape, tok.dtype)  # (P,)
     reduce_rows(pl.G, pl.nch, g)
     per_layer = (0.5 * pl.sq.sum(axis=0) / B).astype(tok.dtype)  # (L,) chunk order: deterministic

@@ -9,7 +9,7 @@ from kernels/numba_layout.py; ws a flat workspace with this task's part at offse
 gradient row (same layout as pv) that the backward ACCUMULATES into.
 Linear attention uses the associativity O^h = Q^h (K^h^T V^h): (K, K) per head instead of (T, S).
 """
-from numba.extending import register_jitable
+from numba import njit
 
 from .numba_layout import (I_B_AIN, I_B_KT, I_B_MG, I_B_MH, I_B_MIN, I_B_O, I_B_PK, I_B_Q, I_B_R1,
                            I_B_R2, I_B_V, I_B_X, I_B_XC, I_B_XH1, I_B_XH2, I_B_XM, I_CAUSAL, I_CLIP,
@@ -26,13 +26,13 @@ import math
 POS_ADD, POS_CONCAT = 1, 2
 
 
-@register_jitable
+@njit(cache=True)
 def block_base(ii, w0, l):
     return w0 + ii[I_W_LAYER] + l * ii[I_W_LSTRIDE]
 
 
 # ----------------------------------------------------------------------------------------------
-@register_jitable
+@njit(cache=True)
 def front_forward(tok, b, pv, ii, cst, pe, ws, w0):
     """tokens -> [concat encoding] -> [embedding] -> [+ input MLP] -> [+ encoding] = block 0's x."""
     T, DIN, DF, D, PW = ii[I_T], ii[I_DIN], ii[I_DF], ii[I_D], ii[I_PW]
@@ -63,7 +63,7 @@ def front_forward(tok, b, pv, ii, cst, pe, ws, w0):
                 ws[x0 + t * D + j] += pe[t, j]
 
 
-@register_jitable
+@njit(cache=True)
 def attention_forward(l, pv, ii, lay, cst, ws, base, out, o0):
     """out (T, D) = concat_h(softmax-or-linear attention) @ W_p, from AIN; caches Q, K, V, P|KV, O."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
@@ -107,7 +107,7 @@ def attention_forward(l, pv, ii, lay, cst, ws, base, out, o0):
     mm_nn(ws, o, HK, pv, lay[l, Y_WP], D, out, o0, D, T, HK, D, 0, cst)  # (T, D)
 
 
-@register_jitable
+@njit(cache=True)
 def layer_forward(l, pv, ii, lay, cst, ws, w0):
     """Block l: x + lam Attn(LN1 x) [y only] -> clip -> + lam MLP(LN2 x); writes block l+1's x."""
     T, D = ii[I_T], ii[I_D]
@@ -150,7 +150,7 @@ def layer_forward(l, pv, ii, lay, cst, ws, w0):
         copy(ws, xc, ws, xn, T * D)
 
 
-@register_jitable
+@njit(cache=True)
 def task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd):
     """Forward of task b; rd[l, b] = -x_l[query, -1] after every application l (SPEC 2.6)."""
     T, D = ii[I_T], ii[I_D]
@@ -161,7 +161,7 @@ def task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd):
 
 
 # ----------------------------------------------------------------------------------------------
-@register_jitable
+@njit(cache=True)
 def attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
     """From da (W_DA, (T, D)) to the weight gradients and, if need_dain, dAIN into W_DU (T, D)."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
@@ -202,7 +202,7 @@ def attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
         mm_nt(ws, dv, HK, pv, lay[l, Y_WV], HK, ws, du, D, S, HK, D, 1, cst)  # ... and values
 
 
-@register_jitable
+@njit(cache=True)
 def layer_backward(l, pv, ii, lay, cst, ws, w0, G, g0, need_dx):
     """Backward of block l: W_DX holds d(block l+1's x) on entry and d(block l's x) on exit
     (for l = 0 only when need_dx)."""
@@ -247,7 +247,7 @@ def layer_backward(l, pv, ii, lay, cst, ws, w0, G, g0, need_dx):
                 ws[dx + i] += ws[du + i]
 
 
-@register_jitable
+@njit(cache=True)
 def front_backward(b, pv, ii, cst, ws, w0, G, g0, need_dx, dtok):
     """From d(block 0's x) in W_DX to the front-end gradients and, if need_dx, dtok[b]."""
     T, DIN, DF, PW = ii[I_T], ii[I_DIN], ii[I_DF], ii[I_PW]
@@ -273,7 +273,7 @@ def front_backward(b, pv, ii, cst, ws, w0, G, g0, need_dx, dtok):
                 dtok[b, t, j] = ws[src + t * DF + lead + j]
 
 
-@register_jitable
+@njit(cache=True)
 def task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, need_dx, dtok):
     """Backward of task b after task_forward: dr (L, B) read-out gradients; G += parameter grads."""
     T, D = ii[I_T], ii[I_D]
@@ -287,7 +287,7 @@ def task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, need_dx, dtok):
         front_backward(b, pv, ii, cst, ws, w0, G, g0, need_dx, dtok)
 
 
-@register_jitable
+@njit(cache=True)
 def task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, g0, need_dx, dtok):
     """Forward, the MSE gradient (1/B)(y_hat - y) at the last read-out, backward. Returns (y_hat - y)."""
     L = ii[I_L]

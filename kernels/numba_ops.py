@@ -12,26 +12,26 @@ hidden width.
 """
 import math
 
-from numba.extending import register_jitable
+from numba import njit
 
 # indices into the constants vector `cst` (values in the data's dtype)
 C_ZERO, C_ONE, C_HALF, C_LAM, C_CLIP, C_LN_EPS, C_GELU_C, C_GELU_A, C_SQRT_K, C_NEG_INF, C_INV_B = range(11)
 NUM_CONSTS = 11
 
 
-@register_jitable
+@njit(cache=True)
 def fill(buf, o, n, value):
     for i in range(n):
         buf[o + i] = value
 
 
-@register_jitable
+@njit(cache=True)
 def copy(src, s0, dst, d0, n):
     for i in range(n):
         dst[d0 + i] = src[s0 + i]
 
 
-@register_jitable
+@njit(cache=True)
 def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[i, k] B[k, j]   (M, Kd) @ (Kd, N); inner loop contiguous in B and C."""
     for i in range(M):
@@ -46,7 +46,7 @@ def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
                 C[ci + j] += a * B[bk + j]
 
 
-@register_jitable
+@njit(cache=True)
 def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[k, i] B[k, j]   A^T (M, Kd) @ (Kd, N): weight gradients x^T dy."""
     if accumulate == 0:
@@ -63,7 +63,7 @@ def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
                 C[ci + j] += a * B[bk + j]
 
 
-@register_jitable
+@njit(cache=True)
 def mm_nt(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[i, k] B[j, k]   (M, Kd) @ B^T: input gradients dy W^T."""
     for i in range(M):
@@ -77,7 +77,7 @@ def mm_nt(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
                 C[c0 + i * ldc + j] += s
 
 
-@register_jitable
+@njit(cache=True)
 def add_bias(C, c0, M, N, bias, o, cst):
     """C[i, :] += bias (N,)."""
     for i in range(M):
@@ -85,7 +85,7 @@ def add_bias(C, c0, M, N, bias, o, cst):
             C[c0 + i * N + j] += bias[o + j]
 
 
-@register_jitable
+@njit(cache=True)
 def sum_rows_into(G, g0, X, x0, M, N):
     """G[j] += sum_i X[i, j]: a bias gradient."""
     for i in range(M):
@@ -95,7 +95,7 @@ def sum_rows_into(G, g0, X, x0, M, N):
 
 # ----------------------------------------------------------------------------------------------
 # LayerNorm over rows of width N (refimpl.layers.layernorm_forward/backward)
-@register_jitable
+@njit(cache=True)
 def layernorm_fwd(X, x0, M, N, pv, o_scale, o_offset, XH, h0, R, r0, Y, y0, cst):
     """Y = xhat * scale + offset; stores xhat (M, N) and rstd (M,) for the backward."""
     for i in range(M):
@@ -116,7 +116,7 @@ def layernorm_fwd(X, x0, M, N, pv, o_scale, o_offset, XH, h0, R, r0, Y, y0, cst)
             Y[y0 + i * N + j] = xh * pv[o_scale + j] + pv[o_offset + j]
 
 
-@register_jitable
+@njit(cache=True)
 def layernorm_bwd(DY, d0, M, N, pv, o_scale, XH, h0, R, r0, G, g_scale, g_offset, DX, dx0, accumulate,
                   cst):
     """dscale += sum dy xhat, doffset += sum dy; DX (+)= rstd (dxhat - mean dxhat - xhat mean(dxhat xhat))."""
@@ -145,7 +145,7 @@ def layernorm_bwd(DY, d0, M, N, pv, o_scale, XH, h0, R, r0, G, g_scale, g_offset
 
 # ----------------------------------------------------------------------------------------------
 # GELU, tanh approximation (refimpl.layers.gelu_forward/backward)
-@register_jitable
+@njit(cache=True)
 def gelu_fwd(Hb, h0, n, Y, y0, cst):
     for i in range(n):
         x = Hb[h0 + i]
@@ -153,7 +153,7 @@ def gelu_fwd(Hb, h0, n, Y, y0, cst):
         Y[y0 + i] = cst[C_HALF] * x * (cst[C_ONE] + t)
 
 
-@register_jitable
+@njit(cache=True)
 def gelu_bwd(DY, d0, Hb, h0, n, DX, dx0, cst):
     """DX = DY * gelu'(h); DX may alias DY."""
     for i in range(n):
@@ -166,7 +166,7 @@ def gelu_bwd(DY, d0, Hb, h0, n, DX, dx0, cst):
 
 # ----------------------------------------------------------------------------------------------
 # MLP: Linear(N -> F, bias) -> GELU -> Linear(F -> N, bias), rows of X (M, N)
-@register_jitable
+@njit(cache=True)
 def mlp_fwd(X, x0, M, N, F, pv, o_W1, o_b1, o_W2, o_b2, Hb, h0, Gb, g0, Y, y0, accumulate, cst):
     """Stores h = x W1 + b1 and g = gelu(h) (M, F); Y (+)= g W2 + b2."""
     mm_nn(X, x0, N, pv, o_W1, F, Hb, h0, F, M, N, F, 0, cst)
@@ -176,7 +176,7 @@ def mlp_fwd(X, x0, M, N, F, pv, o_W1, o_b1, o_W2, o_b2, Hb, h0, Gb, g0, Y, y0, a
     add_bias(Y, y0, M, N, pv, o_b2, cst)
 
 
-@register_jitable
+@njit(cache=True)
 def mlp_bwd(DY, d0, X, x0, M, N, F, pv, o_W1, o_W2, Hb, h0, Gb, g0, G, g_W1, g_b1, g_W2, g_b2,
             DH, dh0, DX, dx0, accumulate, cst):
     """Backward of mlp_fwd: weight gradients into G, DX (+)= dy-path; DH (M, F) is scratch."""
