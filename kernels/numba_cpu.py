@@ -38,10 +38,14 @@ def availability():
 
 
 def asarray(x, dtype=None):
+    if isinstance(x, dict):
+        return {k: asarray(v, dtype) for k, v in x.items()}
     return np.asarray(x, dtype=dtype)
 
 
 def to_numpy(x):
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
     return np.asarray(x)
 
 
@@ -281,3 +285,11 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     t = state["t"] + 1
     adam_flat(pv, g, m, v, t, adam_cfg)
     return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg)}, loss
+
+
+def fill_buffers(cfg, num_tokens, batch, dtype, value):
+    """Fill every persistent buffer (workspace, gradient rows, read-out scratch) with `value`:
+    a test can poison them with NaN to prove that no kernel reads an entry it did not write."""
+    pl = plan(cfg, num_tokens, batch, dtype)
+    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sq, pl.no_dtok, pl.y0):
+        a[...] = value

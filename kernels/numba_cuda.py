@@ -399,3 +399,10 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     t = state["t"] + 1
     _adam_flat(pv, g, m, v, t, adam_cfg, pl.sumsq, pl.factor)
     return _views(pv, cfg), {"t": t, "m": _views(m, cfg), "v": _views(v, cfg)}, per_layer[-1]
+
+
+def fill_buffers(cfg, num_tokens, batch, dtype, value):
+    """Fill every persistent device buffer with `value` (tests poison them with NaN)."""
+    pl = plan(cfg, num_tokens, batch, dtype)
+    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor):
+        a.copy_to_device(np.full(a.shape, value, a.dtype))
