@@ -1,7 +1,7 @@
 """Per-task building blocks shared by the numba-cpu and numba-cuda backends.
 
-Every function here is `@register_jitable`: plain Python that Numba compiles for whichever target
-calls it (a CPU `@njit` kernel or a `@cuda.jit` kernel), so both backends run the same arithmetic.
+Every function here is `@njit(cache=True)`; a `@cuda.jit` kernel that calls one gets it compiled as
+a CUDA device function, so both backends run the same arithmetic.
 No allocation, no NumPy calls: matrices live in flat 1-D buffers, addressed as (buffer, offset,
 row stride), row-major. Scalars that must stay in the data's dtype (0, 1/2, eps, ...) come from the
 constants vector `cst` (see kernels/numba_layout.py), so float32 data is computed in float32.
