@@ -406,3 +406,8 @@ def fill_buffers(cfg, num_tokens, batch, dtype, value):
     pl = plan(cfg, num_tokens, batch, dtype)
     for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor):
         a.copy_to_device(np.full(a.shape, value, a.dtype))
+
+
+def synchronize():
+    """Wait for every launched kernel (for timing)."""
+    cuda.synchronize()

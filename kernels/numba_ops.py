@@ -12,7 +12,12 @@ hidden width.
 """
 import math
 
-from numba import njit
+from numba import njit, uint64
+
+# Matrix products: offsets and sizes are converted to unsigned integers, which spares Numba's
+# negative-index wraparound test on every access and lets LLVM vectorise the inner loops; FMA
+# contraction and reassociation are allowed in them (deterministic for a given machine).
+MM_FLAGS = {"contract", "reassoc"}
 
 # indices into the constants vector `cst` (values in the data's dtype)
 C_ZERO, C_ONE, C_HALF, C_LAM, C_CLIP, C_LN_EPS, C_GELU_C, C_GELU_A, C_SQRT_K, C_NEG_INF, C_INV_B = range(11)
@@ -31,9 +36,11 @@ def copy(src, s0, dst, d0, n):
         dst[d0 + i] = src[s0 + i]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=MM_FLAGS)
 def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[i, k] B[k, j]   (M, Kd) @ (Kd, N); inner loop contiguous in B and C."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
     for i in range(M):
         ci = c0 + i * ldc
         if accumulate == 0:
@@ -46,9 +53,11 @@ def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
                 C[ci + j] += a * B[bk + j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=MM_FLAGS)
 def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[k, i] B[k, j]   A^T (M, Kd) @ (Kd, N): weight gradients x^T dy."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
     if accumulate == 0:
         for i in range(M):
             for j in range(N):
@@ -63,9 +72,11 @@ def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
                 C[ci + j] += a * B[bk + j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=MM_FLAGS)
 def mm_nt(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[i, k] B[j, k]   (M, Kd) @ B^T: input gradients dy W^T."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
     for i in range(M):
         for j in range(N):
             s = cst[C_ZERO]
