@@ -19,7 +19,7 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]==0.30.4"],
-        "peers": ["jax[cpu]>=0.4.30", "torch==2.13.0"],
+        "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
     },
     entry_points={"console_scripts": ["iclgd=refimpl.cli:main"]},
 )

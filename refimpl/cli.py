@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "info": ("refimpl.info", "versions, and which backends are available (and why not)"),
     "gradcheck": ("refimpl.gradcheck", "check every hand-written backward against finite differences"),
+    "crosscheck": ("refimpl.crosscheck", "compare another implementation's results with the oracle"),
+    "convert": ("refimpl.convert_cli", "parameters between Haiku trees, a torch state_dict and our .npz"),
 }
 
 
