@@ -8,6 +8,9 @@ import sys
 COMMANDS = {
     "info": ("refimpl.info", "versions, and which backends are available (and why not)"),
     "gradcheck": ("refimpl.gradcheck", "check every hand-written backward against finite differences"),
+    "list": ("refimpl.cli_list", "the experiments, with the paper figure each reproduces"),
+    "run": ("refimpl.cli_run", "train and evaluate one experiment; write results.json and its figure"),
+    "plot": ("refimpl.cli_plot", "re-render an experiment's figure from its results.json alone"),
 }
 
 

@@ -1,0 +1,75 @@
+"""Figures drawn from results.json alone (STYLE habit 9: re-plotting never retrains).
+
+`plot_results(results, out_dir)` dispatches on results["experiment"] and writes NAME.png and NAME.pdf.
+"""
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out_dir, name):
+    paths = []
+    for ext in ("png", "pdf"):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        tmp = os.path.join(out_dir, f".{name}.tmp.{ext}")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def _arr(values):
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _heat(ax, matrix, title):
+    m = np.asarray(matrix, dtype=float)
+    lim = float(np.max(np.abs(m))) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+
+
+def plot_fig2(r, out_dir):
+    plt = _plt()
+    c, f = r["curves"], r["final"]
+    step = _arr(c["step"])
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
+    ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF")
+    ax[0].axhline(f["loss_gd"], color="k", ls="--", label=f"1 step GD ({f['loss_gd']:.4f})")
+    ax[0].axhline(f["loss_interp"], color="tab:green", ls=":", label=f"interpolation ({f['loss_interp']:.4f})")
+    ax[0].set_ylim(0, max(f["loss_zero"], f["loss_gd"]) * 1.2)
+    ax[0].set(xlabel="training step", ylabel="loss", title="loss")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(step, _arr(c["model_cos"]), color="tab:red")
+    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[2].plot(step, _arr(c["model_diff"]), label="model diff")
+    ax[2].plot(step, _arr(c["preds_diff"]), label="preds diff")
+    ax[2].set(xlabel="training step", title="differences to GD", yscale="log")
+    ax[2].legend(fontsize=8)
+    w = r["per_seed"][0]["weights"]
+    prod = np.asarray(w["W_KQ"]) * np.asarray(w["W_PV"])[-1, -1]
+    _heat(ax[3], prod, f"W_KQ * W_PV[-1,-1] (diag mean {f['kq_pv_diag']:.3f})")
+    fig.suptitle(f"fig2: one LSA layer vs one GD step (eta/N = {f['gd_eta_over_n']:.3f}, "
+                 f"seeds {r['seeds']}, {r['steps_run']} steps run)", fontsize=10)
+    return _save(fig, out_dir, "fig2")
+
+
+def plot_results(results, out_dir):
+    name = results["experiment"]
+    if name not in PLOTTERS:
+        raise ValueError(f"results['experiment']: no plot for {name!r}; known: {sorted(PLOTTERS)}")
+    return PLOTTERS[name](results, out_dir)
+
+
+PLOTTERS = {"fig2": plot_fig2}
