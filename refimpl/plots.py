@@ -65,6 +65,56 @@ def plot_fig2(r, out_dir):
     return _save(fig, out_dir, "fig2")
 
 
+def plot_fig1(r, out_dir):
+    plt = _plt()
+    c, f = r["curves"], r["final"]
+    lam = r["config"]["dampening"]
+    step = _arr(c["step"])
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF, mean")
+    ax[0].plot(step, _arr(c["loss_gd"]), "--", label="GD, mean")
+    ax[0].plot(step, _arr(c["median_tf"]), label="trained TF, median", alpha=0.7)
+    ax[0].plot(step, _arr(c["median_gd"]), ":", label="GD, median", alpha=0.7)
+    ax[0].set(xlabel="applications of the layer", ylabel="loss", yscale="log",
+              title=f"lambda = {lam} (diverged: TF {f['diverged_tf']}, GD {f['diverged_gd']})")
+    ax[0].legend(fontsize=8)
+    for i, e in enumerate(r["per_seed"][0]["sweep"]):
+        col = f"C{i}"
+        ax[1].plot(step, _arr(e["loss_tf"]), color=col, label=f"TF, lambda {e['dampening']}")
+        ax[1].plot(step, _arr(e["loss_gd"]), "--", color=col)
+    ax[1].set(xlabel="applications of the layer", ylabel="mean loss (dashed: GD)", yscale="log",
+              title="dampening sweep (figure 10)")
+    ax[1].set_ylim(top=10)
+    ax[1].legend(fontsize=8)
+    fig.suptitle(f"fig1: repeated LSA layer vs GD (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig1")
+
+
+def plot_fig3(r, out_dir):
+    plt = _plt()
+    names = list(r["final"])
+    fig, ax = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+    for i, name in enumerate(names):
+        c, f = r["curves"][name], r["final"][name]
+        step = _arr(c["step"])
+        a = ax[0, i]
+        a.plot(step, _arr(c["loss_tf"]), label="trained TF")
+        a.axhline(f["loss_gd"], color="k", ls="--", label=f"{f['layers']} steps GD ({f['loss_gd']:.4f})")
+        a.axhline(f["loss_gdpp"], color="tab:red", ls=":", label=f"GD++ ({f['loss_gdpp']:.4f})")
+        a.set(xlabel="training step", ylabel="loss", yscale="log",
+              title=f"{name}: TF {f['loss_tf']:.4f} after {f['steps']} steps")
+        a.legend(fontsize=8)
+        b = ax[1, i]
+        layers = np.arange(1, f["layers"] + 1)
+        b.plot(layers, _arr(f["loss_tf_layers"]), "o-", label="TF after layer l")
+        b.plot(layers, _arr(f["loss_gd_layers"]), "s--", label="GD after step l")
+        b.plot(layers, _arr(f["loss_gdpp_layers"]), "^:", label="GD++ after layer l")
+        b.set(xlabel="layer", ylabel="loss", yscale="log", xticks=layers)
+        b.legend(fontsize=8)
+    fig.suptitle(f"fig3: multi-layer LSA vs GD and GD++ (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig3")
+
+
 def plot_results(results, out_dir):
     name = results["experiment"]
     if name not in PLOTTERS:
@@ -72,4 +122,4 @@ def plot_results(results, out_dir):
     return PLOTTERS[name](results, out_dir)
 
 
-PLOTTERS = {"fig2": plot_fig2}
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3}

@@ -74,13 +74,14 @@ def make_evaluator(cfg, tokens, targets, refs):
     return evaluate
 
 
-def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress):
-    """Train one model for one seed; checkpoints under out_dir/checkpoints/."""
+def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress, train_cfg=None):
+    """Train one model for one seed (exp_cfg.train unless train_cfg is given); checkpoints under
+    out_dir/checkpoints/TAG_seedS.npz."""
     ckpt = None
     if out_dir is not None:
         os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
         ckpt = os.path.join(out_dir, "checkpoints", f"{tag}_seed{seed}.npz")
-    train_cfg = exp_cfg.train
+    train_cfg = exp_cfg.train if train_cfg is None else train_cfg
     source = TaskSource(exp_cfg.task, min(train_cfg.batch, train_cfg.fixed_tasks or train_cfg.batch),
                         fixed_tasks=train_cfg.fixed_tasks, fixed_seed=seed + 10_000)
     return train(cfg, train_cfg, source, seed, backend, evaluate=evaluate, checkpoint=ckpt,
@@ -92,7 +93,9 @@ def mean_over_seeds(dicts):
     out = {}
     for k in dicts[0]:
         vals = [d[k] for d in dicts]
-        if isinstance(vals[0], dict):
+        if all(_same(v, vals[0]) for v in vals):
+            out[k] = vals[0]
+        elif isinstance(vals[0], dict):
             out[k] = mean_over_seeds(vals)
         elif isinstance(vals[0], (list, tuple)):
             arr = [[None if v is None else float(v) for v in row] for row in vals]
@@ -103,3 +106,10 @@ def mean_over_seeds(dicts):
         else:
             out[k] = vals[0]
     return out
+
+
+def _same(a, b):
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
+    except (ValueError, TypeError):
+        return False
