@@ -115,6 +115,48 @@ def plot_fig3(r, out_dir):
     return _save(fig, out_dir, "fig3")
 
 
+def plot_fig6(r, out_dir):
+    plt = _plt()
+    o = r["ood"]
+    styles = {"tf": ("trained TF", "-"), "gd": ("GD", "--"), "gdpp": ("GD++", "-."), "interp": ("interpolation", ":")}
+    titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)",
+              "laws": "exp / normal / Laplace inputs, scale alpha"}
+    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8))
+    for a, fam in zip(ax, ("input", "weight", "laws")):
+        for name, (label, ls) in styles.items():
+            a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=label)
+        a.set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
+        a.legend(fontsize=8)
+    for name, (label, ls) in styles.items():
+        ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
+    ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
+    ax[3].legend(fontsize=8)
+    fig.suptitle(f"fig6: out-of-distribution losses (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig6")
+
+
+def plot_fig16(r, out_dir):
+    plt = _plt()
+    names = list(r["final"])
+    sizes = [r["final"][n]["tasks"] for n in names]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    for n in names:
+        c = r["curves"][n]
+        ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label=n)
+        ax[1].plot(_arr(c["step"]), _arr(c["model_cos"]), label=n)
+    ax[0].axhline(r["final"][names[0]]["loss_gd"], color="k", ls="--", label="1 step GD")
+    ax[0].set(xlabel="training step", ylabel="evaluation loss", yscale="log", title="loss on fresh tasks")
+    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[0].legend(fontsize=8)
+    ax[2].plot(sizes, [r["final"][n]["loss_tf"] for n in names], "o-", label="TF, fresh tasks")
+    ax[2].plot(sizes, [r["final"][n]["loss_train_tf"] for n in names], "s--", label="TF, training set")
+    ax[2].plot(sizes, [r["final"][n]["loss_gd"] for n in names], "k:", label="GD, fresh tasks")
+    ax[2].set(xlabel="training-set size B", ylabel="loss", xscale="log", yscale="log", title="final")
+    ax[2].legend(fontsize=8)
+    fig.suptitle(f"fig16: fixed training sets (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig16")
+
+
 def plot_results(results, out_dir):
     name = results["experiment"]
     if name not in PLOTTERS:
@@ -122,4 +164,4 @@ def plot_results(results, out_dir):
     return PLOTTERS[name](results, out_dir)
 
 
-PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3}
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}

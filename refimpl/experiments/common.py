@@ -58,18 +58,18 @@ def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0):
 
 
 def make_evaluator(cfg, tokens, targets, refs):
-    """evaluate(params) -> loss_tf, per-layer losses, and alignment with each reference model."""
+    """evaluate(params) -> loss_tf, per-layer losses, and alignment with each reference model
+    (the first without a suffix, the others with _NAME)."""
     def evaluate(params):
-        out = {}
+        loss, per_layer, pred = metrics.losses(params, tokens, targets, cfg)
+        sens = metrics.query_sensitivity(params, tokens, cfg)  # (B, d)
+        out = {"loss_tf": loss}
+        for l, v in enumerate(per_layer[:-1]):
+            out[f"loss_tf_layer{l + 1}"] = float(v)
         for i, (name, ref) in enumerate(refs.items()):
-            c = metrics.compare(params, cfg, tokens, targets, ref)
-            if i == 0:
-                out["loss_tf"] = c["loss"]
-                for l, v in enumerate(c["per_layer"][:-1]):
-                    out[f"loss_tf_layer{l + 1}"] = float(v)
             suffix = "" if i == 0 else f"_{name}"
-            for k in ("preds_diff", "model_cos", "model_diff"):
-                out[k + suffix] = c[k]
+            for k, v in metrics.alignment(pred, sens, ref.pred, ref.sens).items():
+                out[k + suffix] = v
         return out
     return evaluate
 
