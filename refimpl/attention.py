@@ -19,6 +19,8 @@ PARAM_NAMES = ("W_q", "W_k", "W_v", "W_p")
 def _check_attention_args(H, params, num_heads, num_keys):
     check_array("H", H, ndim=3)
     B, T, D = H.shape
+    if num_keys is None:
+        num_keys = T - 1  # every token but the query (the last one)
     num_heads = check_positive_int("num_heads", num_heads)
     num_keys = check_positive_int("num_keys", num_keys)
     if num_keys > T:
@@ -81,14 +83,30 @@ def _input_backward(dQ, dKt, dV, cache):
     return dH, grads
 
 
+def _output_backward(dout, cache):
+    """Through out = O W_p: returns (dO (B, H, T, K), dW_p (H*K, D))."""
+    O = cache["O"]
+    dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (H*K, D)
+    dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, H, T, K)
+    return dO, dW_p
+
+
+def _scores_backward(dS, dV, dW_p, cache):
+    """Through S = Q K^T (whatever made the weights from S): to Q, K and then to H and weights."""
+    Q, Kt = cache["Q"], cache["Kt"]
+    dQ = dS @ Kt  # (B, H, T, K)
+    dKt = dS.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
+    dH, grads = _input_backward(dQ, dKt, dV, cache)
+    grads["W_p"] = dW_p
+    return dH, grads
+
+
 # ----------------------------------------------------------------------------------------------
 def lsa_forward(H, params, num_heads=1, num_keys=None):
     """Linear self-attention. H: (B, T, D); returns (out (B, T, D), cache).
 
     num_keys: how many leading tokens are keys and values (default T - 1: all but the query).
     """
-    if num_keys is None and isinstance(H, np.ndarray) and H.ndim == 3:
-        num_keys = H.shape[1] - 1
     num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
     Q, Kt, V = _project(H, params, num_heads, num_keys)
     A = Q @ Kt.transpose(0, 1, 3, 2)  # (B, H, T, S)
@@ -100,16 +118,11 @@ def lsa_forward(H, params, num_heads=1, num_keys=None):
 
 def lsa_backward(dout, cache):
     """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients})."""
-    Q, Kt, V, A, O = cache["Q"], cache["Kt"], cache["V"], cache["A"], cache["O"]
-    dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (H*K, D)
-    dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, H, T, K)
+    V, A = cache["V"], cache["A"]
+    dO, dW_p = _output_backward(dout, cache)  # (B, H, T, K)
     dA = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
     dV = A.transpose(0, 1, 3, 2) @ dO  # (B, H, S, K)
-    dQ = dA @ Kt  # (B, H, T, K)
-    dKt = dA.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
-    dH, grads = _input_backward(dQ, dKt, dV, cache)
-    grads["W_p"] = dW_p
-    return dH, grads
+    return _scores_backward(dA, dV, dW_p, cache)  # A = Q K^T: no nonlinearity in between
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,8 +133,6 @@ def causal_mask(num_tokens, num_keys):
 
 def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=False):
     """Softmax self-attention, scores scaled by 1/sqrt(K). H: (B, T, D) -> (out (B, T, D), cache)."""
-    if num_keys is None and isinstance(H, np.ndarray) and H.ndim == 3:
-        num_keys = H.shape[1] - 1
     num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
     Q, Kt, V = _project(H, params, num_heads, num_keys)
     scores = (Q @ Kt.transpose(0, 1, 3, 2)) / np.sqrt(key_size).astype(H.dtype)  # (B, H, T, S)
@@ -138,16 +149,12 @@ def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=Fals
 
 
 def softmax_attention_backward(dout, cache):
-    Q, Kt, V, P, O = cache["Q"], cache["Kt"], cache["V"], cache["P"], cache["O"]
-    dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (H*K, D)
-    dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, H, T, K)
+    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients})."""
+    V, P = cache["V"], cache["P"]
+    dO, dW_p = _output_backward(dout, cache)  # (B, H, T, K)
     dP = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
     dV = P.transpose(0, 1, 3, 2) @ dO  # (B, H, S, K)
     # softmax Jacobian: dS = P * (dP - sum_s dP P); masked entries have P = 0, so dS = 0 there
     dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))  # (B, H, T, S)
-    dS = dS / np.sqrt(cache["key_size"]).astype(dS.dtype)
-    dQ = dS @ Kt  # (B, H, T, K)
-    dKt = dS.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
-    dH, grads = _input_backward(dQ, dKt, dV, cache)
-    grads["W_p"] = dW_p
-    return dH, grads
+    dS = dS / np.sqrt(cache["key_size"]).astype(dS.dtype)  # scores were Q K^T / sqrt(K)
+    return _scores_backward(dS, dV, dW_p, cache)

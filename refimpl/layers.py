@@ -6,12 +6,14 @@ Every operation is a pair of pure functions:
 Shape legend: B tasks, T tokens, D width (in), F width (out). Inputs may carry any number of
 leading axes; the maps act on the last axis. All arithmetic stays in the inputs' dtype.
 """
+import math
+
 import numpy as np
 
 from .validate import check_array, check_same_dtype
 
 LN_EPS = 1e-5  # SPEC 2.3: LayerNorm eps
-GELU_C = np.sqrt(2.0 / np.pi)  # tanh approximation constant
+GELU_C = math.sqrt(2.0 / math.pi)  # tanh approximation constant (a Python float: keeps float32 float32)
 
 
 def _sum_leading(x):
