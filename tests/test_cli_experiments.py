@@ -86,7 +86,7 @@ def test_run_resume_reaches_the_uninterrupted_final_state(tmp_path):
 @pytest.mark.parametrize("name", ["fig1", "fig3", "fig6", "fig16"])
 def test_other_experiments_write_their_keys(tmp_path, name):
     extra = {"fig1": ["--set", "train.steps=60", "--set", "repeats=7"],
-             "fig3": ["--set", "train.steps=30", "--set", "deep_steps=30", "--set", "deep_layers=[2,4]"],
+             "fig3": ["--set", "train.steps=30", "--set", "deep_steps=[30]", "--set", "deep_layers=[2,4]"],
              "fig6": ["--set", "train.steps=60"],
              "fig16": ["--set", "train.steps=60"]}[name]
     assert _run(["run", name, "--out", tmp_path, *TINY, *extra]) == 0

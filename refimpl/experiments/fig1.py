@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import baselines
+from .. import baselines, metrics
 from ..model import model_forward
 from ..tasks import eval_tasks
 from ..train import TrainConfig
@@ -55,6 +55,11 @@ def summary(per_task, targets):
             "diverged": int(np.sum(~(per_task[-1] <= limit)))}
 
 
+def max_rel_dev(a, b, upto):
+    """max_k |a_k / b_k - 1| over the first `upto` applications."""
+    return float(np.max(np.abs(a[:upto] / b[:upto] - 1)))
+
+
 def gd_unstable_tasks(tokens, step_over_n):
     """Tasks on which GD with step eta' diverges: (eta'/N) lambda_max(X^T X) > 2."""
     X = tokens[:, :-1, :-1]  # (B, N, d)
@@ -87,7 +92,15 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                      "unstable_gd": gd_unstable_tasks(tokens, lam * eta / N)}
             if lam == cfg.dampening:
                 curves.update({k: entry[k] for k in ("loss_tf", "loss_gd", "median_tf", "median_gd")})
-                final = {"loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
+                # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
+                A, M = metrics.layer_products(res.params)
+                eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
+                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets), targets)
+                curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
+                final = {"tf_eta_over_n": eta_tf / N,
+                         "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
+                         "median_rel_dev_to_49": max_rel_dev(tf["median"], gd["median"], 49),
+                         "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),"loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
                          "loss_tf_10": tf["mean"][min(9, cfg.repeats - 1)],
                          "loss_gd_10": gd["mean"][min(9, cfg.repeats - 1)],
                          "loss_tf_last": tf["mean"][-1], "loss_gd_last": gd["mean"][-1],
@@ -103,4 +116,6 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             "per_seed": per_seed, "steps_run": steps_run, "runtime_s": time.perf_counter() - start,
             "notes": "curves: loss after k applications (step k = 1 .. repeats); diverged_*: tasks whose "
                      "loss after the last application exceeds 10 x the mean loss of predicting 0; unstable_gd: "
-                     "tasks with lambda (eta/N) lambda_max(X^T X) > 2, on which GD diverges."}
+                     "tasks with lambda (eta/N) lambda_max(X^T X) > 2, on which GD diverges. *_rel_dev_to_K: max over "
+                     "the first K applications of |TF / GD - 1|. *_gd_tf_eta: diagnostic, GD at the trained "
+                     "layer's own step size tf_eta_over_n instead of the grid's (not the paper's comparison)."}
