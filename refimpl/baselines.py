@@ -146,36 +146,39 @@ def gdpp_explicit(tokens, etas, gammas):
     return out
 
 
-def gdpp_scalar_grads(grads, input_dim, num_context, num_sets):
-    """Project the model's weight gradients onto the GD++ entries: d/d eta = dW_P[d, d] / N,
-    d/d gamma = -sum_{i < d} dW_P[i, i]. Returns (deta (P,), dgamma (P,))."""
-    d, N = input_dim, num_context
-    deta, dgamma = np.empty(num_sets), np.empty(num_sets)  # (P,)
+def gdpp_scalar_grads(grads, input_dim, num_sets):
+    """Project the model's weight gradients onto the GD++ entries of W_P: d/d(eta/N) = dW_P[d, d],
+    d/d gamma = -sum_{i < d} dW_P[i, i]. Returns (d_eta_over_n (P,), d_gamma (P,))."""
+    d = input_dim
+    deta_n, dgamma = np.empty(num_sets), np.empty(num_sets)  # (P,)
     for p in range(num_sets):
         dW_p = grads[f"layer{p}.attn.W_p"]  # (D, D)
-        deta[p] = dW_p[d, d] / N
+        deta_n[p] = dW_p[d, d]
         dgamma[p] = -np.trace(dW_p[:d, :d])
-    return deta, dgamma
+    return deta_n, dgamma
 
 
 def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
                token_clip=0.0):
     """Train GD++'s scalars with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
 
-    source.next_batch(rng, step) gives training tasks. Returns (etas (P,), gammas (P,)).
+    The trained parameters are the entries of W_P themselves, eta/N and gamma (so Adam's step is on
+    the scale of those entries, as for the transformer's weights). source.next_batch(rng, step)
+    gives training tasks. Returns (etas (P,), gammas (P,)).
     """
     P = 1 if tied else num_layers
+    N = num_context
     cfg = gdpp_model_config(input_dim, num_layers, tied, token_clip)
-    scalars = {"eta": np.full(P, float(eta0)), "gamma": np.full(P, float(eta0) / num_context**2)}
+    scalars = {"eta_over_n": np.full(P, float(eta0) / N), "gamma": np.full(P, float(eta0) / N**2)}
     state = adam_init(scalars)
     for step in range(steps):
         tokens, targets = source.next_batch(rng, step)
-        params = gdpp_params(input_dim, scalars["eta"], scalars["gamma"], num_context)
+        params = gdpp_params(input_dim, scalars["eta_over_n"] * N, scalars["gamma"], N)
         readouts, cache = model_forward(params, tokens, cfg)  # (L, B)
         _, lcache = mse_forward(readouts[-1], targets)
         dread = np.zeros_like(readouts)
         dread[-1] = mse_backward(1.0, lcache)
         _, grads = model_backward(dread, cache)
-        deta, dgamma = gdpp_scalar_grads(grads, input_dim, num_context, P)
-        scalars, state, _ = adam_update(scalars, {"eta": deta, "gamma": dgamma}, state, adam_cfg)
-    return scalars["eta"], scalars["gamma"]
+        deta_n, dgamma = gdpp_scalar_grads(grads, input_dim, P)
+        scalars, state, _ = adam_update(scalars, {"eta_over_n": deta_n, "gamma": dgamma}, state, adam_cfg)
+    return scalars["eta_over_n"] * N, scalars["gamma"]

@@ -56,7 +56,8 @@ def test_gdpp_scalar_gradients_match_finite_differences(rng):
     dread = np.zeros_like(readouts)
     dread[-1] = mse_backward(1.0, mse_forward(readouts[-1], targets)[1])
     _, grads = model_backward(dread, cache)
-    deta, dgamma = baselines.gdpp_scalar_grads(grads, d, N, L)
+    deta_n, dgamma = baselines.gdpp_scalar_grads(grads, d, L)
+    deta = deta_n / N  # d/d eta = d/d(eta/N) / N
     h = 1e-6
     for p in range(L):
         e = np.eye(L)[p] * h
