@@ -41,14 +41,6 @@ class Reference:
         self.sens = query_sensitivity(params, tokens, cfg)  # (B, d)
 
 
-def compare(params, cfg, tokens, targets, ref: Reference):
-    """Loss of the model and its alignment with `ref` on the same tasks."""
-    loss, per_layer, pred = losses(params, tokens, targets, cfg)
-    out = {"loss": loss, "per_layer": per_layer}
-    out.update(alignment(pred, query_sensitivity(params, tokens, cfg), ref.pred, ref.sens))
-    return out
-
-
 # ------------------------------------------------------------------------------- interpolation
 def layer_products(params, layer=0):
     """A = W_Q W_K^T (D, D) and M = W_V W_P (D, D) of one layer (heads summed)."""

@@ -5,8 +5,6 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .. import baselines, metrics
 from ..tasks import TaskSource, eval_tasks
 from ..train import TrainConfig
