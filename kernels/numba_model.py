@@ -7,7 +7,8 @@ thread per task. Everything is `@njit(cache=True)` (a CUDA kernel compiles it as
 Arguments, shared by every function: tok (B, T, D_in) tokens; pv flat parameters; ii, lay, cst, pe
 from kernels/numba_layout.py; ws a flat workspace with this task's part at offset w0; G a flat
 gradient row (same layout as pv) that the backward ACCUMULATES into.
-Linear attention uses the associativity O^h = Q^h (K^h^T V^h): (K, K) per head instead of (T, S).
+Linear attention uses the associativity O^h = Q^h (K^h^T V^h) ((K, K) per head instead of (T, S))
+where every token is a query, and (Q^h K^h^T) V^h where only one is (the cheaper order then).
 Only the query token of the last block reaches a read-out, so the last block computes queries,
 outputs, clipping and MLP for that row alone (keys and values still for every key token), and its
 backward starts from that one row: the same numbers as the oracle's full computation.
@@ -77,11 +78,12 @@ def attention_forward(l, q0, pv, ii, lay, cst, ws, base, out, o0):
     mm_nn(ws, ain + q0 * D, D, pv, lay[l, Y_WQ], HK, ws, q + q0 * HK, HK, nr, D, HK, 0, cst)  # Q
     mm_nn(ws, ain, D, pv, lay[l, Y_WK], HK, ws, kt, HK, S, D, HK, 0, cst)  # K (S, HK)
     mm_nn(ws, ain, D, pv, lay[l, Y_WV], HK, ws, v, HK, S, D, HK, 0, cst)  # V (S, HK)
-    if lay[l, Y_SOFTMAX] == 1:
+    softmax = lay[l, Y_SOFTMAX] == 1
+    if softmax or q0 > 0:  # scores first: (Q^h K^h^T) V^h; for linear attention when few queries
         for h in range(H):
-            p = pk + h * T * S  # P^h (T, S)
+            p = pk + h * T * S  # P^h (T, S), or A^h for linear attention
             mm_nt(ws, q + q0 * HK + h * K, HK, ws, kt + h * K, HK, ws, p + q0 * S, S, nr, K, S, 0, cst)
-            for t in range(q0, T):
+            for t in range(q0, T if softmax else q0):
                 smax = cst[C_ZERO]
                 first = True
                 for s in range(S):
@@ -185,13 +187,14 @@ def attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
     qo, qd = q0 * HK, q0 * D  # offsets of row q0
     mm_tn(ws, o + qo, HK, ws, da + qd, D, G, g0 + lay[l, Y_WP], D, HK, nr, D, 1, cst)  # dW_p += O^T da
     mm_nt(ws, da + qd, D, pv, lay[l, Y_WP], D, ws, do + qo, HK, nr, D, HK, 0, cst)  # dO = da W_p^T
-    if lay[l, Y_SOFTMAX] == 1:
+    softmax = lay[l, Y_SOFTMAX] == 1
+    if softmax or q0 > 0:  # the scores path of attention_forward
         for h in range(H):
             p, dph = pk + h * T * S, dp + h * T * S  # (T, S)
             hk = h * K
             mm_nt(ws, do + qo + hk, HK, ws, v + hk, HK, ws, dph + q0 * S, S, nr, K, S, 0, cst)  # dP
             mm_tn(ws, p + q0 * S, S, ws, do + qo + hk, HK, ws, dv + hk, HK, S, nr, K, 0, cst)  # dV
-            for t in range(q0, T):  # dS = P (dP - sum_s dP P) / sqrt(K)
+            for t in range(q0, T if softmax else q0):  # dS = P (dP - sum_s dP P) / sqrt(K)
                 r = cst[C_ZERO]
                 for s in range(S):
                     r += ws[dph + t * S + s] * ws[p + t * S + s]
