@@ -18,6 +18,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
+        # numba-cuda is in maintenance mode: pinned. 0.30.4 with the cu12 extra (NVVM, NVRTC) leaves
+        # numba 0.68.1 / llvmlite 0.50 / numpy untouched (checked with pip install --dry-run).
         "gpu": ["cupy-cuda12x>=13", "numba-cuda[cu12]==0.30.4"],
         "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
     },
