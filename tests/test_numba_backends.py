@@ -187,6 +187,15 @@ def test_train_step_is_deterministic(backend, rng):
         assert np.array_equal(outs[0][1][k], outs[1][1][k]), k
 
 
+def test_mse_matches_oracle(backend, rng):
+    y_hat, y = rng.standard_normal(9), rng.standard_normal(9)
+    loss, cache = backend.mse_forward(backend.asarray(y_hat), backend.asarray(y))
+    loss_o, cache_o = oracle_loss.mse_forward(y_hat, y)
+    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), np.float64, 9, "mse")
+    d = backend.to_numpy(backend.mse_backward(0.7, cache))
+    assert_close_to_oracle(d, oracle_loss.mse_backward(0.7, cache_o), np.float64, 9, "d mse")
+
+
 def test_bad_input_names_the_argument(backend, rng):
     cfg, T = CONFIGS["posenc_add"]
     params, tok, y = make_inputs(cfg, T, 4, rng)
