@@ -16,7 +16,7 @@ gives the same bits. model_forward keeps no activations: model_backward recomput
 (cheaper than storing (B, L, ...) caches).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, set_parallel_chunksize
 
 from refimpl.config import AdamConfig
 from refimpl.loss import mse_backward, mse_forward  # noqa: F401  (the same (B,) arithmetic)
@@ -167,6 +167,17 @@ def plan(cfg, T, B, dtype):
     return _PLANS[key]
 
 
+def run_tasks(mode, tok, y, dr, pv, pl, rd, dtok):
+    """task_kernel with chunks handed out one at a time (a dynamic schedule): on a shared machine a
+    descheduled thread then holds up one chunk, not half the batch. Results do not depend on it."""
+    old = set_parallel_chunksize(1)
+    try:
+        task_kernel(mode, tok, y, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, rd, pl.G,
+                    pl.sq, dtok)
+    finally:
+        set_parallel_chunksize(old)
+
+
 def _check_inputs(params, tokens, cfg):
     check_tokens(tokens, cfg)
     check_params(params, cfg)
@@ -183,8 +194,7 @@ def model_forward(params, tokens, cfg):
     pl = plan(cfg, T, B, tok.dtype)
     pv = pack(params, cfg)
     rd = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
-    task_kernel(MODE_FORWARD, tok, pl.y0, pl.dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, rd,
-                pl.G, pl.sq, pl.no_dtok)
+    run_tasks(MODE_FORWARD, tok, pl.y0, pl.dr, pv, pl, rd, pl.no_dtok)
     return rd, {"cfg": cfg, "tokens": tok, "pv": pv}
 
 
@@ -196,8 +206,7 @@ def model_backward(dreadouts, cache):
     dr = np.ascontiguousarray(dreadouts, dtype=tok.dtype)
     pl = plan(cfg, T, B, tok.dtype)
     dtok = np.full(tok.shape, np.nan, tok.dtype)  # (B, T, D_in)
-    task_kernel(MODE_BACKWARD, tok, pl.y0, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, pl.rd,
-                pl.G, pl.sq, dtok)
+    run_tasks(MODE_BACKWARD, tok, pl.y0, dr, pv, pl, pl.rd, dtok)
     g = np.full(pv.shape, np.nan, tok.dtype)  # (P,)
     reduce_rows(pl.G, pl.nch, g)
     return dtok, unpack(g, cfg)
@@ -206,8 +215,7 @@ def model_backward(dreadouts, cache):
 def _loss_grads_flat(pv, tok, y, cfg):
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
-    task_kernel(MODE_LOSS, tok, y, pl.dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, pl.rd,
-                pl.G, pl.sq, pl.no_dtok)
+    run_tasks(MODE_LOSS, tok, y, pl.dr, pv, pl, pl.rd, pl.no_dtok)
     g = np.empty(pv.shape, tok.dtype)  # (P,)
     reduce_rows(pl.G, pl.nch, g)
     per_layer = (0.5 * pl.sq.sum(axis=0) / B).astype(tok.dtype)  # (L,) chunk order: deterministic
