@@ -79,11 +79,16 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="Numba threads for numba-cpu (0 = Numba's default, one per core)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     # before any timing: the oracle's step depends on both (glibc keeps freed memory; one BLAS thread)
     settings = runtime.tune_for_small_matrices()
     freed = runtime.keep_freed_memory()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
     load_before = os.getloadavg()
     results = []
     for name in args.backends.split(","):
@@ -115,7 +120,7 @@ def main(argv=None):
         "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
                     "platform": platform.platform(), "load_avg_1_5_15_before": load_before,
                     "load_avg_1_5_15_after": os.getloadavg(),
-                    "numba_threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or None},
+                    "numba_threads_requested": args.threads or "default"},
         "versions": versions(),
         "keep_freed_memory_applied": freed,
         "process_settings": settings,
