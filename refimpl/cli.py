@@ -10,6 +10,9 @@ COMMANDS = {
     "gradcheck": ("refimpl.gradcheck", "check every hand-written backward against finite differences"),
     "crosscheck": ("refimpl.crosscheck", "compare another implementation's results with the oracle"),
     "convert": ("refimpl.convert_cli", "parameters between Haiku trees, a torch state_dict and our .npz"),
+    "list": ("refimpl.cli_list", "the experiments, with the paper figure each reproduces"),
+    "run": ("refimpl.cli_run", "train and evaluate one experiment; write results.json and its figure"),
+    "plot": ("refimpl.cli_plot", "re-render an experiment's figure from its results.json alone"),
 }
 
 

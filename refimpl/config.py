@@ -163,8 +163,10 @@ def apply_overrides(config, overrides):
 
 def _apply_one(config, full_key, parts, text):
     names = [f.name for f in dataclasses.fields(config)]
+    done = full_key.split(".")[:len(full_key.split(".")) - len(parts)]  # the sections already entered
+    prefix = "".join(p + "." for p in done)
     if parts[0] not in names:
-        raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config))}")
+        raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
     current = getattr(config, parts[0])
     if dataclasses.is_dataclass(current):
         if len(parts) == 1:
@@ -173,7 +175,7 @@ def _apply_one(config, full_key, parts, text):
         value = _apply_one(current, full_key, parts[1:], text)
     else:
         if len(parts) > 1:
-            raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config))}")
+            raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
         value = text if not isinstance(text, str) else _parse_value(text, current, full_key)
     return dataclasses.replace(config, **{parts[0]: value})
 

@@ -1,0 +1,152 @@
+"""Time one full training step per backend: fresh batch, forward, backward, Adam.
+
+Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
+    a  one-layer LSA                                    lr 1e-3, clip 0.001
+    b  deep 5-layer LSA, token clipping at 10           lr 5e-4, clip 10
+    c  2-head softmax attention with LayerNorm and MLP  lr 1e-3, clip 0.001
+in float64 and float32, for every available backend. Each timing is the median of `--repeats`
+steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn with the
+host NumPy generator (refimpl.data) inside the timed step, then handed to the backend. The kernel
+part alone (train_step on a ready batch) is reported too.
+
+    python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kernels import availability, backend_names, get_backend  # noqa: E402
+from refimpl import data, runtime  # noqa: E402
+from refimpl.config import AdamConfig, ModelConfig, config_to_dict  # noqa: E402
+from refimpl.info import versions  # noqa: E402
+
+CASES = {
+    "a_lsa_1layer": (ModelConfig(), AdamConfig(lr=1e-3, grad_clip=0.001)),
+    "b_lsa_deep5": (ModelConfig(num_layers=5, token_clip=10.0), AdamConfig(lr=5e-4, grad_clip=10.0)),
+    "c_softmax_2head_ln_mlp": (ModelConfig(attention="softmax", num_heads=2, layernorm=True, mlp=True),
+                               AdamConfig(lr=1e-3, grad_clip=0.001)),
+}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
+    rng = np.random.default_rng(seed)
+    params = be.init_params(cfg, rng, dtype)
+    state = be.adam_init(params)
+    full, kernel = [], []
+    sync = getattr(be, "synchronize", lambda: None)
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        tokens, y = data.linear_regression_tasks(rng, batch, 10, 10, dtype=dtype)  # fresh batch
+        tok, yy = be.asarray(tokens), be.asarray(y)
+        sync()
+        t1 = time.perf_counter()
+        params, state, loss = be.train_step(params, state, tok, yy, cfg, acfg)
+        float(loss)
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            full.append(t2 - t0)
+            kernel.append(t2 - t1)
+    return {"step_median_s": float(np.median(full)), "step_min_s": float(np.min(full)),
+            "train_step_only_median_s": float(np.median(kernel)), "repeats": repeats,
+            "warmup": warmup, "final_loss": float(loss)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backends", default=",".join(backend_names()))
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--dtypes", default="float64,float32")
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="Numba threads for numba-cpu (0 = Numba's default, one per core)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    # before any timing: the oracle's step depends on both (glibc keeps freed memory; one BLAS thread)
+    settings = runtime.tune_for_small_matrices()
+    freed = runtime.keep_freed_memory()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    results = []
+    for name in args.backends.split(","):
+        ok, reason = availability(name)
+        if not ok:
+            results.append({"backend": name, "available": False, "reason": reason})
+            print(f"{name}: unavailable ({reason})", flush=True)
+            continue
+        be = get_backend(name)
+        for case in args.cases.split(","):
+            cfg, acfg = CASES[case]
+            for dt in args.dtypes.split(","):
+                r = time_backend(be, cfg, acfg, np.dtype(dt), args.batch, args.warmup, args.repeats,
+                                 args.seed)
+                r.update(backend=name, case=case, dtype=dt, load_avg_after=os.getloadavg())
+                results.append(r)
+                print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms  "
+                      f"(train_step alone {r['train_step_only_median_s'] * 1e3:9.3f} ms)", flush=True)
+    speedups = {}
+    for r in results:
+        if r.get("backend") not in (None, "numpy") and "step_median_s" in r:
+            base = [o for o in results if o.get("backend") == "numpy" and o.get("case") == r["case"]
+                    and o.get("dtype") == r["dtype"]]
+            if base:
+                speedups[f"{r['backend']}/{r['case']}/{r['dtype']}"] = (
+                    base[0]["step_median_s"] / r["step_median_s"])
+    out = {
+        "benchmark": "one training step: fresh batch + forward + backward + Adam",
+        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
+                    "platform": platform.platform(), "load_avg_1_5_15_before": load_before,
+                    "load_avg_1_5_15_after": os.getloadavg(),
+                    "numba_threads_requested": args.threads or "default"},
+        "versions": versions(),
+        "keep_freed_memory_applied": freed,
+        "process_settings": settings,
+        "shapes": {"batch": args.batch, "num_context": 10, "input_dim": 10, "tokens": 11,
+                   "token_dim": 11},
+        "cases": {c: {"model": config_to_dict(CASES[c][0]), "adam": config_to_dict(CASES[c][1])}
+                  for c in args.cases.split(",")},
+        "results": results,
+        "speedup_vs_numpy_step_median": speedups,
+    }
+    try:
+        import numba
+        out["versions"]["numba_threading_layer_threads"] = numba.get_num_threads()
+        from importlib.metadata import version
+        out["versions"]["numba-cuda"] = version("numba-cuda")
+    except Exception as e:  # numba-cuda is optional
+        out["versions"]["numba-cuda"] = f"not installed ({type(e).__name__})"
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        print("wrote", args.out)
+    for k, v in speedups.items():
+        print(f"speedup {k}: {v:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

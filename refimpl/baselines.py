@@ -1,0 +1,184 @@
+"""Baselines of SPEC 4.1-4.3: gradient descent written as LSA weights (Proposition 1), its learning
+rate (grid search and closed form), GD++ and its trained scalars.
+
+Shape legend: B tasks, N context pairs, d input dims, T = N + 1 tokens, D = d + 1, L layers/steps,
+G grid points. GD acts on L(W) = 1/(2N) sum_i (W x_i - y_i)^2 for each task separately.
+"""
+import numpy as np
+
+from .config import AdamConfig, ModelConfig
+from .model import model_backward, model_forward
+from .loss import mse_backward, mse_forward
+from .optim import adam_init, adam_update
+from .validate import check_array, check_positive_int
+
+
+def eta_grid(size=250, start=0.001, spacing=0.1):
+    """SPEC 4.1: eta = 0.001 + 0.1 k, k = 0 .. 249."""
+    return start + spacing * np.arange(size)  # (G,)
+
+
+# ------------------------------------------------------------------------------------ GD (4.1)
+def gd_model_config(input_dim, steps=1, dampening=1.0, y_update=False, token_clip=0.0):
+    """One weight-tied LSA layer (H = 1, K = D) applied `steps` times: `steps` GD steps."""
+    D = input_dim + 1
+    return ModelConfig(token_dim=D, num_layers=steps, weight_tied=True, key_size=D,
+                       dampening=dampening, y_update=y_update, token_clip=token_clip)
+
+
+def gd_params(input_dim, eta, num_context, w0=None, dtype=np.float64):
+    """Proposition 1: W_Q = W_K = diag(1_d, 0); W_V[:d, d] = w_0, W_V[d, d] = -1; W_P[d, d] = eta/N.
+
+    Names as `refimpl.params` for `gd_model_config` (layer0 shared by every application).
+    """
+    d, D = check_positive_int("input_dim", input_dim), input_dim + 1
+    N = check_positive_int("num_context", num_context)
+    w0 = np.zeros(d) if w0 is None else np.asarray(w0, dtype=np.float64)
+    if w0.shape != (d,):
+        raise ValueError(f"w0: expected shape ({d},), got {w0.shape}")
+    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    W_v = np.zeros((D, D))
+    W_v[:d, d] = w0
+    W_v[d, d] = -1.0
+    W_p = np.zeros((D, D))
+    W_p[d, d] = eta / N
+    return {"layer0.attn.W_q": W_qk.astype(dtype), "layer0.attn.W_k": W_qk.astype(dtype),
+            "layer0.attn.W_v": W_v.astype(dtype), "layer0.attn.W_p": W_p.astype(dtype)}
+
+
+def gd_start_tokens(tokens, w0):
+    """With an initial model W_0 the query's label slot starts at -W_0 x_q instead of 0."""
+    check_array("tokens", tokens, ndim=3)
+    out = tokens.copy()  # (B, T, D)
+    out[:, -1, -1] = -(out[:, -1, :-1] @ np.asarray(w0))
+    return out
+
+
+def gd_explicit(tokens, eta, steps, w0=None):
+    """Plain GD on each task's context, written without attention: predictions (L, B) after each
+    step. W_{k+1} = W_k - eta * (1/N) X^T (X W_k - y)."""
+    check_array("tokens", tokens, ndim=3)
+    X, y = tokens[:, :-1, :-1], tokens[:, :-1, -1]  # (B, N, d), (B, N)
+    x_q = tokens[:, -1, :-1]  # (B, d)
+    B, N, d = X.shape
+    W = np.zeros((B, d)) if w0 is None else np.broadcast_to(np.asarray(w0, float), (B, d)).copy()
+    preds = np.empty((check_positive_int("steps", steps), B))  # (L, B)
+    for k in range(steps):
+        r = np.einsum("bnd,bd->bn", X, W) - y  # (B, N) residuals
+        W = W - (eta / N) * np.einsum("bnd,bn->bd", X, r)  # (B, d)
+        preds[k] = np.einsum("bd,bd->b", x_q, W)
+    return preds
+
+
+def grid_search_eta(tokens, targets, steps=1, grid=None):
+    """(best eta, losses (G,)): the eta of `steps`-step GD with the least mean 0.5 (y_hat - y)^2."""
+    grid = eta_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    losses = np.empty(grid.shape)  # (G,)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, eta in enumerate(grid):
+            r = gd_explicit(tokens, eta, steps)[-1] - targets  # (B,)
+            losses[i] = 0.5 * np.mean(r * r)
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    return float(grid[int(np.argmin(losses))]), losses
+
+
+def closed_form_eta(tokens):
+    """One GD step from W = 0: eta/N = E tr S / E tr S^2, S = X^T X, expectations over the tasks."""
+    check_array("tokens", tokens, ndim=3)
+    X = tokens[:, :-1, :-1]  # (B, N, d)
+    S = np.einsum("bnd,bne->bde", X, X)  # (B, d, d)
+    tr_S = np.einsum("bdd->b", S)  # (B,)
+    tr_S2 = np.einsum("bde,bde->b", S, S)  # (B,) tr S^2 = ||S||_F^2 (S symmetric)
+    return X.shape[1] * float(tr_S.mean() / tr_S2.mean())
+
+
+def closed_form_eta_uniform(input_dim, num_context, input_range=1.0):
+    """The same ratio in exact expectation for x ~ U(-r/2, r/2)^d: E x^2 = r^2/12, E x^4 = r^4/80.
+
+    E tr S = N d m2; E tr S^2 = d (N m4 + N(N-1) m2^2) + d(d-1) N m2^2.
+    """
+    d, N, r = input_dim, num_context, input_range
+    m2, m4 = r**2 / 12, r**4 / 80
+    tr_S = N * d * m2
+    tr_S2 = d * (N * m4 + N * (N - 1) * m2**2) + d * (d - 1) * N * m2**2
+    return N * tr_S / tr_S2
+
+
+# -------------------------------------------------------------------------------- GD++ (4.2)
+def gdpp_model_config(input_dim, num_layers, tied, token_clip=0.0):
+    D = input_dim + 1
+    return ModelConfig(token_dim=D, num_layers=num_layers, weight_tied=tied, key_size=D,
+                       token_clip=token_clip)
+
+
+def gdpp_params(input_dim, etas, gammas, num_context, dtype=np.float64):
+    """Per layer l: W_Q = W_K = diag(1_d, 0), W_V = diag(1_d, -1), W_P = diag(-gamma_l 1_d, eta_l/N).
+
+    One (eta, gamma) pair gives the weight-tied model's single parameter set (layer0).
+    """
+    etas, gammas = np.atleast_1d(etas).astype(float), np.atleast_1d(gammas).astype(float)
+    if etas.shape != gammas.shape or etas.ndim != 1:
+        raise ValueError(f"etas, gammas: expected equal 1-D shapes, got {etas.shape} and {gammas.shape}")
+    d, D, N = input_dim, input_dim + 1, num_context
+    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    W_v = np.diag(np.r_[np.ones(d), -1.0])  # (D, D)
+    params = {}
+    for p, (eta, gamma) in enumerate(zip(etas, gammas)):
+        W_p = np.diag(np.r_[-gamma * np.ones(d), eta / N])  # (D, D)
+        params.update({f"layer{p}.attn.W_q": W_qk.astype(dtype), f"layer{p}.attn.W_k": W_qk.astype(dtype),
+                       f"layer{p}.attn.W_v": W_v.astype(dtype), f"layer{p}.attn.W_p": W_p.astype(dtype)})
+    return params
+
+
+def gdpp_explicit(tokens, etas, gammas):
+    """GD++ without attention: per layer x_t <- (I - gamma X^T X) x_t and
+    y_t <- y_t - (eta/N) sum_j (x_t . x_j) y_j, both from the layer's input. Read-outs (L, B)."""
+    x, y = tokens[..., :-1].copy(), tokens[..., -1].copy()  # (B, T, d), (B, T)
+    N = tokens.shape[1] - 1
+    out = np.empty((len(etas), tokens.shape[0]))  # (L, B)
+    for l, (eta, gamma) in enumerate(zip(etas, gammas)):
+        Xc, yc = x[:, :N], y[:, :N]  # (B, N, d), (B, N)
+        S = np.einsum("bnd,bne->bde", Xc, Xc)  # (B, d, d) X^T X
+        Xy = np.einsum("bnd,bn->bd", Xc, yc)  # (B, d) X^T y
+        y = y - (eta / N) * np.einsum("btd,bd->bt", x, Xy)
+        x = x - gamma * np.einsum("btd,bde->bte", x, S)
+        out[l] = -y[:, -1]
+    return out
+
+
+def gdpp_scalar_grads(grads, input_dim, num_sets):
+    """Project the model's weight gradients onto the GD++ entries of W_P: d/d(eta/N) = dW_P[d, d],
+    d/d gamma = -sum_{i < d} dW_P[i, i]. Returns (d_eta_over_n (P,), d_gamma (P,))."""
+    d = input_dim
+    deta_n, dgamma = np.empty(num_sets), np.empty(num_sets)  # (P,)
+    for p in range(num_sets):
+        dW_p = grads[f"layer{p}.attn.W_p"]  # (D, D)
+        deta_n[p] = dW_p[d, d]
+        dgamma[p] = -np.trace(dW_p[:d, :d])
+    return deta_n, dgamma
+
+
+def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
+               token_clip=0.0):
+    """Train GD++'s scalars with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
+
+    The trained parameters are the entries of W_P themselves, eta/N and gamma (so Adam's step is on
+    the scale of those entries, as for the transformer's weights). source.next_batch(rng, step)
+    gives training tasks. Returns (etas (P,), gammas (P,)).
+    """
+    P = 1 if tied else num_layers
+    N = num_context
+    cfg = gdpp_model_config(input_dim, num_layers, tied, token_clip)
+    scalars = {"eta_over_n": np.full(P, float(eta0) / N), "gamma": np.full(P, float(eta0) / N**2)}
+    state = adam_init(scalars)
+    for step in range(steps):
+        tokens, targets = source.next_batch(rng, step)
+        params = gdpp_params(input_dim, scalars["eta_over_n"] * N, scalars["gamma"], N)
+        readouts, cache = model_forward(params, tokens, cfg)  # (L, B)
+        _, lcache = mse_forward(readouts[-1], targets)
+        dread = np.zeros_like(readouts)
+        dread[-1] = mse_backward(1.0, lcache)
+        _, grads = model_backward(dread, cache)
+        deta_n, dgamma = gdpp_scalar_grads(grads, input_dim, P)
+        scalars, state, _ = adam_update(scalars, {"eta_over_n": deta_n, "gamma": dgamma}, state, adam_cfg)
+    return scalars["eta_over_n"] * N, scalars["gamma"]

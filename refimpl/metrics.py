@@ -1,0 +1,82 @@
+"""Metrics of SPEC 5: losses, alignment with a reference model (GD, GD++), interpolation, OOD and
+distractor curves. Everything on the host with the float64 oracle.
+
+Shape legend: B tasks, T tokens, D = d + 1 token width, L layers.
+"""
+import numpy as np
+
+from .model import model_forward, prediction_input_gradient
+from .tasks import scale_inputs, scale_weights
+
+NORM_EPS = 1e-8  # added to the sensitivity norms in the cosine (SPEC 5)
+
+
+def losses(params, tokens, targets, cfg):
+    """(loss of the final read-out, per-layer losses (L,), predictions (B,)): mean 0.5 r^2."""
+    readouts, _ = model_forward(params, tokens, cfg)  # (L, B)
+    per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)
+    return float(per_layer[-1]), per_layer, readouts[-1]
+
+
+def query_sensitivity(params, tokens, cfg):
+    """g_b = d y_hat_b / d x_q (B, d): the query token's x part of the input gradient."""
+    return prediction_input_gradient(params, tokens, cfg)[:, -1, :-1]
+
+
+def alignment(pred_a, sens_a, pred_b, sens_b):
+    """preds_diff = mean |y_a - y_b|; model_cos = mean cos(g_a, g_b); model_diff = mean ||g_a - g_b||."""
+    na = np.linalg.norm(sens_a, axis=1) + NORM_EPS  # (B,)
+    nb = np.linalg.norm(sens_b, axis=1) + NORM_EPS
+    return {"preds_diff": float(np.mean(np.abs(pred_a - pred_b))),
+            "model_cos": float(np.mean(np.sum(sens_a * sens_b, axis=1) / (na * nb))),
+            "model_diff": float(np.mean(np.linalg.norm(sens_a - sens_b, axis=1)))}
+
+
+class Reference:
+    """A fixed model (GD, GD++) on the evaluation set: predictions and sensitivities computed once."""
+
+    def __init__(self, params, cfg, tokens, targets):
+        self.params, self.cfg = params, cfg
+        self.loss, self.per_layer, self.pred = losses(params, tokens, targets, cfg)
+        self.sens = query_sensitivity(params, tokens, cfg)  # (B, d)
+
+
+# ------------------------------------------------------------------------------- interpolation
+def layer_products(params, layer=0):
+    """A = W_Q W_K^T (D, D) and M = W_V W_P (D, D) of one layer (heads summed)."""
+    p = f"layer{layer}.attn."
+    return params[p + "W_q"] @ params[p + "W_k"].T, params[p + "W_v"] @ params[p + "W_p"]
+
+
+def product_params(A, M):
+    """One-layer LSA weights (K = D) with W_Q W_K^T = A and W_V W_P = M: W_Q = A, W_K = W_P = I."""
+    I = np.eye(A.shape[0])
+    return {"layer0.attn.W_q": A, "layer0.attn.W_k": I, "layer0.attn.W_v": M, "layer0.attn.W_p": I}
+
+
+def interpolated_params(params_tf, params_gd, input_dim):
+    """SPEC 5: m = mean of A's first d diagonal entries; A' = (A/m + A_GD)/2, M' = (m M + M_GD)/2."""
+    A, M = layer_products(params_tf)
+    A_gd, M_gd = layer_products(params_gd)
+    m = float(np.mean(np.diag(A)[:input_dim]))
+    return product_params((A / m + A_gd) / 2, (m * M + M_gd) / 2), m
+
+
+# --------------------------------------------------------------------------------- OOD curves
+def ood_curve(models, tokens, targets, alphas, kind):
+    """{name: losses over alphas} for kind 'input' (x scaled) or 'weight' (teacher scaled);
+    models = {name: (params, cfg)}. The same tasks are rescaled for every alpha (SPEC 1.2)."""
+    scale = {"input": scale_inputs, "weight": scale_weights}[kind]
+    out = {name: [] for name in models}
+    for alpha in alphas:
+        t, y = scale(tokens, targets, alpha)
+        for name, (params, cfg) in models.items():
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[name].append(finite_or_none(losses(params, t, y, cfg)[0]))
+    return out
+
+
+def finite_or_none(value):
+    """JSON-safe float: None for inf/NaN (a diverged loss)."""
+    value = float(value)
+    return value if np.isfinite(value) else None

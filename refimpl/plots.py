@@ -1,0 +1,171 @@
+"""Figures drawn from results.json alone (STYLE habit 9: re-plotting never retrains).
+
+`plot_results(results, out_dir)` dispatches on results["experiment"] and writes NAME.png and NAME.pdf.
+"""
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out_dir, name):
+    paths = []
+    for ext in ("png", "pdf"):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        tmp = os.path.join(out_dir, f".{name}.tmp.{ext}")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def _arr(values):
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _heat(ax, matrix, title):
+    m = np.asarray(matrix, dtype=float)
+    lim = float(np.max(np.abs(m))) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+
+
+def plot_fig2(r, out_dir):
+    plt = _plt()
+    c, f = r["curves"], r["final"]
+    step = _arr(c["step"])
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
+    ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF")
+    ax[0].axhline(f["loss_gd"], color="k", ls="--", label=f"1 step GD ({f['loss_gd']:.4f})")
+    ax[0].axhline(f["loss_interp"], color="tab:green", ls=":", label=f"interpolation ({f['loss_interp']:.4f})")
+    ax[0].set_ylim(0, max(f["loss_zero"], f["loss_gd"]) * 1.2)
+    ax[0].set(xlabel="training step", ylabel="loss", title="loss")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(step, _arr(c["model_cos"]), color="tab:red")
+    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[2].plot(step, _arr(c["model_diff"]), label="model diff")
+    ax[2].plot(step, _arr(c["preds_diff"]), label="preds diff")
+    ax[2].set(xlabel="training step", title="differences to GD", yscale="log")
+    ax[2].legend(fontsize=8)
+    w = r["per_seed"][0]["weights"]
+    prod = np.asarray(w["W_KQ"]) * np.asarray(w["W_PV"])[-1, -1]
+    _heat(ax[3], prod, f"W_KQ * W_PV[-1,-1] (diag mean {f['kq_pv_diag']:.3f})")
+    fig.suptitle(f"fig2: one LSA layer vs one GD step (eta/N = {f['gd_eta_over_n']:.3f}, "
+                 f"seeds {r['seeds']}, {r['steps_run']} steps run)", fontsize=10)
+    return _save(fig, out_dir, "fig2")
+
+
+def plot_fig1(r, out_dir):
+    plt = _plt()
+    c, f = r["curves"], r["final"]
+    lam = r["config"]["dampening"]
+    step = _arr(c["step"])
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF, mean")
+    ax[0].plot(step, _arr(c["loss_gd"]), "--", label="GD, mean")
+    ax[0].plot(step, _arr(c["median_tf"]), label="trained TF, median", alpha=0.7)
+    ax[0].plot(step, _arr(c["median_gd"]), ":", label="GD, median", alpha=0.7)
+    if "median_gd_tf_eta" in c:
+        ax[0].plot(step, _arr(c["median_gd_tf_eta"]), ":", color="gray",
+                   label=f"GD at the TF's step (eta/N {f['tf_eta_over_n']:.4f}), median")
+    ax[0].set(xlabel="applications of the layer", ylabel="loss", yscale="log",
+              title=f"lambda = {lam} (diverged: TF {f['diverged_tf']}, GD {f['diverged_gd']})")
+    ax[0].set_ylim(1e-3, 10)  # a diverging task sends the mean far above; its count is in the title
+    ax[0].legend(fontsize=8)
+    for i, e in enumerate(r["per_seed"][0]["sweep"]):
+        col = f"C{i}"
+        ax[1].plot(step, _arr(e["loss_tf"]), color=col, label=f"TF, lambda {e['dampening']}")
+        ax[1].plot(step, _arr(e["loss_gd"]), "--", color=col)
+    ax[1].set(xlabel="applications of the layer", ylabel="mean loss (dashed: GD)", yscale="log",
+              title="dampening sweep (figure 10)")
+    ax[1].set_ylim(1e-3, 10)
+    ax[1].legend(fontsize=8)
+    fig.suptitle(f"fig1: repeated LSA layer vs GD (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig1")
+
+
+def plot_fig3(r, out_dir):
+    plt = _plt()
+    names = list(r["final"])
+    fig, ax = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+    for i, name in enumerate(names):
+        c, f = r["curves"][name], r["final"][name]
+        step = _arr(c["step"])
+        a = ax[0, i]
+        a.plot(step, _arr(c["loss_tf"]), label="trained TF")
+        a.axhline(f["loss_gd"], color="k", ls="--", label=f"{f['layers']} steps GD ({f['loss_gd']:.4f})")
+        a.axhline(f["loss_gdpp"], color="tab:red", ls=":", label=f"GD++ ({f['loss_gdpp']:.4f})")
+        a.set(xlabel="training step", ylabel="loss", yscale="log",
+              title=f"{name}: TF {f['loss_tf']:.4f} after {f['steps']} steps")
+        a.legend(fontsize=8)
+        b = ax[1, i]
+        layers = np.arange(1, f["layers"] + 1)
+        b.plot(layers, _arr(f["loss_tf_layers"]), "o-", label="TF after layer l")
+        b.plot(layers, _arr(f["loss_gd_layers"]), "s--", label="GD after step l")
+        b.plot(layers, _arr(f["loss_gdpp_layers"]), "^:", label="GD++ after layer l")
+        b.set(xlabel="layer", ylabel="loss", yscale="log", xticks=layers)
+        b.legend(fontsize=8)
+    fig.suptitle(f"fig3: multi-layer LSA vs GD and GD++ (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig3")
+
+
+def plot_fig6(r, out_dir):
+    plt = _plt()
+    o = r["ood"]
+    styles = {"tf": ("trained TF", "-"), "gd": ("GD", "--"), "gdpp": ("GD++", "-."), "interp": ("interpolation", ":")}
+    titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)",
+              "laws": "exp / normal / Laplace inputs, scale alpha"}
+    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8))
+    for a, fam in zip(ax, ("input", "weight", "laws")):
+        for name, (label, ls) in styles.items():
+            a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=label)
+        a.set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
+        a.legend(fontsize=8)
+    for name, (label, ls) in styles.items():
+        ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
+    ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
+    ax[3].legend(fontsize=8)
+    fig.suptitle(f"fig6: out-of-distribution losses (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig6")
+
+
+def plot_fig16(r, out_dir):
+    plt = _plt()
+    names = list(r["final"])
+    sizes = [r["final"][n]["tasks"] for n in names]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    for n in names:
+        c = r["curves"][n]
+        ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label=n)
+        ax[1].plot(_arr(c["step"]), _arr(c["model_cos"]), label=n)
+    ax[0].axhline(r["final"][names[0]]["loss_gd"], color="k", ls="--", label="1 step GD")
+    ax[0].set(xlabel="training step", ylabel="evaluation loss", yscale="log", title="loss on fresh tasks")
+    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[0].legend(fontsize=8)
+    ax[2].plot(sizes, [r["final"][n]["loss_tf"] for n in names], "o-", label="TF, fresh tasks")
+    ax[2].plot(sizes, [r["final"][n]["loss_train_tf"] for n in names], "s--", label="TF, training set")
+    ax[2].plot(sizes, [r["final"][n]["loss_gd"] for n in names], "k:", label="GD, fresh tasks")
+    ax[2].set(xlabel="training-set size B", ylabel="loss", xscale="log", yscale="log", title="final")
+    ax[2].legend(fontsize=8)
+    fig.suptitle(f"fig16: fixed training sets (seeds {r['seeds']})", fontsize=10)
+    return _save(fig, out_dir, "fig16")
+
+
+def plot_results(results, out_dir):
+    name = results["experiment"]
+    if name not in PLOTTERS:
+        raise ValueError(f"results['experiment']: no plot for {name!r}; known: {sorted(PLOTTERS)}")
+    return PLOTTERS[name](results, out_dir)
+
+
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}
