@@ -136,7 +136,7 @@ def bench_fused(params, args, dtype):
 
 def bench_unfused(params, args, dtype):
     import cupy as cp
-    be = kernels.get_backend("cupy_unfused")
+    be = kernels.get_backend("cupy-unfused")
     fused = kernels.get_backend("cupy")
     p = {k: cp.asarray(v) for k, v in params.items()}
     state = {"p": p, "s": be.adam_init(p), "t": 0}

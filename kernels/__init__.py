@@ -19,7 +19,7 @@ BACKENDS = {
     "numba-cpu": ("kernels.numba_cpu", "pip install numba"),
     "numba-cuda": ("kernels.numba_cuda", "pip install 'iclgd[gpu]' (numba-cuda[cu12]) and a CUDA GPU"),
     "cupy": ("kernels.cupy_backend", "pip install iclgd[gpu]"),
-    "cupy_unfused": ("kernels.cupy_unfused", "pip install iclgd[gpu]"),
+    "cupy-unfused": ("kernels.cupy_unfused", "pip install iclgd[gpu]"),
 }
 
 

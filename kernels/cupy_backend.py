@@ -10,7 +10,7 @@ Two paths, same numbers:
   when logged.
 - unfused (model_forward, model_backward, mse_*, and every config the kernels do not cover, e.g. a
   front end): the oracle's own vectorised code on CuPy arrays (cuBLAS batched products); see also
-  the `cupy_unfused` backend, which uses it for everything (the baseline the kernels must beat).
+  the `cupy-unfused` backend, which uses it for everything (the baseline the kernels must beat).
 Parameters stay dicts of CuPy arrays in the interface; the kernels see one packed vector in
 refimpl.params.param_shapes order (kernels/cuda_build.py pack/unpack).
 """

@@ -1,4 +1,4 @@
-"""The `cupy_unfused` backend: the oracle's own vectorised code on CuPy arrays (cuBLAS batched
+"""The `cupy-unfused` backend: the oracle's own vectorised code on CuPy arrays (cuBLAS batched
 products, one kernel per operation) for every function, including Adam. It is the baseline the
 fused kernels of the `cupy` backend are measured against, and gives the oracle's numbers up to
 the order of floating-point sums."""
@@ -8,7 +8,7 @@ from refimpl.optim import adam_init, adam_update  # noqa: F401
 
 from .cupy_backend import asarray, availability, init_params, to_numpy  # noqa: F401
 
-name = "cupy_unfused"
+name = "cupy-unfused"
 
 
 def train_step(params, state, tokens, y, cfg, adam_cfg):

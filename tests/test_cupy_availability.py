@@ -7,7 +7,7 @@ import pytest
 import kernels
 
 
-@pytest.mark.parametrize("name", ["cupy", "cupy_unfused"])
+@pytest.mark.parametrize("name", ["cupy", "cupy-unfused"])
 def test_reports_cupy_not_installed(monkeypatch, name):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
     ok, reason = kernels.availability(name)

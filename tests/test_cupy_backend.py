@@ -1,4 +1,4 @@
-"""The `cupy` and `cupy_unfused` backends against the oracle on the same inputs (needs a CUDA GPU;
+"""The `cupy` and `cupy-unfused` backends against the oracle on the same inputs (needs a CUDA GPU;
 skipped with the reason otherwise). Run: python -m pytest -m gpu tests/test_cupy_backend.py"""
 import numpy as np
 import pytest
@@ -152,7 +152,7 @@ def test_unfused_model_forward_backward_match_oracle(cp, be, rng, dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["cupy", "cupy_unfused"])
+@pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
 def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name, B=64):
     cfg = CONFIGS[name]

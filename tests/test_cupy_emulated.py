@@ -60,7 +60,7 @@ def test_block_kernels_write_every_output(cp, be, rng, dtype):
     gpu_tests.test_block_kernels_write_every_output(cp, be, rng, dtype)
 
 
-@pytest.mark.parametrize("backend", ["cupy", "cupy_unfused"])
+@pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
 def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name):
     gpu_tests.test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name, B=24)
