@@ -85,7 +85,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     # before any timing: the oracle's step depends on both (glibc keeps freed memory; one BLAS thread)
     settings = runtime.tune_for_small_matrices()
-    freed = runtime.keep_freed_memory()
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
@@ -122,7 +121,6 @@ def main(argv=None):
                     "load_avg_1_5_15_after": os.getloadavg(),
                     "numba_threads_requested": args.threads or "default"},
         "versions": versions(),
-        "keep_freed_memory_applied": freed,
         "process_settings": settings,
         "shapes": {"batch": args.batch, "num_context": 10, "input_dim": 10, "tokens": 11,
                    "token_dim": 11},

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import AdamConfig, ModelConfig, config_to_dict
 from .params import init_params
-from .runtime import keep_freed_memory
+from .runtime import tune_for_small_matrices
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     backend: a module of `kernels` (get_backend(name)). evaluate(host params) -> {name: float}.
     checkpoint: path of the checkpoint file (None: no checkpoints); resume: start from it if present.
     """
-    keep_freed_memory()
+    tune_for_small_matrices()
     from tqdm import tqdm
     start = time.perf_counter()
     adam = paper_adam(train_cfg, cfg.num_layers)
