@@ -57,21 +57,23 @@ def _merge_heads(x):
 
 
 def _project(H, params, num_heads, num_keys):
-    """Queries from all T tokens, keys and values from the first S tokens, each (B, H, T|S, K)."""
+    """Queries from all T tokens, keys and values from the first S tokens, each (B, H, T|S, K).
+
+    Also returns the key tokens C, copied once into a contiguous array (three products use it)."""
     Q = _split_heads(_dense(H, params["W_q"]), num_heads)  # (B, H, T, K)
-    C = H[:, :num_keys]  # (B, S, D): the key/value tokens
+    C = H[:, :num_keys].copy()  # (B, S, D): the key/value tokens
     Kt = _split_heads(_dense(C, params["W_k"]), num_heads)  # (B, H, S, K)
     V = _split_heads(_dense(C, params["W_v"]), num_heads)  # (B, H, S, K)
-    return Q, Kt, V
+    return Q, Kt, V, C
 
 
 def _input_backward(dQ, dKt, dV, cache):
     """From the gradients of Q, K, V (B, H, T|S, K) to the weights and to the tokens H."""
-    H, params = cache["H"], cache["params"]
-    D, S = H.shape[-1], dKt.shape[2]
+    H, C, params = cache["H"], cache["C"], cache["params"]
+    D, S = H.shape[-1], C.shape[1]
     dQ, dKt, dV = _merge_heads(dQ), _merge_heads(dKt), _merge_heads(dV)  # (B, T|S, H*K)
     H2 = H.reshape(-1, D)  # (B*T, D)
-    C2 = H[:, :S].reshape(-1, D)  # (B*S, D)
+    C2 = C.reshape(-1, D)  # (B*S, D)
     grads = {
         "W_q": H2.T @ dQ.reshape(-1, dQ.shape[-1]),  # (D, H*K)
         "W_k": C2.T @ dKt.reshape(-1, dKt.shape[-1]),  # (D, H*K)
@@ -108,11 +110,11 @@ def lsa_forward(H, params, num_heads=1, num_keys=None):
     num_keys: how many leading tokens are keys and values (default T - 1: all but the query).
     """
     num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
-    Q, Kt, V = _project(H, params, num_heads, num_keys)
+    Q, Kt, V, C = _project(H, params, num_heads, num_keys)
     A = Q @ Kt.transpose(0, 1, 3, 2)  # (B, H, T, S)
     O = _merge_heads(A @ V)  # (B, T, H*K)
     out = _dense(O, params["W_p"])  # (B, T, D)
-    cache = dict(H=H, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, A=A, O=O)
+    cache = dict(H=H, C=C, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, A=A, O=O)
     return out, cache
 
 
@@ -134,7 +136,7 @@ def causal_mask(num_tokens, num_keys):
 def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=False):
     """Softmax self-attention, scores scaled by 1/sqrt(K). H: (B, T, D) -> (out (B, T, D), cache)."""
     num_heads, num_keys, key_size = _check_attention_args(H, params, num_heads, num_keys)
-    Q, Kt, V = _project(H, params, num_heads, num_keys)
+    Q, Kt, V, C = _project(H, params, num_heads, num_keys)
     scores = (Q @ Kt.transpose(0, 1, 3, 2)) / np.sqrt(key_size).astype(H.dtype)  # (B, H, T, S)
     if causal:
         mask = array_module(H).asarray(causal_mask(H.shape[1], num_keys))  # (T, S)
@@ -144,7 +146,7 @@ def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=Fals
     P = E / E.sum(axis=-1, keepdims=True)  # (B, H, T, S)
     O = _merge_heads(P @ V)  # (B, T, H*K)
     out = _dense(O, params["W_p"])  # (B, T, D)
-    cache = dict(H=H, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, P=P, O=O,
+    cache = dict(H=H, C=C, params=params, num_heads=num_heads, Q=Q, Kt=Kt, V=V, P=P, O=O,
                  key_size=key_size)
     return out, cache
 
