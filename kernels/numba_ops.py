@@ -15,9 +15,8 @@ import math
 from numba import njit, uint64
 
 # Matrix products: offsets and sizes are converted to unsigned integers, which spares Numba's
-# negative-index wraparound test on every access; each output element is summed over k in order
-# in a register, four columns at a time (about 2x faster than updating C in memory at sizes ~11);
-# FMA contraction and reassociation are allowed in them (deterministic for a given machine).
+# negative-index wraparound test on every access and lets LLVM vectorise the inner loops; FMA
+# contraction and reassociation are allowed in them (deterministic for a given machine).
 MM_FLAGS = {"contract", "reassoc"}
 
 # indices into the constants vector `cst` (values in the data's dtype)
@@ -38,84 +37,55 @@ def copy(src, s0, dst, d0, n):
 
 
 @njit(cache=True, fastmath=MM_FLAGS)
-def mm_rows(A, a0, sai, sak, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
-    """C[i, j] (+)= sum_k A(i, k) B[k, j] with A(i, k) = A[a0 + i sai + k sak] and B row-major.
-    Four columns of a row at a time in scalar accumulators (registers: C may alias A or B, so a
-    loop that updates C in memory cannot keep it there), each summed over k in order."""
-    a0, sai, sak, b0, ldb = uint64(a0), uint64(sai), uint64(sak), uint64(b0), uint64(ldb)
-    c0, ldc, M, Kd, N = uint64(c0), uint64(ldc), uint64(M), uint64(Kd), uint64(N)
-    N4 = N - N % uint64(4)
-    for i in range(M):
-        ai, ci = a0 + i * sai, c0 + i * ldc
-        for j in range(0, N4, 4):
-            s0, s1, s2, s3 = cst[C_ZERO], cst[C_ZERO], cst[C_ZERO], cst[C_ZERO]
-            for k in range(Kd):
-                a = A[ai + k * sak]
-                bk = b0 + k * ldb + j
-                s0 += a * B[bk]
-                s1 += a * B[bk + 1]
-                s2 += a * B[bk + 2]
-                s3 += a * B[bk + 3]
-            store4(C, ci + j, s0, s1, s2, s3, accumulate)
-        for j in range(N4, N):
-            s = cst[C_ZERO]
-            for k in range(Kd):
-                s += A[ai + k * sak] * B[b0 + k * ldb + j]
-            store4(C, ci + j, s, s, s, s, accumulate + 2)
-
-
-@njit(cache=True)
-def store4(C, c, s0, s1, s2, s3, mode):
-    """C[c:c+4] = or += (s0, s1, s2, s3) for mode 0 or 1; modes 2 and 3 the same for C[c] and s0."""
-    if mode == 0:
-        C[c], C[c + 1], C[c + 2], C[c + 3] = s0, s1, s2, s3
-    elif mode == 1:
-        C[c] += s0
-        C[c + 1] += s1
-        C[c + 2] += s2
-        C[c + 3] += s3
-    elif mode == 2:
-        C[c] = s0
-    else:
-        C[c] += s0
-
-
-@njit(cache=True)
 def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
-    """C[i, j] (+)= sum_k A[i, k] B[k, j]   (M, Kd) @ (Kd, N)."""
-    mm_rows(A, a0, lda, 1, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst)
+    """C[i, j] (+)= sum_k A[i, k] B[k, j]   (M, Kd) @ (Kd, N); inner loop contiguous in B and C."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
+    for i in range(M):
+        ci = c0 + i * ldc
+        if accumulate == 0:
+            for j in range(N):
+                C[ci + j] = cst[C_ZERO]
+        for k in range(Kd):
+            a = A[a0 + i * lda + k]
+            bk = b0 + k * ldb
+            for j in range(N):
+                C[ci + j] += a * B[bk + j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=MM_FLAGS)
 def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
     """C[i, j] (+)= sum_k A[k, i] B[k, j]   A^T (M, Kd) @ (Kd, N): weight gradients x^T dy."""
-    mm_rows(A, a0, 1, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst)
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
+    if accumulate == 0:
+        for i in range(M):
+            for j in range(N):
+                C[c0 + i * ldc + j] = cst[C_ZERO]
+    for k in range(Kd):
+        ak = a0 + k * lda
+        bk = b0 + k * ldb
+        for i in range(M):
+            a = A[ak + i]
+            ci = c0 + i * ldc
+            for j in range(N):
+                C[ci + j] += a * B[bk + j]
 
 
 @njit(cache=True, fastmath=MM_FLAGS)
 def mm_nt(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
-    """C[i, j] (+)= sum_k A[i, k] B[j, k]   (M, Kd) @ B^T: input gradients dy W^T.
-    Four rows of B (columns of C) at a time, as in mm_rows."""
+    """C[i, j] (+)= sum_k A[i, k] B[j, k]   (M, Kd) @ B^T: input gradients dy W^T."""
     a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
     M, Kd, N = uint64(M), uint64(Kd), uint64(N)
-    N4 = N - N % uint64(4)
     for i in range(M):
-        ai, ci = a0 + i * lda, c0 + i * ldc
-        for j in range(0, N4, 4):
-            s0, s1, s2, s3 = cst[C_ZERO], cst[C_ZERO], cst[C_ZERO], cst[C_ZERO]
-            bj = b0 + j * ldb
-            for k in range(Kd):
-                a = A[ai + k]
-                s0 += a * B[bj + k]
-                s1 += a * B[bj + ldb + k]
-                s2 += a * B[bj + 2 * ldb + k]
-                s3 += a * B[bj + 3 * ldb + k]
-            store4(C, ci + j, s0, s1, s2, s3, accumulate)
-        for j in range(N4, N):
+        for j in range(N):
             s = cst[C_ZERO]
             for k in range(Kd):
-                s += A[ai + k] * B[b0 + j * ldb + k]
-            store4(C, ci + j, s, s, s, s, accumulate + 2)
+                s += A[a0 + i * lda + k] * B[b0 + j * ldb + k]
+            if accumulate == 0:
+                C[c0 + i * ldc + j] = s
+            else:
+                C[c0 + i * ldc + j] += s
 
 
 @njit(cache=True)
