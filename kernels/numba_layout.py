@@ -10,7 +10,8 @@ Arrays built here (all int64 except `cst`):
     cst  (NUM_CONSTS,)   constants in the data's dtype, kernels.numba_ops.C_* names
     pe   (T, PW)         the sinusoidal table (concatenated or added), or (T, 1) zeros when unused
 Workspace of one task (ws, 1-D): the front end's buffers, then one block per application
-(the layer's input x, the LayerNorm caches, Q, K, V, K^T V or P, O, ...), then backward scratch.
+(the layer's input x, the LayerNorm caches, Q, K, V, K^T V or P, O, u and z of the
+query-row attention, ...), then backward scratch.
 """
 import numpy as np
 
@@ -31,9 +32,9 @@ II_NAMES = (
     "W_XF", "W_XE", "W_IH", "W_IG", "W_X0",
     # per-application block: base, stride, and offsets inside a block
     "W_LAYER", "W_LSTRIDE", "B_X", "B_XH1", "B_R1", "B_AIN", "B_Q", "B_KT", "B_V", "B_PK", "B_O",
-    "B_XM", "B_XC", "B_XH2", "B_R2", "B_MIN", "B_MH", "B_MG",
+    "B_XM", "B_XC", "B_XH2", "B_R2", "B_MIN", "B_MH", "B_MG", "B_U", "B_Z",
     # backward scratch and the total size
-    "W_DX", "W_DA", "W_DO", "W_DQ", "W_DK", "W_DV", "W_DP", "W_DH", "W_DT", "W_DU", "W_SIZE",
+    "W_DX", "W_DA", "W_DO", "W_DQ", "W_DK", "W_DV", "W_DP", "W_DH", "W_DT", "W_DU", "W_DW", "W_DG", "W_SIZE",
     # number of parameters
     "NP",
 )
@@ -90,7 +91,8 @@ def build_layout(cfg, num_tokens):
     for name, size in (("B_X", T * D), ("B_XH1", T * D), ("B_R1", T), ("B_AIN", T * D),
                        ("B_Q", T * HK), ("B_KT", S * HK), ("B_V", S * HK), ("B_PK", PK),
                        ("B_O", T * HK), ("B_XM", T * D), ("B_XC", T * D), ("B_XH2", T * D),
-                       ("B_R2", T), ("B_MIN", T * D), ("B_MH", T * max(F, 1)), ("B_MG", T * max(F, 1))):
+                       ("B_R2", T), ("B_MIN", T * D), ("B_MH", T * max(F, 1)), ("B_MG", T * max(F, 1)),
+                       ("B_U", H * D), ("B_Z", H * D)):  # u_h, z_h of kernels/numba_query_attn.py
         v[name], b = b, b + size
     v["W_LAYER"], v["W_LSTRIDE"] = w, b
     w += (cfg.num_layers + 1) * b  # block L holds the final residual stream in B_X
@@ -98,7 +100,8 @@ def build_layout(cfg, num_tokens):
     W = max(D, DF, E, 1)
     for name, size in (("W_DX", T * W), ("W_DA", T * W), ("W_DO", T * HK), ("W_DQ", T * HK),
                        ("W_DK", S * HK), ("W_DV", S * HK), ("W_DP", PK),
-                       ("W_DH", T * max(F, FI, 1)), ("W_DT", T * W), ("W_DU", T * W)):
+                       ("W_DH", T * max(F, FI, 1)), ("W_DT", T * W), ("W_DU", T * W),
+                     ("W_DW", H * D), ("W_DG", H * D)):
         v[name], w = w, w + size
     v["W_SIZE"] = w
     ii = np.array([v[n] for n in II_NAMES], dtype=np.int64)

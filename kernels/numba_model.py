@@ -10,8 +10,9 @@ gradient row (same layout as pv) that the backward ACCUMULATES into.
 Linear attention uses the associativity O^h = Q^h (K^h^T V^h) ((K, K) per head instead of (T, S))
 where every token is a query, and (Q^h K^h^T) V^h where only one is (the cheaper order then).
 Only the query token of the last block reaches a read-out, so the last block computes queries,
-outputs, clipping and MLP for that row alone (keys and values still for every key token), and its
-backward starts from that one row: the same numbers as the oracle's full computation.
+outputs, clipping and MLP for that row alone, and its backward starts from that one row: the same
+numbers as the oracle's full computation. Linear attention there never forms keys and values
+(kernels/numba_query_attn.py); softmax attention still does, for every key token.
 """
 from numba import njit
 
@@ -25,6 +26,7 @@ from .numba_layout import (I_B_AIN, I_B_KT, I_B_MG, I_B_MH, I_B_MIN, I_B_O, I_B_
                            Y_WK, Y_WP, Y_WQ, Y_WV)
 from .numba_ops import (C_CLIP, C_INV_B, C_LAM, C_SQRT_K, C_ZERO, copy, fill, layernorm_bwd,
                         layernorm_fwd, mlp_bwd, mlp_fwd, mm_nn, mm_nt, mm_tn)
+from .numba_query_attn import query_attention_backward, query_attention_forward
 import math
 
 POS_ADD, POS_CONCAT = 1, 2
@@ -33,6 +35,12 @@ POS_ADD, POS_CONCAT = 1, 2
 @njit(cache=True)
 def block_base(ii, w0, l):
     return w0 + ii[I_W_LAYER] + l * ii[I_W_LSTRIDE]
+
+
+@njit(cache=True)
+def query_only_attention(l, q0, ii, lay):
+    """Linear attention read out at the query row alone: kernels/numba_query_attn.py (rank one)."""
+    return lay[l, Y_SOFTMAX] == 0 and q0 == ii[I_T] - 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +140,10 @@ def layer_forward(l, q0, pv, ii, lay, cst, ws, w0):
                       ws, base + ii[I_B_R1], ws, ain, cst)
     else:
         copy(ws, x, ws, ain, T * D)
-    attention_forward(l, q0, pv, ii, lay, cst, ws, base, ws, tmp)
+    if query_only_attention(l, q0, ii, lay):
+        query_attention_forward(l, pv, ii, lay, cst, ws, base, ws, tmp)
+    else:
+        attention_forward(l, q0, pv, ii, lay, cst, ws, base, ws, tmp)
     for t in range(q0, T):
         for j in range(D):
             i = t * D + j
@@ -260,7 +271,10 @@ def layer_backward(l, q0, pv, ii, lay, cst, ws, w0, G, g0, need_dx):
                 ws[da + i] = lam * ws[dx + i]
     # d(attention input) is needed below layer 0, for the front end or dtokens, and for LN1's grads
     need_dain = 1 if (l > 0 or need_dx == 1 or lay[l, Y_LN1] == 1) else 0
-    attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
+    if query_only_attention(l, q0, ii, lay):
+        query_attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
+    else:
+        attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
     if need_dain == 1:
         if lay[l, Y_LN1] == 1:
             layernorm_bwd(ws, du, T, D, pv, lay[l, Y_LN1S], ws, base + ii[I_B_XH1], ws,
