@@ -67,8 +67,8 @@ def _project(H, params, num_heads, num_keys):
     return Q, Kt, V, C
 
 
-def _input_backward(dQ, dKt, dV, cache):
-    """From the gradients of Q, K, V (B, H, T|S, K) to the weights and to the tokens H."""
+def _input_backward(dQ, dKt, dV, cache, input_grad=True):
+    """From the gradients of Q, K, V (B, H, T|S, K) to the weights and (if input_grad) to H."""
     H, C, params = cache["H"], cache["C"], cache["params"]
     D, S = H.shape[-1], C.shape[1]
     dQ, dKt, dV = _merge_heads(dQ), _merge_heads(dKt), _merge_heads(dV)  # (B, T|S, H*K)
@@ -79,6 +79,8 @@ def _input_backward(dQ, dKt, dV, cache):
         "W_k": C2.T @ dKt.reshape(-1, dKt.shape[-1]),  # (D, H*K)
         "W_v": C2.T @ dV.reshape(-1, dV.shape[-1]),  # (D, H*K)
     }
+    if not input_grad:
+        return None, grads
     dH = _dense(dQ, params["W_q"].T)  # (B, T, D): every token is a query
     dH[:, :S] += _dense(dKt, params["W_k"].T)  # the key tokens also feed K ...
     dH[:, :S] += _dense(dV, params["W_v"].T)  # ... and V
@@ -93,12 +95,12 @@ def _output_backward(dout, cache):
     return dO, dW_p
 
 
-def _scores_backward(dS, dV, dW_p, cache):
+def _scores_backward(dS, dV, dW_p, cache, input_grad=True):
     """Through S = Q K^T (whatever made the weights from S): to Q, K and then to H and weights."""
     Q, Kt = cache["Q"], cache["Kt"]
     dQ = dS @ Kt  # (B, H, T, K)
     dKt = dS.transpose(0, 1, 3, 2) @ Q  # (B, H, S, K)
-    dH, grads = _input_backward(dQ, dKt, dV, cache)
+    dH, grads = _input_backward(dQ, dKt, dV, cache, input_grad)
     grads["W_p"] = dW_p
     return dH, grads
 
@@ -118,13 +120,13 @@ def lsa_forward(H, params, num_heads=1, num_keys=None):
     return out, cache
 
 
-def lsa_backward(dout, cache):
-    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients})."""
+def lsa_backward(dout, cache, input_grad=True):
+    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients}); dH is None if not input_grad."""
     V, A = cache["V"], cache["A"]
     dO, dW_p = _output_backward(dout, cache)  # (B, H, T, K)
     dA = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
     dV = A.transpose(0, 1, 3, 2) @ dO  # (B, H, S, K)
-    return _scores_backward(dA, dV, dW_p, cache)  # A = Q K^T: no nonlinearity in between
+    return _scores_backward(dA, dV, dW_p, cache, input_grad)  # A = Q K^T: no nonlinearity between
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,8 +153,8 @@ def softmax_attention_forward(H, params, num_heads=1, num_keys=None, causal=Fals
     return out, cache
 
 
-def softmax_attention_backward(dout, cache):
-    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients})."""
+def softmax_attention_backward(dout, cache, input_grad=True):
+    """Returns (dH (B, T, D), {W_q, W_k, W_v, W_p gradients}); dH is None if not input_grad."""
     V, P = cache["V"], cache["P"]
     dO, dW_p = _output_backward(dout, cache)  # (B, H, T, K)
     dP = dO @ V.transpose(0, 1, 3, 2)  # (B, H, T, S)
@@ -160,4 +162,4 @@ def softmax_attention_backward(dout, cache):
     # softmax Jacobian: dS = P * (dP - sum_s dP P); masked entries have P = 0, so dS = 0 there
     dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))  # (B, H, T, S)
     dS = dS / np.sqrt(cache["key_size"]).astype(dS.dtype)  # scores were Q K^T / sqrt(K)
-    return _scores_backward(dS, dV, dW_p, cache)
+    return _scores_backward(dS, dV, dW_p, cache, input_grad)

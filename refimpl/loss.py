@@ -26,6 +26,6 @@ def loss_and_grads(params, tokens, y, cfg):
     loss, lcache = mse_forward(readouts[-1], y)
     dread = np.zeros_like(readouts)  # (L, B)
     dread[-1] = mse_backward(1.0, lcache)
-    _, grads = model_backward(dread, cache)
+    _, grads = model_backward(dread, cache, input_grad=False)
     per_layer = 0.5 * np.mean((readouts - y) ** 2, axis=1)  # (L,)
     return loss, per_layer, grads

@@ -111,8 +111,12 @@ def model_forward(params, tokens, cfg: ModelConfig):
     return readouts, cache
 
 
-def model_backward(dreadouts, cache):
-    """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient}) for every parameter."""
+def model_backward(dreadouts, cache, input_grad=True):
+    """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient}) for every parameter.
+
+    input_grad=False (training needs only the parameter gradients) returns dtokens = None and skips
+    the first layer's attention input gradient when nothing below it (LayerNorm, front end) needs it.
+    """
     cfg = cache["cfg"]
     L, B = cfg.num_layers, cache["x_shape"][0]
     check_array("dreadouts", dreadouts, shape=(L, B))
@@ -135,8 +139,11 @@ def model_backward(dreadouts, cache):
         da = lam * dx  # (B, T, D)
         if cfg.y_update:
             da = da * array_module(da).asarray(y_update_mask(da.shape[-1], da.dtype))
-        da_in, g = ATTENTION[lc["kind"]][1](da, lc["attn"])
+        needed = input_grad or l > 0 or "ln1" in lc or bool(cache["front"])
+        da_in, g = ATTENTION[lc["kind"]][1](da, lc["attn"], needed)
         _add_grads(grads, p + ".attn", g)
+        if not needed:
+            return None, grads  # layer 0 with nothing below it: only dtokens would remain
         if "ln1" in lc:
             da_in, g = layers.layernorm_backward(da_in, lc["ln1"])
             _add_grads(grads, p + ".ln1", g)
@@ -153,7 +160,7 @@ def model_backward(dreadouts, cache):
             dx, _ = layers.posenc_concat_backward(dx, c)
         elif kind == "posenc_add":
             dx, _ = layers.posenc_add_backward(dx, c)
-    return dx, grads
+    return (dx if input_grad else None), grads
 
 
 def predict(params, tokens, cfg):
