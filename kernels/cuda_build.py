@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.params import param_shapes
+from refimpl.params import param_offsets
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 
@@ -252,15 +252,6 @@ def adam_launch(n):
 
 # ----------------------------------------------------------------------------------------------
 # the packed parameter vector: refimpl.params.param_shapes order
-def param_offsets(cfg):
-    """{name: (offset, shape)} in the packed vector, and its total length."""
-    out, o = {}, 0
-    for name, shape in param_shapes(cfg).items():
-        out[name] = (o, shape)
-        o += int(np.prod(shape))
-    return out, o
-
-
 def set_offset(cfg, p):
     """Offset of parameter set p (`layer{p}.` prefix): its entries are contiguous."""
     offs, _ = param_offsets(cfg)

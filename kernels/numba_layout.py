@@ -16,7 +16,7 @@ query-row attention, ...), then backward scratch.
 import numpy as np
 
 from refimpl.layers import GELU_C, LN_EPS, sinusoidal_encoding
-from refimpl.params import param_shapes
+from refimpl.params import param_offsets  # noqa: F401  (re-exported for the Numba backends)
 
 from .numba_ops import (C_CLIP, C_GELU_A, C_GELU_C, C_HALF, C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF,
                         C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
@@ -49,15 +49,6 @@ LAY_NAMES = ("LN1", "SOFTMAX", "LN1S", "LN1O", "WQ", "WK", "WV", "WP", "LN2S", "
 for _i, _n in enumerate(LAY_NAMES):
     globals()["Y_" + _n] = _i
 NUM_LAY = len(LAY_NAMES)
-
-
-def param_offsets(cfg):
-    """{name: (offset, shape)} in the flat vector, and its total size."""
-    out, o = {}, 0
-    for name, shape in param_shapes(cfg).items():
-        out[name] = (o, shape)
-        o += int(np.prod(shape))
-    return out, o
 
 
 def build_layout(cfg, num_tokens):

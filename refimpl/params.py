@@ -51,6 +51,16 @@ def param_shapes(cfg: ModelConfig):
     return shapes
 
 
+def param_offsets(cfg: ModelConfig):
+    """{name: (offset, shape)} of each parameter in one flat vector (param_shapes order), and the
+    vector's length: the packed layout of the fast backends."""
+    out, o = {}, 0
+    for name, shape in param_shapes(cfg).items():
+        out[name] = (o, shape)
+        o += int(np.prod(shape))
+    return out, o
+
+
 def truncated_normal(rng, shape, std, dtype=np.float64):
     """Normal(0, std^2) truncated at +-2 std, by resampling the draws outside (Haiku's law)."""
     z = rng.standard_normal(shape)
