@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.params import param_offsets
+from refimpl.params import param_offsets, param_shapes
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 
