@@ -319,18 +319,8 @@ __global__ void block_backward(BLOCK_DIMS_ARGS, int B, int tasks_per_warp,
     }
     __syncthreads();
     {
-        const int stride = warp_bytes / (int)sizeof(real);
         real* base = (real*)smem + w.gacc;
-        int rows = wpb;
-        while (rows > 1) {
-            const int half = (rows + 1) / 2;
-            for (int e = threadIdx.x; e < (rows - half) * G; e += blockDim.x) {
-                const int r = e / G, c = e % G;
-                base[r * stride + c] += base[(r + half) * stride + c];
-            }
-            rows = half;
-            __syncthreads();
-        }
+        shared_tree_sum_rows<real>(base, wpb, warp_bytes / (int)sizeof(real), G);
         for (int e = threadIdx.x; e < G; e += blockDim.x) partials[(size_t)blockIdx.x * G + e] = base[e];
     }
     if (!last_block_done(ticket)) return;

@@ -73,6 +73,21 @@ __device__ void block_tree_sum_rows(real* parts, int rows, int n, int tid, int n
     }
 }
 
+// The same fixed tree over `rows` rows of width n kept in shared memory `stride` elements apart
+// (the warps' gradient accumulators of one block), into base[0, :n].
+template <typename real>
+__device__ void shared_tree_sum_rows(real* base, int rows, int stride, int n) {
+    while (rows > 1) {
+        const int half = (rows + 1) / 2;
+        for (int e = threadIdx.x; e < (rows - half) * n; e += blockDim.x) {
+            const int r = e / n, c = e % n;
+            base[r * stride + c] += base[(r + half) * stride + c];
+        }
+        rows = half;
+        __syncthreads();
+    }
+}
+
 // The same tree over a block's threads: every thread holds `v`; the block's sum is returned to all.
 // scratch: blockDim.x doubles of shared memory.
 __device__ inline double block_tree_sum(double v, double* scratch) {
