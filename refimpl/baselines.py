@@ -119,7 +119,7 @@ def gdpp_params(input_dim, etas, gammas, num_context, dtype=np.float64):
     etas, gammas = np.atleast_1d(etas).astype(float), np.atleast_1d(gammas).astype(float)
     if etas.shape != gammas.shape or etas.ndim != 1:
         raise ValueError(f"etas, gammas: expected equal 1-D shapes, got {etas.shape} and {gammas.shape}")
-    d, D, N = input_dim, input_dim + 1, num_context
+    d, N = input_dim, num_context  # D = d + 1
     W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
     W_v = np.diag(np.r_[np.ones(d), -1.0])  # (D, D)
     params = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import baselines, metrics
 from ..config import AdamConfig, ModelConfig
-from ..tasks import TaskSource
+from ..tasks import TaskSource, eval_tasks
 from ..train import TrainConfig, paper_token_clip, train
 
 
@@ -32,6 +32,14 @@ class GDPPConfig:
     batch: int = 512  # tasks per step (SPEC 3: 512)
     lr: float = 1e-3  # (SPEC 3: 1e-3)
     b2: float = 0.999  # (SPEC 3: 0.999)
+
+
+def eval_set_and_gd_eta(task: TaskConfig, **kw):
+    """The fixed evaluation set, tokens (B, T, D) and targets (B,), and one-step GD's learning rate
+    from the grid on it (SPEC 4.1)."""
+    tokens, targets = eval_tasks(task, **kw)
+    eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
+    return tokens, targets, eta
 
 
 def lsa_config(task: TaskConfig, num_layers=1, tied=False, **kw):

@@ -14,9 +14,8 @@ import numpy as np
 
 from .. import baselines, metrics
 from ..model import model_forward
-from ..tasks import eval_tasks
 from ..train import TrainConfig
-from .common import TaskConfig, lsa_config, mean_over_seeds, train_model
+from .common import TaskConfig, eval_set_and_gd_eta, lsa_config, mean_over_seeds, train_model
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
-    tokens, targets = eval_tasks(task)
-    eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
+    tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
     cfg_tf = lsa_config(task)
     per_seed, steps_run = [], 0
     for seed in seeds:

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 
 from .. import baselines, metrics
-from ..tasks import TaskSource, eval_tasks
+from ..tasks import TaskSource
 from ..train import TrainConfig
-from .common import TaskConfig, lsa_config, make_evaluator, mean_over_seeds, train_model
+from .common import TaskConfig, eval_set_and_gd_eta, lsa_config, make_evaluator, mean_over_seeds, train_model
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
-    tokens, targets = eval_tasks(task)
-    eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
+    tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
     gd_cfg = baselines.gd_model_config(d, 1)
     gd = baselines.gd_params(d, eta, N)
     ref = metrics.Reference(gd, gd_cfg, tokens, targets)

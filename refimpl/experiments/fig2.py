@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import baselines, metrics
-from ..tasks import eval_tasks
 from ..train import TrainConfig
-from .common import TaskConfig, lsa_config, make_evaluator, mean_over_seeds, train_model
+from .common import TaskConfig, eval_set_and_gd_eta, lsa_config, make_evaluator, mean_over_seeds, train_model
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
-    tokens, targets = eval_tasks(task)  # (B, T, D), (B,)
-    eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
+    tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
     gd_cfg = baselines.gd_model_config(d, steps=1)
     gd = baselines.gd_params(d, eta, N)
     ref = metrics.Reference(gd, gd_cfg, tokens, targets)
