@@ -42,6 +42,13 @@ def eval_set_and_gd_eta(task: TaskConfig, **kw):
     return tokens, targets, eta
 
 
+def one_step_gd_reference(task: TaskConfig, tokens, targets, eta):
+    """The Proposition-1 layer for one GD step at `eta`: (params, config, metrics.Reference)."""
+    gd_cfg = baselines.gd_model_config(task.input_dim, 1)
+    gd = baselines.gd_params(task.input_dim, eta, task.num_context)
+    return gd, gd_cfg, metrics.Reference(gd, gd_cfg, tokens, targets)
+
+
 def lsa_config(task: TaskConfig, num_layers=1, tied=False, **kw):
     """The paper's LSA for linear regression: D = K = d + 1, one head, token clip by depth."""
     D = task.input_dim + 1

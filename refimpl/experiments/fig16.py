@@ -5,10 +5,10 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from .. import baselines, metrics
+from .. import metrics
 from ..tasks import TaskSource
 from ..train import TrainConfig
-from .common import TaskConfig, eval_set_and_gd_eta, lsa_config, make_evaluator, mean_over_seeds, train_model
+from .common import TaskConfig, eval_set_and_gd_eta, one_step_gd_reference, lsa_config, make_evaluator, mean_over_seeds, train_model
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,8 @@ QUICK = {"train.steps": "300", "train.eval_every": "100", "task.eval_tasks": "10
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
-    d, N = task.input_dim, task.num_context
     tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
-    gd_cfg = baselines.gd_model_config(d, 1)
-    gd = baselines.gd_params(d, eta, N)
-    ref = metrics.Reference(gd, gd_cfg, tokens, targets)
+    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta)
     cfg_tf = lsa_config(task)
     evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
     per_seed, steps_run = [], 0
