@@ -21,7 +21,9 @@ def linear_regression_tasks(rng, batch, num_context=10, input_dim=10, input_rang
         raise ValueError(f"distractors: expected 0 <= k <= num_context = {N}, got {distractors}")
     w = rng.standard_normal((B, d)) * weight_scale  # (B, d)
     x = rng.uniform(-input_range / 2, input_range / 2, size=(B, N + 1, d))  # (B, T, d)
-    y = (x @ w[:, :, None])[..., 0]  # (B, T): y_t = w . x_t
+    y = x[..., 0] * w[:, None, 0]  # (B, T): y_t = w . x_t, summed over k in order, one rounding
+    for k in range(1, d):  # per product and per sum (no BLAS), so that compiled drawers match bit for bit
+        y += x[..., k] * w[:, None, k]
     target = y[:, -1].copy()  # (B,)
     y[:, -1] = 0.0  # the query's label slot starts at 0
     if distractors:
