@@ -4,6 +4,10 @@ Mirrors refimpl.model (model_forward/backward), refimpl.loss (mse, loss_and_grad
 refimpl.optim (adam_update), with the same results (float64: to rounding; float32 computed in
 float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts.
 
+Linear-attention models (kernels.numba_lsa.supports: no softmax, LayerNorm, MLP or front end) get
+their loss and gradients (loss_and_grads, train_step) from kernels/numba_lsa.py, which works in
+parameter space with eight tasks per SIMD group; everything else uses the kernels below.
+
 Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks of tasks):
     task_kernel        by mode: read-outs (model_forward); recompute forward + backward
                        (model_backward); forward + MSE gradient + backward (loss_and_grads,

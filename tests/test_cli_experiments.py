@@ -95,6 +95,7 @@ def test_other_experiments_write_their_keys(tmp_path, name):
     assert os.path.isfile(tmp_path / f"{name}.png") and os.path.isfile(tmp_path / f"{name}.pdf")
     if name == "fig1":
         assert len(r["curves"]["loss_tf"]) == 7 and len(r["curves"]["loss_gd"]) == 7
+        assert len(r["curves"]["median_tf_other_row"]) == 7 and r["final"]["query_label_row_norm"] > 0
     if name == "fig3":
         assert set(r["final"]) == {"tied2", "deep2", "deep4"}
         for v in r["final"].values():

@@ -104,3 +104,24 @@ def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
     train(lsa_config(task, 1), tc, TaskSource(task, 8), 0, backend, None, ckpt, progress=False)
     with pytest.raises(ValueError, match="model config"):
         train(lsa_config(task, 2), tc, TaskSource(task, 8), 0, backend, None, ckpt, resume=True, progress=False)
+
+
+def test_one_layer_training_never_moves_the_label_row_of_w_q(rng):
+    """fig1 zeroes this row before repeating the layer: check that its gradient is exactly 0 (the
+    query's label slot is 0 and only the query's read-out enters the loss), and that the repeated
+    parameters differ from the trained ones in that row only."""
+    from refimpl.experiments.fig1 import repeated_layer_params
+    from refimpl.loss import loss_and_grads
+    from refimpl.params import init_params
+    cfg = lsa_config(TaskConfig(input_dim=4, num_context=6))
+    params = init_params(cfg, rng)
+    params = {k: v * 300 for k, v in params.items()}  # O(1) weights: nonzero gradients elsewhere
+    tokens, y = linear_regression_tasks(rng, 50, num_context=6, input_dim=4)
+    _, _, grads = loss_and_grads(params, tokens, y, cfg)
+    assert np.all(grads["layer0.attn.W_q"][-1] == 0.0)
+    assert np.abs(grads["layer0.attn.W_q"][:-1]).min() > 0
+    rep = repeated_layer_params(params, query_reads_label=False)
+    assert np.all(rep["layer0.attn.W_q"][-1] == 0) and np.any(params["layer0.attn.W_q"][-1] != 0)
+    np.testing.assert_array_equal(rep["layer0.attn.W_q"][:-1], params["layer0.attn.W_q"][:-1])
+    assert all(rep[k] is params[k] for k in params if k != "layer0.attn.W_q")
+    assert repeated_layer_params(params, query_reads_label=True) is params

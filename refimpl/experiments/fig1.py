@@ -2,7 +2,9 @@
 
 Trains one LSA layer as in fig2, then applies it `repeats` times as a weight-tied model with
 H <- H + lambda * Attn(H) on the label column only (`y_update`), next to the GD construction
-applied as many times with the same lambda (GD with step lambda * eta). Per-application mean and
+applied as many times with the same lambda (GD with step lambda * eta). As in the paper's update
+y + lambda P V K^T W_Q x_test (A.6), the repeated query projection reads x only: W_q's label row,
+which training never changes from its random init, is set to 0 (`query_reads_label`). Per-application mean and
 median losses over the evaluation set, and the number of tasks that diverge; the sweep over
 lambda is figure 10.
 """
@@ -25,6 +27,7 @@ class Config:
     repeats: int = 50  # applications of the trained layer (paper: 50)
     dampening: float = 0.75  # lambda of figure 1 (paper: 0.75)
     sweep: tuple = (0.25, 0.5, 0.75, 1.0)  # lambdas of figure 10
+    query_reads_label: bool = False  # paper A.6: the repeated update is y + lambda P V K^T W_Q x_test (x only)
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",
@@ -59,6 +62,21 @@ def max_rel_dev(a, b, upto):
     return float(np.max(np.abs(a[:upto] / b[:upto] - 1)))
 
 
+def repeated_layer_params(params, query_reads_label):
+    """The trained layer as it is repeated. One-layer training never changes the label row of W_q:
+    only the query's read-out enters the loss and the query's label slot is 0, so that row's
+    gradient is exactly 0 and it keeps its random initial values. Repeated, the label slots are no
+    longer 0 and this row would feed them back through the attention scores. Unless
+    `query_reads_label`, it is set to 0: the query projection then reads x only, the update
+    y + lambda P V K^T W_Q x of the paper (A.6) and the form of the GD construction."""
+    if query_reads_label:
+        return params
+    out = dict(params)
+    out["layer0.attn.W_q"] = params["layer0.attn.W_q"].copy()  # (D, H*K)
+    out["layer0.attn.W_q"][-1, :] = 0.0
+    return out
+
+
 def gd_unstable_tasks(tokens, step_over_n):
     """Tasks on which GD with step eta' diverges: (eta'/N) lambda_max(X^T X) > 2."""
     X = tokens[:, :-1, :-1]  # (B, N, d)
@@ -77,12 +95,13 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", None, resume, progress)
         steps_run += res.steps_run
         curves, sweep, final = {"step": list(range(1, cfg.repeats + 1))}, [], {}
+        rep_params = repeated_layer_params(res.params, cfg.query_reads_label)
         for lam in sorted(set(cfg.sweep) | {cfg.dampening}):
             rep_tf = dataclasses.replace(cfg_tf, num_layers=cfg.repeats, weight_tied=True,
                                          dampening=lam, y_update=True, token_clip=FINITE_CLIP)
             rep_gd = baselines.gd_model_config(d, cfg.repeats, dampening=lam, y_update=True,
                                                token_clip=FINITE_CLIP)
-            tf = summary(repeated_losses(res.params, rep_tf, tokens, targets), targets)
+            tf = summary(repeated_losses(rep_params, rep_tf, tokens, targets), targets)
             gd = summary(repeated_losses(baselines.gd_params(d, eta, N), rep_gd, tokens, targets), targets)
             entry = {"dampening": lam, "loss_tf": tf["mean"], "loss_gd": gd["mean"],
                      "median_tf": tf["median"], "median_gd": gd["median"],
@@ -95,10 +114,18 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                 eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
                 gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets), targets)
                 curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
+                # diagnostic: the other choice for the untrained label row of W_q
+                other = repeated_layer_params(res.params, not cfg.query_reads_label)
+                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets), targets)
+                curves.update({"loss_tf_other_row": tf_other["mean"], "median_tf_other_row": tf_other["median"]})
                 final = {"tf_eta_over_n": eta_tf / N,
                          "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
                          "median_rel_dev_to_49": max_rel_dev(tf["median"], gd["median"], 49),
-                         "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),"loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
+                         "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),
+                         "mean_rel_dev_to_20_other_row": max_rel_dev(tf_other["mean"], gd["mean"], 20),
+                         "median_rel_dev_to_49_other_row": max_rel_dev(tf_other["median"], gd["median"], 49),
+                         "query_label_row_norm": float(np.linalg.norm(res.params["layer0.attn.W_q"][-1])),
+                         "loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
                          "loss_tf_10": tf["mean"][min(9, cfg.repeats - 1)],
                          "loss_gd_10": gd["mean"][min(9, cfg.repeats - 1)],
                          "loss_tf_last": tf["mean"][-1], "loss_gd_last": gd["mean"][-1],
@@ -116,4 +143,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                      "loss after the last application exceeds 10 x the mean loss of predicting 0; unstable_gd: "
                      "tasks with lambda (eta/N) lambda_max(X^T X) > 2, on which GD diverges. *_rel_dev_to_K: max over "
                      "the first K applications of |TF / GD - 1|. *_gd_tf_eta: diagnostic, GD at the trained "
-                     "layer's own step size tf_eta_over_n instead of the grid's (not the paper's comparison)."}
+                     "layer's own step size tf_eta_over_n instead of the grid's (not the paper's comparison). "
+                     "query_reads_label = false (the paper's update y + lambda P V K^T W_Q x_test, A.6): the label "
+                     "row of W_q, which one-layer training leaves at its random init (its gradient is exactly 0), is "
+                     "set to 0 before repeating; *_other_row: the curves with the other choice; "
+                     "query_label_row_norm: the norm of that row."}
