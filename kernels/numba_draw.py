@@ -24,6 +24,10 @@ Afterwards the Generator is advanced by B*T*d steps (PCG64.advance) and its buff
 Falls back to the oracle (same numbers, NumPy speed) when the bit generator is not a PCG64, when
 `distractors > 0` (the distractor draws follow in NumPy there anyway), or for an input_range or
 weight_scale that is not a real scalar.
+
+Measured by benchmarks/draw.py (benchmarks/results/draw_cpu.json: AMD EPYC, 2 shared cores,
+B = 2048, N = d = 10, float64, median of 50): the oracle 3.1 ms, this drawer 0.84 ms (2 threads;
+1.17 ms on one), of which ~0.3 ms is NumPy's draw of w.
 """
 import numpy as np
 from llvmlite import ir
