@@ -43,6 +43,7 @@ def assert_same_draw(make_rng, *args, before=None, **kwargs):
     (5, 9, 1, 1, 3.0, 1.0, np.float32),
     (6, 33, 5, 3, 0.0, 1.0, np.float64),  # zero range: every x is exactly 0
     (7, 20, 4, 5, 1.0, 1.0, np.float16),  # any dtype: the oracle's cast of the float64 values
+    (8, 10, 2, 2, 3, 2, np.float64),  # integer range and scale
 ])
 def test_draw_matches_the_oracle_bit_for_bit(seed, B, N, d, r, s, dtype):
     assert_same_draw(lambda: np.random.default_rng(seed), B, num_context=N, input_dim=d,
