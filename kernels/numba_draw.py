@@ -92,31 +92,24 @@ def pcg64_uniform(sh, sl, ih, il, low, span):
 
 
 @njit(cache=True)
-def pcg64_affine(ih, il, n):
-    """(A, C) as (ah, al, ch, cl) with state_n = A state + C (mod 2**128) after n steps (uint64 n),
-    by squaring the affine map x -> MULT x + inc."""
-    amh, aml = _U0, _U1  # accumulated multiplier and increment
-    aph, apl = _U0, _U0
-    cmh, cml = _MULT_HI, _MULT_LO  # the map applied 2**j times
-    cph, cpl = ih, il
+def pcg64_jump(sh, sl, ih, il, n):
+    """The PCG64 state after n steps (uint64 n): state_n = A state + C (mod 2**128), with (A, C)
+    the affine map x -> MULT x + inc applied n times, built by repeated squaring."""
+    amh, aml = _U0, _U1  # A and C accumulated so far
+    ach, acl = _U0, _U0
+    mh, ml = _MULT_HI, _MULT_LO  # the map applied 2**j times: x -> (mh, ml) x + (ph, pl)
+    ph, pl = ih, il
     while n > _U0:
         if n & _U1:
-            amh, aml = mul128(amh, aml, cmh, cml)
-            th, tl = mul128(aph, apl, cmh, cml)
-            aph, apl = add128(th, tl, cph, cpl)
-        mh, ml = add128(cmh, cml, _U0, _U1)
-        cph, cpl = mul128(mh, ml, cph, cpl)
-        cmh, cml = mul128(cmh, cml, cmh, cml)
+            amh, aml = mul128(amh, aml, mh, ml)
+            th, tl = mul128(ach, acl, mh, ml)
+            ach, acl = add128(th, tl, ph, pl)
+        qh, ql = add128(mh, ml, _U0, _U1)
+        ph, pl = mul128(qh, ql, ph, pl)
+        mh, ml = mul128(mh, ml, mh, ml)
         n = n >> _U1
-    return amh, aml, aph, apl
-
-
-@njit(cache=True)
-def pcg64_jump(sh, sl, ih, il, n):
-    """The PCG64 state after n steps (uint64 n)."""
-    ah, al, ch, cl = pcg64_affine(ih, il, n)
-    th, tl = mul128(ah, al, sh, sl)
-    return add128(th, tl, ch, cl)
+    th, tl = mul128(amh, aml, sh, sl)
+    return add128(th, tl, ach, acl)
 
 
 @njit(cache=True, parallel=True)
