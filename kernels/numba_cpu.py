@@ -27,6 +27,7 @@ from refimpl.params import check_params
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
+from . import numba_lsa
 from .numba_draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
 from .numba_layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, param_offsets
 from .numba_model import task_backward, task_forward, task_loss_backward
@@ -215,6 +216,9 @@ def model_backward(dreadouts, cache):
 
 
 def _loss_grads_flat(pv, tok, y, cfg):
+    if numba_lsa.supports(cfg):  # linear attention only: the parameter-space kernel
+        loss, per_layer, grads = numba_lsa.loss_and_grads(unpack(pv, cfg), tok, y, cfg)
+        return loss, per_layer, pack(grads, cfg)
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
     run_tasks(MODE_LOSS, tok, y, pl.dr, pv, pl, pl.rd, pl.no_dtok)
@@ -303,3 +307,5 @@ def fill_buffers(cfg, num_tokens, batch, dtype, value):
     pl = plan(cfg, num_tokens, batch, dtype)
     for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sq, pl.no_dtok, pl.y0):
         a[...] = value
+    if numba_lsa.supports(cfg):
+        numba_lsa.fill_buffers(cfg, num_tokens, batch, dtype, value)
