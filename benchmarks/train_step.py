@@ -5,9 +5,11 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
     b  deep 5-layer LSA, token clipping at 10           lr 5e-4, clip 10
     c  2-head softmax attention with LayerNorm and MLP  lr 1e-3, clip 0.001
 in float64 and float32, for every available backend. Each timing is the median of `--repeats`
-steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn with the
-host NumPy generator (refimpl.data) inside the timed step, then handed to the backend. The kernel
-part alone (train_step on a ready batch) is reported too.
+steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
+NumPy Generator inside the timed step, then handed to the backend: by the backend's own
+`linear_regression_tasks` where it has one (numba-cpu: kernels.numba_draw, the same bits as the
+oracle's refimpl.data, in parallel), else by refimpl.data. The kernel part alone (train_step on a
+ready batch) is reported too.
 
     python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
 """
@@ -52,9 +54,10 @@ def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
     state = be.adam_init(params)
     full, kernel = [], []
     sync = getattr(be, "synchronize", lambda: None)
+    draw = getattr(be, "linear_regression_tasks", data.linear_regression_tasks)  # same bits
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        tokens, y = data.linear_regression_tasks(rng, batch, 10, 10, dtype=dtype)  # fresh batch
+        tokens, y = draw(rng, batch, 10, 10, dtype=dtype)  # fresh batch
         tok, yy = be.asarray(tokens), be.asarray(y)
         sync()
         t1 = time.perf_counter()

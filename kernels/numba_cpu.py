@@ -2,7 +2,8 @@
 
 Mirrors refimpl.model (model_forward/backward), refimpl.loss (mse, loss_and_grads) and
 refimpl.optim (adam_update), with the same results (float64: to rounding; float32 computed in
-float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts.
+float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts. Training
+batches: `linear_regression_tasks` (kernels.numba_draw), refimpl.data's draws bit for bit, in parallel.
 
 Linear-attention models (kernels.numba_lsa.supports: no softmax, LayerNorm, MLP or front end) get
 their loss and gradients (loss_and_grads, train_step) from kernels/numba_lsa.py, which works in
@@ -31,6 +32,7 @@ from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
 from . import numba_lsa
+from .numba_draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
 from .numba_layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, param_offsets
 from .numba_model import task_backward, task_forward, task_loss_backward
 

@@ -83,18 +83,20 @@ class TaskSource:
         if self.fixed_tasks:
             self.pool = draw_tasks(np.random.default_rng(fixed_seed), task_cfg, self.fixed_tasks)
 
-    def next_batch(self, rng, step):
-        """(tokens (B, T, D), targets (B,)) for training step `step` (0-based)."""
+    def next_batch(self, rng, step, draw=None):
+        """(tokens (B, T, D), targets (B,)) for training step `step` (0-based). draw: a drawer with
+        the signature and the exact numbers of linear_regression_tasks (a backend's), or None."""
         if self.pool is None:
-            return draw_tasks(rng, self.task_cfg, self.batch)
+            return draw_tasks(rng, self.task_cfg, self.batch, draw=draw)
         tokens, targets = self.pool
         idx = (step * self.batch + np.arange(self.batch)) % self.fixed_tasks  # (B,)
         return tokens[idx], targets[idx]
 
 
-def draw_tasks(rng, task_cfg, batch, distractors=None):
-    """Linear-regression tasks with the fields of a TaskConfig (input_dim, num_context, ...)."""
-    return linear_regression_tasks(
+def draw_tasks(rng, task_cfg, batch, distractors=None, draw=None):
+    """Linear-regression tasks with the fields of a TaskConfig (input_dim, num_context, ...), drawn
+    by `draw` (default: refimpl.data.linear_regression_tasks; a backend's drawer gives the same bits)."""
+    return (linear_regression_tasks if draw is None else draw)(
         rng, batch, num_context=task_cfg.num_context, input_dim=task_cfg.input_dim,
         input_range=task_cfg.input_range, weight_scale=task_cfg.weight_scale,
         distractors=task_cfg.distractors if distractors is None else distractors)

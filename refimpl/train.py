@@ -3,12 +3,14 @@ checkpoints and bit-identical resumption.
 
     rng = Generator(seed); params = init_params(cfg, rng)       (the oracle's init, on the host)
     for step in 0 .. steps-1:
-        tokens, y = source.next_batch(rng, step)                 (host numpy: every backend sees these)
+        tokens, y = source.next_batch(rng, step, draw)           (host: every backend sees these bits)
         params, state, loss = backend.train_step(params, state, tokens, y, cfg, adam)
         every eval_every steps (and at step 0 and the end): evaluate(host params) -> curves
         every checkpoint_every steps: checkpoint (params, Adam state, rng state, curves, step)
-A checkpoint holds everything the loop carries, so resuming from it continues the same sequence of
-batches and updates: the final parameters equal those of an uninterrupted run bit for bit.
+draw is the backend's `linear_regression_tasks` if it has one (a faster drawer of the same numbers,
+leaving the Generator in the same state), else the oracle's. A checkpoint holds everything the loop
+carries, so resuming from it continues the same sequence of batches and updates: the final
+parameters equal those of an uninterrupted run bit for bit.
 """
 import json
 import os
@@ -121,11 +123,12 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
         raise ValueError(f"train.steps: the checkpoint is at step {step}, beyond steps = {train_cfg.steps}")
     if step == 0 and evaluate is not None:
         _record(curves, 0, {**evaluate(_host(backend, params)), "train_loss": None})
+    draw = getattr(backend, "linear_regression_tasks", None)  # same bits as refimpl.data's
     first = step
     bar = tqdm(total=train_cfg.steps, initial=step, desc=desc, disable=not progress,
                mininterval=5.0, dynamic_ncols=True)
     while step < train_cfg.steps:
-        tokens, targets = source.next_batch(rng, step)
+        tokens, targets = source.next_batch(rng, step, draw=draw)
         params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
                                                  backend.asarray(targets), cfg, adam)
         step += 1
