@@ -47,13 +47,15 @@ def repeated_losses(params, cfg, tokens, targets):
     return np.where(np.isfinite(per_task), per_task, np.inf)
 
 
-def summary(per_task, targets):
-    """Mean and median over tasks per application; diverged: tasks whose last loss exceeds
-    DIVERGED_FACTOR times the mean loss of predicting 0 (a prediction far off the label scale)."""
+def summary(per_task, targets, stable):
+    """Mean and median over tasks per application; mean_stable: the mean over the tasks on which
+    GD is stable (`stable` (B,) bool); diverged: tasks whose last loss exceeds DIVERGED_FACTOR times
+    the mean loss of predicting 0 (a prediction far off the label scale)."""
     with np.errstate(invalid="ignore"):
         mean = per_task.mean(axis=1)
+        mean_stable = per_task[:, stable].mean(axis=1)
     limit = DIVERGED_FACTOR * float(np.mean(0.5 * targets**2))
-    return {"mean": mean, "median": np.median(per_task, axis=1),
+    return {"mean": mean, "median": np.median(per_task, axis=1), "mean_stable": mean_stable,
             "diverged": int(np.sum(~(per_task[-1] <= limit)))}
 
 
@@ -77,11 +79,11 @@ def repeated_layer_params(params, query_reads_label):
     return out
 
 
-def gd_unstable_tasks(tokens, step_over_n):
-    """Tasks on which GD with step eta' diverges: (eta'/N) lambda_max(X^T X) > 2."""
+def gd_unstable(tokens, step_over_n):
+    """(B,) bool: tasks on which GD with step eta' diverges, (eta'/N) lambda_max(X^T X) > 2."""
     X = tokens[:, :-1, :-1]  # (B, N, d)
     lam_max = np.linalg.eigvalsh(np.einsum("bnd,bne->bde", X, X))[:, -1]  # (B,)
-    return int(np.sum(step_over_n * lam_max > 2.0))
+    return step_over_n * lam_max > 2.0
 
 
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
@@ -101,27 +103,33 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                                          dampening=lam, y_update=True, token_clip=FINITE_CLIP)
             rep_gd = baselines.gd_model_config(d, cfg.repeats, dampening=lam, y_update=True,
                                                token_clip=FINITE_CLIP)
-            tf = summary(repeated_losses(rep_params, rep_tf, tokens, targets), targets)
-            gd = summary(repeated_losses(baselines.gd_params(d, eta, N), rep_gd, tokens, targets), targets)
+            unstable = gd_unstable(tokens, lam * eta / N)  # (B,)
+            tf = summary(repeated_losses(rep_params, rep_tf, tokens, targets), targets, ~unstable)
+            gd = summary(repeated_losses(baselines.gd_params(d, eta, N), rep_gd, tokens, targets), targets,
+                         ~unstable)
             entry = {"dampening": lam, "loss_tf": tf["mean"], "loss_gd": gd["mean"],
                      "median_tf": tf["median"], "median_gd": gd["median"],
                      "diverged_tf": tf["diverged"], "diverged_gd": gd["diverged"],
-                     "unstable_gd": gd_unstable_tasks(tokens, lam * eta / N)}
+                     "unstable_gd": int(unstable.sum())}
             if lam == cfg.dampening:
                 curves.update({k: entry[k] for k in ("loss_tf", "loss_gd", "median_tf", "median_gd")})
+                curves.update({"loss_tf_stable": tf["mean_stable"], "loss_gd_stable": gd["mean_stable"]})
                 # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
                 A, M = metrics.layer_products(res.params)
                 eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
-                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets), targets)
+                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets), targets,
+                                ~unstable)
                 curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
                 # diagnostic: the other choice for the untrained label row of W_q
                 other = repeated_layer_params(res.params, not cfg.query_reads_label)
-                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets), targets)
+                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets), targets, ~unstable)
                 curves.update({"loss_tf_other_row": tf_other["mean"], "median_tf_other_row": tf_other["median"]})
                 final = {"tf_eta_over_n": eta_tf / N,
                          "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
                          "median_rel_dev_to_49": max_rel_dev(tf["median"], gd["median"], 49),
                          "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),
+                         "mean_rel_dev_to_20_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 20),
+                         "mean_rel_dev_to_49_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 49),
                          "mean_rel_dev_to_20_other_row": max_rel_dev(tf_other["mean"], gd["mean"], 20),
                          "median_rel_dev_to_49_other_row": max_rel_dev(tf_other["median"], gd["median"], 49),
                          "query_label_row_norm": float(np.linalg.norm(res.params["layer0.attn.W_q"][-1])),
@@ -146,5 +154,6 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                      "layer's own step size tf_eta_over_n instead of the grid's (not the paper's comparison). "
                      "query_reads_label = false (the paper's update y + lambda P V K^T W_Q x_test, A.6): the label "
                      "row of W_q, which one-layer training leaves at its random init (its gradient is exactly 0), is "
-                     "set to 0 before repeating; *_other_row: the curves with the other choice; "
+                     "set to 0 before repeating; *_other_row: the curves with the other choice; *_stable: means over the "
+                     "tasks on which GD is stable (all but unstable_gd); "
                      "query_label_row_norm: the norm of that row."}
