@@ -20,6 +20,8 @@ are summed in chunk order; chunks are fixed by B alone (not by the thread count)
 gives the same bits. model_forward keeps no activations: model_backward recomputes them per task
 (cheaper than storing (B, L, ...) caches).
 """
+import math
+
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
@@ -142,7 +144,7 @@ def pack(params, cfg):
 def unpack(vector, cfg):
     """{name: view of `vector`} in param_shapes order."""
     offs, _ = param_offsets(cfg)
-    return {n: vector[o:o + int(np.prod(s))].reshape(s) for n, (o, s) in offs.items()}
+    return {n: vector[o:o + math.prod(s)].reshape(s) for n, (o, s) in offs.items()}
 
 
 class _Plan:

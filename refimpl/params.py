@@ -10,6 +10,8 @@ Names (p = parameter set: always 0 for a weight-tied model, the layer index for 
     layer{p}.mlp.{W1,b1,W2,b2}      D -> wD -> D                                [mlp]
 D_in' = token_dim (+ pos_enc_size when concatenated); D = model width. Weights are (in, out).
 """
+import math
+
 import numpy as np
 
 from .config import ModelConfig
@@ -57,7 +59,7 @@ def param_offsets(cfg: ModelConfig):
     out, o = {}, 0
     for name, shape in param_shapes(cfg).items():
         out[name] = (o, shape)
-        o += int(np.prod(shape))
+        o += math.prod(shape)
     return out, o
 
 
