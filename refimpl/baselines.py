@@ -159,26 +159,27 @@ def gdpp_scalar_grads(grads, input_dim, num_sets):
 
 
 def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
-               token_clip=0.0):
+               token_clip=0.0, progress=False, desc="GD++"):
     """Train GD++'s scalars with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
 
     The trained parameters are the entries of W_P themselves, eta/N and gamma (so Adam's step is on
     the scale of those entries, as for the transformer's weights). source.next_batch(rng, step)
-    gives training tasks. Returns (etas (P,), gammas (P,)).
+    gives training tasks; `progress` shows a tqdm bar. Returns (etas (P,), gammas (P,)).
     """
+    from tqdm import tqdm
     P = 1 if tied else num_layers
     N = num_context
     cfg = gdpp_model_config(input_dim, num_layers, tied, token_clip)
     scalars = {"eta_over_n": np.full(P, float(eta0) / N), "gamma": np.full(P, float(eta0) / N**2)}
     state = adam_init(scalars)
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5.0, dynamic_ncols=True):
         tokens, targets = source.next_batch(rng, step)
         params = gdpp_params(input_dim, scalars["eta_over_n"] * N, scalars["gamma"], N)
         readouts, cache = model_forward(params, tokens, cfg)  # (L, B)
         _, lcache = mse_forward(readouts[-1], targets)
         dread = np.zeros_like(readouts)
         dread[-1] = mse_backward(1.0, lcache)
-        _, grads = model_backward(dread, cache)
+        _, grads = model_backward(dread, cache, input_grad=False)
         deta_n, dgamma = gdpp_scalar_grads(grads, input_dim, P)
         scalars, state, _ = adam_update(scalars, {"eta_over_n": deta_n, "gamma": dgamma}, state, adam_cfg)
     return scalars["eta_over_n"] * N, scalars["gamma"]

@@ -62,14 +62,15 @@ def model_clip(train_cfg: TrainConfig, num_layers):
     return paper_adam(train_cfg, num_layers).grad_clip
 
 
-def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0):
+def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, progress=False):
     """GD++ scalars trained with Adam on online batches (Generator seeded by (seed, 1))."""
     steps = gdpp.steps_tied if tied else gdpp.steps_deep
     adam = AdamConfig(lr=gdpp.lr, b2=gdpp.b2, grad_clip=model_clip(train_cfg, num_layers))
     source = TaskSource(task, gdpp.batch)
     return baselines.train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim,
                                 task.num_context, num_layers, tied, eta0, steps, adam,
-                                token_clip=paper_token_clip(num_layers))
+                                token_clip=paper_token_clip(num_layers), progress=progress,
+                                desc=f"GD++ L={num_layers} seed {seed}")
 
 
 def make_evaluator(cfg, tokens, targets, refs):
