@@ -7,8 +7,6 @@ G grid points. GD acts on L(W) = 1/(2N) sum_i (W x_i - y_i)^2 for each task sepa
 import numpy as np
 
 from .config import AdamConfig, ModelConfig
-from .model import model_backward, model_forward
-from .loss import mse_backward, mse_forward
 from .optim import adam_init, adam_update
 from .validate import check_array, check_positive_int
 
@@ -159,13 +157,17 @@ def gdpp_scalar_grads(grads, input_dim, num_sets):
 
 
 def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
-               token_clip=0.0, progress=False, desc="GD++"):
+               token_clip=0.0, progress=False, desc="GD++", grads_fn=None):
     """Train GD++'s scalars with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
 
     The trained parameters are the entries of W_P themselves, eta/N and gamma (so Adam's step is on
     the scale of those entries, as for the transformer's weights). source.next_batch(rng, step)
-    gives training tasks; `progress` shows a tqdm bar. Returns (etas (P,), gammas (P,)).
+    gives training tasks; `progress` shows a tqdm bar. grads_fn(params, tokens, targets, cfg) ->
+    (loss, per-layer losses, grads) is the oracle's refimpl.loss.loss_and_grads unless a backend's
+    is given. Returns (etas (P,), gammas (P,)).
     """
+    from .loss import loss_and_grads
+    grads_fn = loss_and_grads if grads_fn is None else grads_fn
     from tqdm import tqdm
     P = 1 if tied else num_layers
     N = num_context
@@ -175,11 +177,7 @@ def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, step
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5.0, dynamic_ncols=True):
         tokens, targets = source.next_batch(rng, step)
         params = gdpp_params(input_dim, scalars["eta_over_n"] * N, scalars["gamma"], N)
-        readouts, cache = model_forward(params, tokens, cfg)  # (L, B)
-        _, lcache = mse_forward(readouts[-1], targets)
-        dread = np.zeros_like(readouts)
-        dread[-1] = mse_backward(1.0, lcache)
-        _, grads = model_backward(dread, cache, input_grad=False)
+        _, _, grads = grads_fn(params, tokens, targets, cfg)
         deta_n, dgamma = gdpp_scalar_grads(grads, input_dim, P)
         scalars, state, _ = adam_update(scalars, {"eta_over_n": deta_n, "gamma": dgamma}, state, adam_cfg)
     return scalars["eta_over_n"] * N, scalars["gamma"]

@@ -62,15 +62,27 @@ def model_clip(train_cfg: TrainConfig, num_layers):
     return paper_adam(train_cfg, num_layers).grad_clip
 
 
-def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, progress=False):
-    """GD++ scalars trained with Adam on online batches (Generator seeded by (seed, 1))."""
+def host_loss_and_grads(backend):
+    """loss_and_grads(params, tokens, targets, cfg) of `backend` on host arrays, gradients back on
+    the host (for the GD++ fits, whose parameters live on the host)."""
+    def fn(params, tokens, targets, cfg):
+        p = {k: backend.asarray(v) for k, v in params.items()}
+        loss, per_layer, grads = backend.loss_and_grads(p, backend.asarray(tokens), backend.asarray(targets), cfg)
+        return loss, per_layer, {k: np.asarray(backend.to_numpy(v)) for k, v in grads.items()}
+    return fn
+
+
+def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, progress=False, backend=None):
+    """GD++ scalars trained with Adam on online batches (Generator seeded by (seed, 1)); the model's
+    gradients from `backend` (the oracle when None)."""
     steps = gdpp.steps_tied if tied else gdpp.steps_deep
     adam = AdamConfig(lr=gdpp.lr, b2=gdpp.b2, grad_clip=model_clip(train_cfg, num_layers))
     source = TaskSource(task, gdpp.batch)
     return baselines.train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim,
                                 task.num_context, num_layers, tied, eta0, steps, adam,
                                 token_clip=paper_token_clip(num_layers), progress=progress,
-                                desc=f"GD++ L={num_layers} seed {seed}")
+                                desc=f"GD++ L={num_layers} seed {seed}",
+                                grads_fn=None if backend is None else host_loss_and_grads(backend))
 
 
 def make_evaluator(cfg, tokens, targets, refs):

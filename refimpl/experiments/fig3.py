@@ -54,7 +54,8 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=L)
     gd_cfg = baselines.gd_model_config(d, L)
     ref_gd = metrics.Reference(baselines.gd_params(d, eta, N), gd_cfg, tokens, targets)
-    etas, gammas = cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse=resume, progress=progress)
+    etas, gammas = cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse=resume, progress=progress,
+                                backend=backend)
     gdpp_cfg = baselines.gdpp_model_config(d, L, tied, token_clip=paper_token_clip(L))
     ref_gdpp = metrics.Reference(baselines.gdpp_params(d, etas, gammas, N), gdpp_cfg, tokens, targets)
     cfg_tf = lsa_config(task, num_layers=L, tied=tied)
@@ -75,7 +76,7 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
     return final, res
 
 
-def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse, progress=False):
+def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse, progress=False, backend=None):
     """fit_gdpp, saved to out_dir/checkpoints/gdpp_NAME_seedS.json; with `reuse` (--resume) a saved
     fit with the same settings is read back instead of refitted."""
     key = {"trained": "W_P entries eta/N and gamma", "gdpp": dataclasses.asdict(cfg.gdpp), "task": dataclasses.asdict(cfg.task), "eta0": eta,
@@ -86,7 +87,7 @@ def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse, progress=False):
             saved = json.load(f)
         if saved["key"] == json.loads(json.dumps(key)):
             return np.array(saved["etas"]), np.array(saved["gammas"])
-    etas, gammas = fit_gdpp(cfg.task, cfg.gdpp, cfg.train, seed, L, tied, eta, progress)
+    etas, gammas = fit_gdpp(cfg.task, cfg.gdpp, cfg.train, seed, L, tied, eta, progress, backend)
     if out_dir:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:

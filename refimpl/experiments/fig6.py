@@ -62,7 +62,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     for seed in seeds:
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
         steps_run += res.steps_run
-        etas, gammas = fit_gdpp(task, cfg.gdpp, cfg.train, seed, 1, True, eta, progress)
+        etas, gammas = fit_gdpp(task, cfg.gdpp, cfg.train, seed, 1, True, eta, progress, backend)
         interp, _ = metrics.interpolated_params(res.params, gd[0], d)
         models = {"tf": (res.params, cfg_tf), "gd": gd, "interp": (interp, gd[1]),
                   "gdpp": (baselines.gdpp_params(d, etas, gammas, N), baselines.gdpp_model_config(d, 1, True))}
