@@ -125,3 +125,24 @@ def test_one_layer_training_never_moves_the_label_row_of_w_q(rng):
     np.testing.assert_array_equal(rep["layer0.attn.W_q"][:-1], params["layer0.attn.W_q"][:-1])
     assert all(rep[k] is params[k] for k in params if k != "layer0.attn.W_q")
     assert repeated_layer_params(params, query_reads_label=True) is params
+
+
+def test_mean_over_seeds_averages_lists_arrays_and_nested_dicts():
+    from refimpl.experiments.common import mean_over_seeds
+    a = {"x": 1.0, "c": np.array([1.0, 3.0]), "l": [2.0, None], "d": {"y": [0.0, 4.0]}, "s": "same", "n": 7}
+    b = {"x": 3.0, "c": np.array([3.0, 5.0]), "l": [4.0, 1.0], "d": {"y": [2.0, 8.0]}, "s": "same", "n": 7}
+    m = mean_over_seeds([a, b])
+    assert m["x"] == 2.0 and m["c"] == [2.0, 4.0] and m["l"] == [3.0, None]
+    assert m["d"] == {"y": [1.0, 6.0]} and m["s"] == "same" and m["n"] == 7
+
+
+def test_fig1_repeated_losses_through_numba_cpu_match_the_oracle():
+    from refimpl import baselines
+    from refimpl.experiments import fig1
+    tokens, targets = linear_regression_tasks(np.random.default_rng(5), 64)
+    cfg = baselines.gd_model_config(10, 12, dampening=0.75, y_update=True, token_clip=fig1.FINITE_CLIP)
+    params = baselines.gd_params(10, 6.0, 10)
+    ref = fig1.repeated_losses(params, cfg, tokens, targets)
+    fast = fig1.repeated_losses(params, cfg, tokens, targets, get_backend("numba-cpu"))
+    assert ref.shape == fast.shape == (12, 64)
+    np.testing.assert_allclose(fast, ref, rtol=1e-9)

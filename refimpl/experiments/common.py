@@ -125,7 +125,7 @@ def mean_over_seeds(dicts):
             out[k] = vals[0]
         elif isinstance(vals[0], dict):
             out[k] = mean_over_seeds(vals)
-        elif isinstance(vals[0], (list, tuple)):
+        elif isinstance(vals[0], (list, tuple, np.ndarray)):
             arr = [[None if v is None else float(v) for v in row] for row in vals]
             out[k] = [None if any(r[i] is None for r in arr) else float(np.mean([r[i] for r in arr]))
                       for i in range(len(arr[0]))]

@@ -39,10 +39,16 @@ DIVERGED_FACTOR = 10.0
 FINITE_CLIP = 1e30  # token clip that only keeps diverging tasks finite (|entries| of ~1e30 cube to ~1e90)
 
 
-def repeated_losses(params, cfg, tokens, targets):
-    """Per-task losses after each application (L, B); inf/NaN of diverged tasks kept as inf."""
+def repeated_losses(params, cfg, tokens, targets, backend=None):
+    """Per-task losses after each application (L, B); inf/NaN of diverged tasks kept as inf. The
+    read-outs come from `backend`'s model_forward (the oracle's when None): 50 applications to
+    10 000 tasks are this experiment's main cost, and the oracle keeps every layer's cache."""
     with np.errstate(over="ignore", invalid="ignore"):
-        readouts, _ = model_forward(params, tokens, cfg)  # (L, B)
+        if backend is None:
+            readouts, _ = model_forward(params, tokens, cfg)  # (L, B)
+        else:
+            p = {k: backend.asarray(v) for k, v in params.items()}
+            readouts = np.asarray(backend.to_numpy(backend.model_forward(p, backend.asarray(tokens), cfg)[0]))
         per_task = 0.5 * (readouts - targets) ** 2
     return np.where(np.isfinite(per_task), per_task, np.inf)
 
@@ -104,8 +110,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             rep_gd = baselines.gd_model_config(d, cfg.repeats, dampening=lam, y_update=True,
                                                token_clip=FINITE_CLIP)
             unstable = gd_unstable(tokens, lam * eta / N)  # (B,)
-            tf = summary(repeated_losses(rep_params, rep_tf, tokens, targets), targets, ~unstable)
-            gd = summary(repeated_losses(baselines.gd_params(d, eta, N), rep_gd, tokens, targets), targets,
+            tf = summary(repeated_losses(rep_params, rep_tf, tokens, targets, backend), targets, ~unstable)
+            gd = summary(repeated_losses(baselines.gd_params(d, eta, N), rep_gd, tokens, targets, backend), targets,
                          ~unstable)
             entry = {"dampening": lam, "loss_tf": tf["mean"], "loss_gd": gd["mean"],
                      "median_tf": tf["median"], "median_gd": gd["median"],
@@ -117,12 +123,12 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                 # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
                 A, M = metrics.layer_products(res.params)
                 eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
-                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets), targets,
+                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets, backend), targets,
                                 ~unstable)
                 curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
                 # diagnostic: the other choice for the untrained label row of W_q
                 other = repeated_layer_params(res.params, not cfg.query_reads_label)
-                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets), targets, ~unstable)
+                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets, backend), targets, ~unstable)
                 curves.update({"loss_tf_other_row": tf_other["mean"], "median_tf_other_row": tf_other["median"]})
                 final = {"tf_eta_over_n": eta_tf / N,
                          "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
