@@ -70,9 +70,15 @@ def plot_fig1(r, out_dir):
     c, f = r["curves"], r["final"]
     lam = r["config"]["dampening"]
     step = _arr(c["step"])
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF, mean")
     ax[0].plot(step, _arr(c["loss_gd"]), "--", label="GD, mean")
+    if "loss_tf_stable" in c:
+        unstable = f.get("unstable_gd", "?")
+        ax[0].plot(step, _arr(c["loss_tf_stable"]), color="C4", alpha=0.8,
+                   label=f"trained TF, mean without the {unstable} GD-unstable tasks")
+        ax[0].plot(step, _arr(c["loss_gd_stable"]), "--", color="C5", alpha=0.8,
+                   label="GD, mean without them")
     ax[0].plot(step, _arr(c["median_tf"]), label="trained TF, median", alpha=0.7)
     ax[0].plot(step, _arr(c["median_gd"]), ":", label="GD, median", alpha=0.7)
     if "median_gd_tf_eta" in c:
@@ -81,7 +87,7 @@ def plot_fig1(r, out_dir):
     ax[0].set(xlabel="applications of the layer", ylabel="loss", yscale="log",
               title=f"lambda = {lam} (diverged: TF {f['diverged_tf']}, GD {f['diverged_gd']})")
     ax[0].set_ylim(1e-3, 10)  # a diverging task sends the mean far above; its count is in the title
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=7)
     for i, e in enumerate(r["per_seed"][0]["sweep"]):
         col = f"C{i}"
         ax[1].plot(step, _arr(e["loss_tf"]), color=col, label=f"TF, lambda {e['dampening']}")
