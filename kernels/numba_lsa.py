@@ -267,10 +267,16 @@ def full_backward(X, S, Mh, PhT, MhT, lam, yup, clip, A, U, W, Z, dX, need_dx, d
     T, D = X.shape[0], X.shape[1]
     for t in range(T):
         for i in range(D):
-            for j in range(LANES):
-                if clip > 0 and abs(Z[t, i, j]) > clip:
-                    dX[t, i, j] = 0  # clipped entries pass no gradient (refimpl.layers.clip_backward)
-                dO[t, i, j] = 0 if (yup and i < D - 1) else lam * dX[t, i, j]
+            if clip > 0:
+                for j in range(LANES):
+                    if abs(Z[t, i, j]) > clip:
+                        dX[t, i, j] = 0  # clipped entries pass no gradient (refimpl.layers.clip_backward)
+            if yup and i < D - 1:
+                for j in range(LANES):
+                    dO[t, i, j] = 0  # y_update: the attention output's x part is dropped
+            else:
+                for j in range(LANES):
+                    dO[t, i, j] = lam * dX[t, i, j]
     if need_dx:
         dA[...] = 0
     for h in range(Mh.shape[0]):
@@ -413,7 +419,10 @@ def lsa_kernel(tok, y, Mall, Pall, PTall, MTall, players, S, lam, yup, clip, inv
                         SQ[c, l] += el * el
                     SQ[c, L - 1] += e * e
                     # d loss / d readout = e / B; readout = -clip(z)
-                    dz[j] = 0 if (clip > 0 and abs(z[j]) > clip) else -(inv_b * e)
+                    if clip > 0 and abs(z[j]) > clip:
+                        dz[j] = 0
+                    else:
+                        dz[j] = -(inv_b * e)
                 else:
                     dz[j] = 0
             readout_backward(X[L - 1], S, Mall[p], Pall[p], lam, Ac[L - 1], U[L - 1, :, 0],
