@@ -35,7 +35,8 @@ from refimpl.validate import check_array, check_same_dtype
 
 from . import numba_lsa
 from .numba_draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
-from .numba_layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, param_offsets
+from .numba_layout import (I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan,
+                           param_offsets)
 from .numba_model import task_backward, task_forward, task_loss_backward
 
 name = "numba-cpu"
@@ -168,12 +169,7 @@ _PLANS = {}
 
 
 def plan(cfg, T, B, dtype):
-    key = (cfg, T, B, np.dtype(dtype).str)
-    if key not in _PLANS:
-        if len(_PLANS) > 16:
-            _PLANS.clear()
-        _PLANS[key] = _Plan(cfg, T, B, dtype)
-    return _PLANS[key]
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=16)
 
 
 def run_tasks(mode, tok, y, dr, pv, pl, rd, dtok):

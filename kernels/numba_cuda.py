@@ -28,7 +28,7 @@ from refimpl.params import check_params, param_shapes
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array
 
-from .numba_layout import (I_NP, I_W_SIZE, build_constants, build_layout, build_posenc,
+from .numba_layout import (I_NP, I_W_SIZE, build_constants, build_layout, cached_plan, build_posenc,
                            param_offsets)
 
 name = "numba-cuda"
@@ -246,12 +246,7 @@ _PLANS = {}
 
 
 def plan(cfg, T, B, dtype):
-    key = (cfg, T, B, np.dtype(dtype).str)
-    if key not in _PLANS:
-        if len(_PLANS) > 8:
-            _PLANS.clear()
-        _PLANS[key] = _Plan(cfg, T, B, dtype)
-    return _PLANS[key]
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=8)
 
 
 def column_sums(rows_buf, rows, cols):

@@ -128,3 +128,14 @@ def build_posenc(cfg, num_tokens, dtype):
     if cfg.pos_enc == "add":
         return np.ascontiguousarray(sinusoidal_encoding(num_tokens, cfg.model_dim, dtype))
     return np.zeros((num_tokens, 1), dtype)
+
+
+def cached_plan(cache, make, cfg, T, B, dtype, limit=16):
+    """make(cfg, T, B, dtype) built once per (cfg, T, B, dtype) and kept in `cache` (a dict, emptied
+    when it holds more than `limit` plans): the backends' persistent buffers."""
+    key = (cfg, T, B, np.dtype(dtype).str)
+    if key not in cache:
+        if len(cache) > limit:
+            cache.clear()
+        cache[key] = make(cfg, T, B, dtype)
+    return cache[key]

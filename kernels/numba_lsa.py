@@ -38,6 +38,8 @@ import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 from numba.core import config
 
+from .numba_layout import cached_plan
+
 LANES = 8  # tasks per SIMD group
 MAX_CHUNKS = 64  # gradient rows; a function of B only
 
@@ -474,12 +476,7 @@ _PLANS = {}
 
 
 def plan(cfg, T, B, dtype):
-    key = (cfg, T, B, np.dtype(dtype).str)
-    if key not in _PLANS:
-        if len(_PLANS) > 8:
-            _PLANS.clear()
-        _PLANS[key] = _Plan(cfg, T, B, dtype)
-    return _PLANS[key]
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=8)
 
 
 def _heads(W, H, axis):
