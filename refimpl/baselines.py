@@ -144,40 +144,90 @@ def gdpp_explicit(tokens, etas, gammas):
     return out
 
 
-def gdpp_scalar_grads(grads, input_dim, num_sets):
-    """Project the model's weight gradients onto the GD++ entries of W_P: d/d(eta/N) = dW_P[d, d],
-    d/d gamma = -sum_{i < d} dW_P[i, i]. Returns (d_eta_over_n (P,), d_gamma (P,))."""
+GDPP_ENTRIES = {
+    "wv_wp": "the diagonals of W_V and W_P (one scalar for the x block, one for the y entry, of each)",
+    "wp": "the diagonal of W_P only (W_V stays diag(1_d, -1))",
+}
+
+
+def gdpp_entries_init(eta0, num_context, num_sets, entries="wv_wp"):
+    """GD++'s trainable entries at the SPEC 4.2 start (eta = eta0, gamma = eta0 / N^2), each (P,):
+    p_x = -gamma and p_y = eta/N on the diagonal of W_P; with "wv_wp" also v_x = 1 and v_y = -1 on
+    the diagonal of W_V."""
+    if entries not in GDPP_ENTRIES:
+        raise ValueError(f"entries: expected one of {sorted(GDPP_ENTRIES)}, got {entries!r}")
+    N, P = num_context, num_sets
+    scalars = {"p_x": np.full(P, -float(eta0) / N**2), "p_y": np.full(P, float(eta0) / N)}
+    if entries == "wv_wp":
+        scalars.update({"v_x": np.ones(P), "v_y": -np.ones(P)})
+    return scalars
+
+
+def gdpp_entries_params(input_dim, scalars, dtype=np.float64):
+    """Per set l: W_Q = W_K = diag(1_d, 0), W_V = diag(v_x 1_d, v_y), W_P = diag(p_x 1_d, p_y); v_x = 1
+    and v_y = -1 where `scalars` has no such entry (the "wp" parametrisation)."""
+    d, P = input_dim, len(scalars["p_x"])
+    v_x, v_y = scalars.get("v_x", np.ones(P)), scalars.get("v_y", -np.ones(P))  # (P,)
+    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    params = {}
+    for p in range(P):
+        W_v = np.diag(np.r_[v_x[p] * np.ones(d), v_y[p]])  # (D, D)
+        W_p = np.diag(np.r_[scalars["p_x"][p] * np.ones(d), scalars["p_y"][p]])  # (D, D)
+        params.update({f"layer{p}.attn.W_q": W_qk.astype(dtype), f"layer{p}.attn.W_k": W_qk.astype(dtype),
+                       f"layer{p}.attn.W_v": W_v.astype(dtype), f"layer{p}.attn.W_p": W_p.astype(dtype)})
+    return params
+
+
+def gdpp_entries_effective(scalars, num_context):
+    """(etas (P,), gammas (P,)) of the entries: the layer depends on W_P W_V = diag(p_x v_x 1_d, p_y v_y)
+    alone, which is diag(-gamma 1_d, -eta/N) in gdpp_params' form."""
+    P = len(scalars["p_x"])
+    v_x, v_y = scalars.get("v_x", np.ones(P)), scalars.get("v_y", -np.ones(P))  # (P,)
+    return -num_context * scalars["p_y"] * v_y, -scalars["p_x"] * v_x
+
+
+def gdpp_entry_grads(grads, input_dim, names):
+    """Project the model's weight gradients onto the trained entries `names` (each (P,)): one scalar
+    on the x block of the diagonal gets the trace of that block's gradient, the y entry its own,
+    d/d p_x = tr dW_P[:d, :d], d/d p_y = dW_P[d, d], and likewise v_x, v_y from dW_V."""
     d = input_dim
-    deta_n, dgamma = np.empty(num_sets), np.empty(num_sets)  # (P,)
-    for p in range(num_sets):
-        dW_p = grads[f"layer{p}.attn.W_p"]  # (D, D)
-        deta_n[p] = dW_p[d, d]
-        dgamma[p] = -np.trace(dW_p[:d, :d])
-    return deta_n, dgamma
+    P = sum(1 for k in grads if k.endswith(".attn.W_p"))
+    out = {k: np.empty(P) for k in names}  # (P,) each
+    for p in range(P):
+        for k in names:
+            g = grads[f"layer{p}.attn.W_{k[0]}"]  # (D, D): W_p for p_*, W_v for v_*
+            out[k][p] = np.trace(g[:d, :d]) if k.endswith("_x") else g[d, d]
+    return out
 
 
 def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
-               token_clip=0.0, progress=False, desc="GD++", grads_fn=None):
-    """Train GD++'s scalars with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
+               token_clip=0.0, progress=False, desc="GD++", grads_fn=None, entries="wv_wp", callback=None,
+               callback_every=1000):
+    """Train GD++'s entries with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
 
-    The trained parameters are the entries of W_P themselves, eta/N and gamma (so Adam's step is on
-    the scale of those entries, as for the transformer's weights). source.next_batch(rng, step)
-    gives training tasks; `progress` shows a tqdm bar. grads_fn(params, tokens, targets, cfg) ->
-    (loss, per-layer losses, grads) is the oracle's refimpl.loss.loss_and_grads unless a backend's
-    is given. Returns (etas (P,), gammas (P,)).
+    `entries` picks what Adam trains (GDPP_ENTRIES): "wv_wp", the diagonals of W_V and W_P as in the
+    paper's public code, where the effective eta/N and gamma are products of two entries; or "wp",
+    the diagonal of W_P alone, where they are the entries themselves. Both describe the same GD++
+    model; the product reaches large effective values in fewer Adam steps, whose size is ~lr per
+    entry. source.next_batch(rng, step) gives training tasks; `progress` shows a tqdm bar.
+    grads_fn(params, tokens, targets, cfg) -> (loss, per-layer losses, grads) is the oracle's
+    refimpl.loss.loss_and_grads unless a backend's is given. callback(step, etas, gammas), if given,
+    sees the effective scalars before step 0, every `callback_every` steps and after the last.
+    Returns (etas (P,), gammas (P,)).
     """
     from .loss import loss_and_grads
     grads_fn = loss_and_grads if grads_fn is None else grads_fn
     from tqdm import tqdm
     P = 1 if tied else num_layers
-    N = num_context
     cfg = gdpp_model_config(input_dim, num_layers, tied, token_clip)
-    scalars = {"eta_over_n": np.full(P, float(eta0) / N), "gamma": np.full(P, float(eta0) / N**2)}
+    scalars = gdpp_entries_init(eta0, num_context, P, entries)
     state = adam_init(scalars)
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5.0, dynamic_ncols=True):
+        if callback is not None and step % callback_every == 0:
+            callback(step, *gdpp_entries_effective(scalars, num_context))
         tokens, targets = source.next_batch(rng, step)
-        params = gdpp_params(input_dim, scalars["eta_over_n"] * N, scalars["gamma"], N)
-        _, _, grads = grads_fn(params, tokens, targets, cfg)
-        deta_n, dgamma = gdpp_scalar_grads(grads, input_dim, P)
-        scalars, state, _ = adam_update(scalars, {"eta_over_n": deta_n, "gamma": dgamma}, state, adam_cfg)
-    return scalars["eta_over_n"] * N, scalars["gamma"]
+        _, _, grads = grads_fn(gdpp_entries_params(input_dim, scalars), tokens, targets, cfg)
+        scalars, state, _ = adam_update(scalars, gdpp_entry_grads(grads, input_dim, scalars), state, adam_cfg)
+    if callback is not None:
+        callback(steps, *gdpp_entries_effective(scalars, num_context))
+    return gdpp_entries_effective(scalars, num_context)

@@ -103,7 +103,9 @@ def plot_fig1(r, out_dir):
 def plot_fig3(r, out_dir):
     plt = _plt()
     names = list(r["final"])
-    fig, ax = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7), squeeze=False)
+    fits = any(r["final"][name].get("gdpp_fit") for name in names)  # files before the fit curves lack them
+    rows = 3 if fits else 2
+    fig, ax = plt.subplots(rows, len(names), figsize=(4.2 * len(names), 3.5 * rows), squeeze=False)
     for i, name in enumerate(names):
         c, f = r["curves"][name], r["final"][name]
         step = _arr(c["step"])
@@ -121,6 +123,13 @@ def plot_fig3(r, out_dir):
         b.plot(layers, _arr(f["loss_gdpp_layers"]), "^:", label="GD++ after layer l")
         b.set(xlabel="layer", ylabel="loss", yscale="log", xticks=layers)
         b.legend(fontsize=8)
+        if fits and f.get("gdpp_fit"):
+            g = ax[2, i]
+            g.plot(_arr(f["gdpp_fit"]["step"]), _arr(f["gdpp_fit"]["loss_gdpp"]), color="tab:red",
+                   label="GD++ during its fit")
+            g.axhline(f["loss_tf"], color="tab:blue", ls="--", label=f"trained TF ({f['loss_tf']:.4f})")
+            g.set(xlabel="Adam step of the GD++ fit", ylabel="loss", yscale="log")
+            g.legend(fontsize=8)
     fig.suptitle(f"fig3: multi-layer LSA vs GD and GD++ (seeds {r['seeds']})", fontsize=10)
     return _save(fig, out_dir, "fig3")
 

@@ -42,29 +42,51 @@ def test_gdpp_weights_equal_explicit_data_transformation(rng, tied):
     assert np.max(np.abs(plain[1:] - expected[1:])) > 1e-6
 
 
-def test_gdpp_scalar_gradients_match_finite_differences(rng):
+@pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
+def test_gdpp_entry_gradients_match_finite_differences(rng, entries):
+    """The projection of the model's weight gradients onto GD++'s trained entries against central
+    differences of the loss in those entries (L = 3 sets, d != N, entries away from the start)."""
     tokens, targets = _tasks(rng, B=9)
     d, N, L = 4, 7, 3
-    etas, gammas = np.array([0.8, 1.1, 0.7]), np.array([0.03, 0.06, 0.02])
     cfg = baselines.gdpp_model_config(d, L, tied=False)
+    scalars = baselines.gdpp_entries_init(1.0, N, L, entries)
+    scalars = {k: v * (1 + 0.3 * rng.standard_normal(L)) for k, v in scalars.items()}
 
-    def loss(e, g):
-        out, _ = model_forward(baselines.gdpp_params(d, e, g, N), tokens, cfg)
+    def loss(s):
+        out, _ = model_forward(baselines.gdpp_entries_params(d, s), tokens, cfg)
         return mse_forward(out[-1], targets)[0]
 
-    readouts, cache = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
+    readouts, cache = model_forward(baselines.gdpp_entries_params(d, scalars), tokens, cfg)
     dread = np.zeros_like(readouts)
     dread[-1] = mse_backward(1.0, mse_forward(readouts[-1], targets)[1])
     _, grads = model_backward(dread, cache)
-    deta_n, dgamma = baselines.gdpp_scalar_grads(grads, d, L)
-    deta = deta_n / N  # d/d eta = d/d(eta/N) / N
+    analytic = baselines.gdpp_entry_grads(grads, d, scalars)
+    assert set(analytic) == ({"p_x", "p_y", "v_x", "v_y"} if entries == "wv_wp" else {"p_x", "p_y"})
     h = 1e-6
-    for p in range(L):
-        e = np.eye(L)[p] * h
-        num_eta = (loss(etas + e, gammas) - loss(etas - e, gammas)) / (2 * h)
-        num_gamma = (loss(etas, gammas + e) - loss(etas, gammas - e)) / (2 * h)
-        assert abs(deta[p] - num_eta) <= 1e-7 * max(1.0, abs(num_eta))
-        assert abs(dgamma[p] - num_gamma) <= 1e-7 * max(1.0, abs(num_gamma))
+    for k in scalars:
+        for p in range(L):
+            up = {**scalars, k: scalars[k] + h * np.eye(L)[p]}
+            down = {**scalars, k: scalars[k] - h * np.eye(L)[p]}
+            num = (loss(up) - loss(down)) / (2 * h)
+            assert abs(analytic[k][p] - num) <= 1e-7 * max(1.0, abs(num)), (k, p)
+    # the last set's x entries move nothing that reaches the read-out
+    assert analytic["p_x"][-1] == 0
+
+
+def test_gdpp_entries_describe_the_gdpp_of_their_effective_eta_and_gamma(rng):
+    """W_V = diag(v_x, v_y), W_P = diag(p_x, p_y) and gdpp_params(eta, gamma) with gamma = -p_x v_x,
+    eta/N = -p_y v_y give the same read-outs, and the start is eta0, eta0 / N^2 (SPEC 4.2)."""
+    tokens, _ = _tasks(rng)
+    d, N, L = 4, 7, 3
+    cfg = baselines.gdpp_model_config(d, L, tied=False)
+    start = baselines.gdpp_entries_init(1.3, N, L, "wv_wp")
+    np.testing.assert_allclose(baselines.gdpp_entries_effective(start, N), (np.full(L, 1.3), np.full(L, 1.3 / N**2)))
+    scalars = {k: v * (1 + 0.3 * rng.standard_normal(L)) for k, v in start.items()}
+    etas, gammas = baselines.gdpp_entries_effective(scalars, N)
+    out, _ = model_forward(baselines.gdpp_entries_params(d, scalars), tokens, cfg)
+    ref, _ = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out, baselines.gdpp_explicit(tokens, etas, gammas), rtol=1e-12, atol=1e-13)
 
 
 def test_closed_form_eta_within_one_grid_step_of_grid_optimum():
@@ -113,16 +135,24 @@ def test_interpolation_undoes_the_scale_ambiguity(rng):
     np.testing.assert_allclose(M, M_gd, atol=1e-14)
 
 
-def test_gdpp_fit_through_numba_cpu_follows_the_oracle_fit():
+@pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
+def test_gdpp_fit_through_numba_cpu_follows_the_oracle_fit(entries):
     """fit_gdpp with the numba-cpu gradients (fig3 --backend numba-cpu) against the oracle's:
     same batches, same Adam, gradients equal to rounding, so the scalars agree to ~1e-12."""
     from kernels import get_backend
     from refimpl.experiments.common import GDPPConfig, TaskConfig, fit_gdpp
     from refimpl.train import TrainConfig
     task = TaskConfig(input_dim=4, num_context=6)
-    gdpp = GDPPConfig(steps_deep=25, batch=64)
+    gdpp = GDPPConfig(steps_deep=25, batch=64, entries=entries)
     ref = fit_gdpp(task, gdpp, TrainConfig(), 3, 4, False, 2.0)
     fast = fit_gdpp(task, gdpp, TrainConfig(), 3, 4, False, 2.0, backend=get_backend("numba-cpu"))
+    assert ref[2] is None and fast[2] is None  # no evaluation set, no fit curve
     assert np.any(np.abs(ref[0][:-1] - 2.0) > 1e-3)  # the fit moved the scalars
     np.testing.assert_allclose(fast[0], ref[0], rtol=1e-10)
     np.testing.assert_allclose(fast[1], ref[1], rtol=1e-10)
+
+
+def test_gdpp_config_rejects_unknown_entries():
+    from refimpl.experiments.common import GDPPConfig
+    with pytest.raises(ValueError, match="gdpp.entries"):
+        GDPPConfig(entries="wq")

@@ -102,6 +102,10 @@ def test_other_experiments_write_their_keys(tmp_path, name):
             assert all(np.isfinite(v[k]) for k in ("loss_tf", "loss_gd", "loss_gdpp"))
             assert len(v["loss_tf_layers"]) == v["layers"]
         assert r["final"]["deep4"]["token_clip"] == 10.0 and r["final"]["deep4"]["lr"] == 5e-4
+        for v in r["final"].values():  # the GD++ fit's curve ends at the fitted scalars' loss
+            fit = v["gdpp_fit"]
+            assert fit["step"][0] == 0 and fit["step"][-1] == int(r["config"]["gdpp"]["steps_tied" if v["weight_tied"] else "steps_deep"])
+            assert abs(fit["loss_gdpp"][-1] - v["loss_gdpp"]) <= 1e-12 * v["loss_gdpp"]
     if name == "fig6":
         for fam in ("input", "weight", "laws"):
             assert len(r["ood"][fam]["tf"]) == len(r["ood"]["alpha"][fam])

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import baselines, metrics
 from ..config import AdamConfig, ModelConfig
+from ..validate import check_positive_int
 from ..tasks import TaskSource, eval_tasks
 from ..train import TrainConfig, paper_token_clip, train
 
@@ -32,6 +33,12 @@ class GDPPConfig:
     batch: int = 512  # tasks per step (SPEC 3: 512)
     lr: float = 1e-3  # (SPEC 3: 1e-3)
     b2: float = 0.999  # (SPEC 3: 0.999)
+    eval_every: int = 100  # the fit's loss on the evaluation set is recorded every this many steps (SPEC 3: evaluate every 100)
+    entries: str = "wv_wp"  # what Adam trains (baselines.GDPP_ENTRIES): diagonals of W_V and W_P (paper's code) or "wp"
+
+    def __post_init__(self):
+        if self.entries not in baselines.GDPP_ENTRIES:
+            raise ValueError(f"gdpp.entries: expected one of {sorted(baselines.GDPP_ENTRIES)}, got {self.entries!r}")
 
 
 def eval_set_and_gd_eta(task: TaskConfig, **kw):
@@ -72,17 +79,32 @@ def host_loss_and_grads(backend):
     return fn
 
 
-def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, progress=False, backend=None):
-    """GD++ scalars trained with Adam on online batches (Generator seeded by (seed, 1)); the model's
-    gradients from `backend` (the oracle when None)."""
+def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, progress=False, backend=None,
+             eval_set=None):
+    """GD++ entries (gdpp.entries) trained with Adam on online batches (Generator seeded by (seed, 1));
+    the model's gradients from `backend` (the oracle when None). Returns (etas (P,), gammas (P,),
+    fit curve): with eval_set = (tokens, targets) the curve is {"step", "loss_gdpp"}, the loss on
+    those tasks every gdpp.eval_every steps of the fit; None without."""
     steps = gdpp.steps_tied if tied else gdpp.steps_deep
     adam = AdamConfig(lr=gdpp.lr, b2=gdpp.b2, grad_clip=model_clip(train_cfg, num_layers))
     source = TaskSource(task, gdpp.batch)
-    return baselines.train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim,
-                                task.num_context, num_layers, tied, eta0, steps, adam,
-                                token_clip=paper_token_clip(num_layers), progress=progress,
-                                desc=f"GD++ L={num_layers} seed {seed}",
-                                grads_fn=None if backend is None else host_loss_and_grads(backend))
+    curve, callback = None, None
+    if eval_set is not None:
+        curve = {"step": [], "loss_gdpp": []}
+        cfg = baselines.gdpp_model_config(task.input_dim, num_layers, tied, paper_token_clip(num_layers))
+
+        def callback(step, etas, gammas):
+            params = baselines.gdpp_params(task.input_dim, etas, gammas, task.num_context)
+            curve["step"].append(step)
+            curve["loss_gdpp"].append(metrics.losses(params, *eval_set, cfg)[0])
+    etas, gammas = baselines.train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim,
+                                        task.num_context, num_layers, tied, eta0, steps, adam,
+                                        token_clip=paper_token_clip(num_layers), progress=progress,
+                                        desc=f"GD++ L={num_layers} seed {seed}",
+                                        grads_fn=None if backend is None else host_loss_and_grads(backend),
+                                        entries=gdpp.entries, callback=callback,
+                                        callback_every=check_positive_int("gdpp.eval_every", gdpp.eval_every))
+    return etas, gammas, curve
 
 
 def make_evaluator(cfg, tokens, targets, refs):

@@ -54,8 +54,8 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=L)
     gd_cfg = baselines.gd_model_config(d, L)
     ref_gd = metrics.Reference(baselines.gd_params(d, eta, N), gd_cfg, tokens, targets)
-    etas, gammas = cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse=resume, progress=progress,
-                                backend=backend)
+    etas, gammas, fit = cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, (tokens, targets), reuse=resume,
+                                     progress=progress, backend=backend)
     gdpp_cfg = baselines.gdpp_model_config(d, L, tied, token_clip=paper_token_clip(L))
     ref_gdpp = metrics.Reference(baselines.gdpp_params(d, etas, gammas, N), gdpp_cfg, tokens, targets)
     cfg_tf = lsa_config(task, num_layers=L, tied=tied)
@@ -69,31 +69,31 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
         "loss_gd": ref_gd.loss, "loss_gdpp": ref_gdpp.loss,
         "loss_tf_layers": per_layer_tf, "loss_gd_layers": ref_gd.per_layer,
         "loss_gdpp_layers": ref_gdpp.per_layer,
-        "gd_eta": eta, "gdpp_eta": etas, "gdpp_gamma": gammas,
+        "gd_eta": eta, "gdpp_eta": etas, "gdpp_gamma": gammas, "gdpp_fit": fit,
         "layers": L, "weight_tied": tied, "steps": steps, "lr": adam.lr, "grad_clip": adam.grad_clip,
         "token_clip": cfg_tf.token_clip,
     })
     return final, res
 
 
-def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, reuse, progress=False, backend=None):
-    """fit_gdpp, saved to out_dir/checkpoints/gdpp_NAME_seedS.json; with `reuse` (--resume) a saved
+def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, eval_set, reuse, progress=False, backend=None):
+    """fit_gdpp (with its curve on eval_set), saved to out_dir/checkpoints/gdpp_NAME_seedS.json; with `reuse` (--resume) a saved
     fit with the same settings is read back instead of refitted."""
-    key = {"trained": "W_P entries eta/N and gamma", "gdpp": dataclasses.asdict(cfg.gdpp), "task": dataclasses.asdict(cfg.task), "eta0": eta,
+    key = {"gdpp": dataclasses.asdict(cfg.gdpp), "task": dataclasses.asdict(cfg.task), "eta0": eta,
            "layers": L, "tied": tied, "grad_clip": paper_adam(cfg.train, L).grad_clip}
     path = os.path.join(out_dir, "checkpoints", f"gdpp_{name}_seed{seed}.json") if out_dir else None
     if reuse and path and os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
         if saved["key"] == json.loads(json.dumps(key)):
-            return np.array(saved["etas"]), np.array(saved["gammas"])
-    etas, gammas = fit_gdpp(cfg.task, cfg.gdpp, cfg.train, seed, L, tied, eta, progress, backend)
+            return np.array(saved["etas"]), np.array(saved["gammas"]), saved["fit"]
+    etas, gammas, fit = fit_gdpp(cfg.task, cfg.gdpp, cfg.train, seed, L, tied, eta, progress, backend, eval_set)
     if out_dir:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
-            json.dump({"key": key, "etas": etas.tolist(), "gammas": gammas.tolist()}, f)
+            json.dump({"key": key, "etas": etas.tolist(), "gammas": gammas.tolist(), "fit": fit}, f)
         os.replace(path + ".tmp", path)
-    return etas, gammas
+    return etas, gammas, fit
 
 
 def _variant_job(args):

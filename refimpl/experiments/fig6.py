@@ -62,7 +62,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     for seed in seeds:
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
         steps_run += res.steps_run
-        etas, gammas = fit_gdpp(task, cfg.gdpp, cfg.train, seed, 1, True, eta, progress, backend)
+        etas, gammas, fit = fit_gdpp(task, cfg.gdpp, cfg.train, seed, 1, True, eta, progress, backend,
+                                     eval_set=(tokens, targets))
         interp, _ = metrics.interpolated_params(res.params, gd[0], d)
         models = {"tf": (res.params, cfg_tf), "gd": gd, "interp": (interp, gd[1]),
                   "gdpp": (baselines.gdpp_params(d, etas, gammas, N), baselines.gdpp_model_config(d, 1, True))}
@@ -77,7 +78,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         ood["distractors"] = dis
         final = evaluate(res.params)
         final.update({"loss_gd": ref.loss, "loss_interp": metrics.losses(interp, tokens, targets, gd[1])[0],
-                      "gdpp_eta": etas, "gdpp_gamma": gammas})
+                      "gdpp_eta": etas, "gdpp_gamma": gammas, "gdpp_fit": fit})
         for name in models:
             w = np.array([np.nan if v is None else v for v in ood["weight"][name]])
             final[f"weight_scale_law_dev_{name}"] = float(np.nanmax(np.abs(
