@@ -163,11 +163,17 @@ def gdpp_entries_init(eta0, num_context, num_sets, entries="wv_wp"):
     return scalars
 
 
+def _gdpp_value_diag(scalars):
+    """(v_x (P,), v_y (P,)): W_V's trained diagonal, or diag(1_d, -1) where it is not trained ("wp")."""
+    P = len(scalars["p_x"])
+    return scalars.get("v_x", np.ones(P)), scalars.get("v_y", -np.ones(P))
+
+
 def gdpp_entries_params(input_dim, scalars, dtype=np.float64):
     """Per set l: W_Q = W_K = diag(1_d, 0), W_V = diag(v_x 1_d, v_y), W_P = diag(p_x 1_d, p_y); v_x = 1
     and v_y = -1 where `scalars` has no such entry (the "wp" parametrisation)."""
     d, P = input_dim, len(scalars["p_x"])
-    v_x, v_y = scalars.get("v_x", np.ones(P)), scalars.get("v_y", -np.ones(P))  # (P,)
+    v_x, v_y = _gdpp_value_diag(scalars)  # (P,)
     W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
     params = {}
     for p in range(P):
@@ -181,8 +187,7 @@ def gdpp_entries_params(input_dim, scalars, dtype=np.float64):
 def gdpp_entries_effective(scalars, num_context):
     """(etas (P,), gammas (P,)) of the entries: the layer depends on W_P W_V = diag(p_x v_x 1_d, p_y v_y)
     alone, which is diag(-gamma 1_d, -eta/N) in gdpp_params' form."""
-    P = len(scalars["p_x"])
-    v_x, v_y = scalars.get("v_x", np.ones(P)), scalars.get("v_y", -np.ones(P))  # (P,)
+    v_x, v_y = _gdpp_value_diag(scalars)  # (P,)
     return -num_context * scalars["p_y"] * v_y, -scalars["p_x"] * v_x
 
 

@@ -77,8 +77,8 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
 
 
 def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, eval_set, reuse, progress=False, backend=None):
-    """fit_gdpp (with its curve on eval_set), saved to out_dir/checkpoints/gdpp_NAME_seedS.json; with `reuse` (--resume) a saved
-    fit with the same settings is read back instead of refitted."""
+    """fit_gdpp (with its curve on eval_set), saved to out_dir/checkpoints/gdpp_NAME_seedS.json; with
+    `reuse` (--resume) a saved fit with the same settings is read back instead of refitted."""
     key = {"gdpp": dataclasses.asdict(cfg.gdpp), "task": dataclasses.asdict(cfg.task), "eta0": eta,
            "layers": L, "tied": tied, "grad_clip": paper_adam(cfg.train, L).grad_clip}
     path = os.path.join(out_dir, "checkpoints", f"gdpp_{name}_seed{seed}.json") if out_dir else None
