@@ -168,7 +168,7 @@ def bench_numba_cuda(params, args, dtype):
     ok, reason = kernels.availability(names[0])
     if not ok:
         return {"skipped": f"{names[0]}: {reason}"}
-    from kernels import philox
+    from kernels.cupy import philox
     be = kernels.get_backend(names[0])
     tok, y = philox.linear_regression_tasks(args.seed, 0, args.batch, dtype=dtype)
     tok, y = be.asarray(tok), be.asarray(y)  # one fixed batch: host data generation not timed

@@ -1,5 +1,5 @@
 """Time the training-batch draw: the oracle (refimpl.data.linear_regression_tasks) against the Numba
-drawer (kernels.numba_draw), which gives the same bits and leaves the Generator in the same state.
+drawer (kernels.numba.draw), which gives the same bits and leaves the Generator in the same state.
 
 B = 2048 tasks, N = d = 10 (SPEC 1.1 / 3), float64 and float32; each timing is the median of
 `--repeats` draws after `--warmup` draws (compilation happens in the warm-up), the Numba drawer with
@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.train_step import cpu_model  # noqa: E402
-from refimpl import runtime  # noqa: E402
+from iclgd import runtime  # noqa: E402
 from refimpl.data import linear_regression_tasks as oracle_tasks  # noqa: E402
-from refimpl.info import versions  # noqa: E402
+from iclgd.versions import versions  # noqa: E402
 
 
 def median_time(draw, rng, batch, dtype, warmup, repeats):
@@ -48,7 +48,7 @@ def main(argv=None):
     settings = runtime.tune_for_small_matrices()
     import numba
 
-    from kernels.numba_draw import linear_regression_tasks as numba_tasks
+    from kernels.numba.draw import linear_regression_tasks as numba_tasks
     default_threads = numba.get_num_threads()
     load_before = os.getloadavg()
     results = []
@@ -67,7 +67,7 @@ def main(argv=None):
             print(f"{name:6s} {dt:8s} threads {threads}  median {med * 1e3:7.3f} ms  "
                   f"min {best * 1e3:7.3f} ms", flush=True)
     out = {
-        "benchmark": "training-batch draw: refimpl.data vs kernels.numba_draw (identical bits)",
+        "benchmark": "training-batch draw: refimpl.data vs kernels.numba.draw (identical bits)",
         "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
                     "platform": platform.platform(), "load_avg_1_5_15_before": load_before,
                     "load_avg_1_5_15_after": os.getloadavg(), "nice": os.nice(0)},

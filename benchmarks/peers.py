@@ -1,6 +1,6 @@
 """Peers for the GPU benchmark: the same model and training step written in JAX (jit) and in
 PyTorch (autograd, optionally torch.compile). They exist only to be timed against the `cupy`
-backend; the tests check them against the oracle (tests/test_peers.py).
+backend; the tests check them against the oracle (tests/peers/test_peers.py).
 
 Model: the attention-only transformer of refimpl/model.py (linear or softmax attention per layer,
 H heads, tied or deep, dampening, y_update, token clipping, include_query) -- what model_step.cu
@@ -10,7 +10,7 @@ correction (refimpl/optim.py). Parameters are dicts named as refimpl.params.para
 """
 import numpy as np
 
-from kernels.cuda_build import model_step_unsupported
+from kernels.cupy.build import model_step_unsupported
 
 
 def _check(cfg):

@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import cupy" 2>/dev/null || python -m pip install -e ".[gpu,test]"
-python -m pytest -m gpu -q -rs tests/test_cupy_backend.py
+python -m pytest -m gpu -q -rs tests/kernels/test_cupy_backend.py
 python -m benchmarks.bench_cupy "$@"

@@ -7,7 +7,7 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
 in float64 and float32, for every available backend. Each timing is the median of `--repeats`
 steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
 NumPy Generator inside the timed step, then handed to the backend: by the backend's own
-`linear_regression_tasks` where it has one (numba-cpu: kernels.numba_draw, the same bits as the
+`linear_regression_tasks` where it has one (numba-cpu: kernels.numba.draw, the same bits as the
 oracle's refimpl.data, in parallel), else by refimpl.data. The kernel part alone (train_step on a
 ready batch) is reported too.
 
@@ -25,9 +25,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kernels import availability, backend_names, get_backend  # noqa: E402
-from refimpl import data, runtime  # noqa: E402
+from refimpl import data  # noqa: E402
+from iclgd import runtime  # noqa: E402
 from refimpl.config import AdamConfig, ModelConfig, config_to_dict  # noqa: E402
-from refimpl.info import versions  # noqa: E402
+from iclgd.versions import versions  # noqa: E402
 
 CASES = {
     "a_lsa_1layer": (ModelConfig(), AdamConfig(lr=1e-3, grad_clip=0.001)),

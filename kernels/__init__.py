@@ -16,10 +16,10 @@ import importlib
 # name -> (module, install command shown when it is unavailable)
 BACKENDS = {
     "numpy": ("kernels.numpy_backend", "pip install iclgd"),
-    "numba-cpu": ("kernels.numba_cpu", "pip install numba"),
-    "numba-cuda": ("kernels.numba_cuda", "pip install 'iclgd[gpu]' (numba-cuda[cu12]) and a CUDA GPU"),
-    "cupy": ("kernels.cupy_backend", "pip install iclgd[gpu]"),
-    "cupy-unfused": ("kernels.cupy_unfused", "pip install iclgd[gpu]"),
+    "numba-cpu": ("kernels.numba.cpu", "pip install numba"),
+    "numba-cuda": ("kernels.numba.gpu", "pip install 'iclgd[gpu]' (numba-cuda[cu12]) and a CUDA GPU"),
+    "cupy": ("kernels.cupy.backend", "pip install iclgd[gpu]"),
+    "cupy-unfused": ("kernels.cupy.unfused", "pip install iclgd[gpu]"),
 }
 
 

@@ -6,8 +6,7 @@ G grid points. GD acts on L(W) = 1/(2N) sum_i (W x_i - y_i)^2 for each task sepa
 """
 import numpy as np
 
-from .config import AdamConfig, ModelConfig
-from .optim import adam_init, adam_update
+from .config import ModelConfig
 from .validate import check_array, check_positive_int
 
 
@@ -203,36 +202,3 @@ def gdpp_entry_grads(grads, input_dim, names):
             g = grads[f"layer{p}.attn.W_{k[0]}"]  # (D, D): W_p for p_*, W_v for v_*
             out[k][p] = np.trace(g[:d, :d]) if k.endswith("_x") else g[d, d]
     return out
-
-
-def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
-               token_clip=0.0, progress=False, desc="GD++", grads_fn=None, entries="wv_wp", callback=None,
-               callback_every=1000):
-    """Train GD++'s entries with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
-
-    `entries` picks what Adam trains (GDPP_ENTRIES): "wv_wp", the diagonals of W_V and W_P as in the
-    paper's public code, where the effective eta/N and gamma are products of two entries; or "wp",
-    the diagonal of W_P alone, where they are the entries themselves. Both describe the same GD++
-    model; the product reaches large effective values in fewer Adam steps, whose size is ~lr per
-    entry. source.next_batch(rng, step) gives training tasks; `progress` shows a tqdm bar.
-    grads_fn(params, tokens, targets, cfg) -> (loss, per-layer losses, grads) is the oracle's
-    refimpl.loss.loss_and_grads unless a backend's is given. callback(step, etas, gammas), if given,
-    sees the effective scalars before step 0, every `callback_every` steps and after the last.
-    Returns (etas (P,), gammas (P,)).
-    """
-    from .loss import loss_and_grads
-    grads_fn = loss_and_grads if grads_fn is None else grads_fn
-    from tqdm import tqdm
-    P = 1 if tied else num_layers
-    cfg = gdpp_model_config(input_dim, num_layers, tied, token_clip)
-    scalars = gdpp_entries_init(eta0, num_context, P, entries)
-    state = adam_init(scalars)
-    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5.0, dynamic_ncols=True):
-        if callback is not None and step % callback_every == 0:
-            callback(step, *gdpp_entries_effective(scalars, num_context))
-        tokens, targets = source.next_batch(rng, step)
-        _, _, grads = grads_fn(gdpp_entries_params(input_dim, scalars), tokens, targets, cfg)
-        scalars, state, _ = adam_update(scalars, gdpp_entry_grads(grads, input_dim, scalars), state, adam_cfg)
-    if callback is not None:
-        callback(steps, *gdpp_entries_effective(scalars, num_context))
-    return gdpp_entries_effective(scalars, num_context)

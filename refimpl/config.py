@@ -106,6 +106,17 @@ class AdamConfig:
     grad_clip: float = 0.001  # global-norm clip c: 0.001 if L <= 2 else 10; 0 = off
 
 
+@dataclass(frozen=True)
+class TaskConfig:
+    input_dim: int = 10  # d (paper: 10)
+    num_context: int = 10  # N (paper: 10)
+    input_range: float = 1.0  # r: x ~ U(-r/2, r/2), public code (paper text: U(-1, 1))
+    weight_scale: float = 1.0  # s: w ~ N(0, s^2 I)
+    distractors: int = 0  # context labels replaced by N(0, 1) draws in training and evaluation
+    eval_tasks: int = 10000  # size of the fixed evaluation set (paper: 10 000)
+    eval_seed: int = 2023  # seed of the evaluation set's Generator (independent of training seeds)
+
+
 # ----------------------------------------------------------------------------------------------
 def _parse_value(text, current, key):
     if isinstance(current, bool):

@@ -1,4 +1,4 @@
-"""Finite-difference checks of every hand-written backward (SPEC 7), and `iclgd gradcheck`.
+"""Finite-difference checks of every hand-written backward (SPEC 7), run by `iclgd gradcheck`.
 
 For a function f(inputs) -> out, a random upstream gradient g (never all ones) defines the scalar
 phi = sum(f(inputs) * g). The analytic gradient of phi w.r.t. each input comes from the backward;
@@ -12,7 +12,6 @@ wrong backward is off by O(1) on the large entries and fails by orders of magnit
 include a backward wrong by 1e-4 relative, which fails).
 Every check uses unequal sizes: T != D != K, H = 2.
 """
-import json
 
 import numpy as np
 
@@ -200,27 +199,3 @@ def run_all(seed=0):
     for name, fwd, bwd, inputs in all_checks(rng):
         rows += check_function(name, fwd, bwd, inputs, rng)
     return rows
-
-
-# ----------------------------------------------------------------------------------------------
-def add_arguments(parser):
-    parser.add_argument("--json", action="store_true", help="print one JSON list of result objects")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-
-
-def run(args):
-    rows = run_all(args.seed)
-    failed = [r for r in rows if not r["passed"]]
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        width = max(len(r["check"]) for r in rows)
-        pwidth = max(len(r["param"]) for r in rows)
-        print(f"{'check':{width}s}  {'param':{pwidth}s}  max_rel_err  result")
-        for r in rows:
-            print(f"{r['check']:{width}s}  {r['param']:{pwidth}s}  {r['max_rel_err']:11.2e}  "
-                  f"{'ok' if r['passed'] else 'FAIL'}")
-        worst = max(rows, key=lambda r: r["max_rel_err"])
-        print(f"{len(rows)} gradients checked, {len(failed)} failed (tolerance {TOLERANCE:g}); "
-              f"worst {worst['max_rel_err']:.2e} ({worst['check']} / {worst['param']})")
-    return 1 if failed else 0

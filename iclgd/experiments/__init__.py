@@ -1,0 +1,27 @@
+"""Experiments: one module per figure of the paper. Each module provides
+    Config       a frozen dataclass tree (with a `task` and a `train` section), the paper's settings
+    QUICK        {key: value} overrides that make a run finish in seconds (tests, --quick)
+    run(cfg, seeds, backend, out_dir, resume, progress) -> results dict (see iclgd.results)
+and its figure is drawn by `iclgd.plots.PLOTTERS[name]` from the results alone.
+"""
+import importlib
+
+# name -> (module, paper figure, one-line description)
+EXPERIMENTS = {
+    "fig2": ("iclgd.experiments.fig2", "Figure 2 (+ 9)",
+             "one-layer LSA vs one GD step: losses, alignment over training, interpolation, weights"),
+    "fig1": ("iclgd.experiments.fig1", "Figure 1 (+ 10)",
+             "a trained layer repeated 50 times with dampening vs GD at the same dampened step"),
+    "fig3": ("iclgd.experiments.fig3", "Figure 3",
+             "weight-tied 2-layer and deep 2/3/5-layer LSA vs L-step GD and GD++ (per-layer losses)"),
+    "fig6": ("iclgd.experiments.fig6", "Figures 6, 7",
+             "out-of-distribution losses (input scale, weight scale, other input laws), distractors"),
+    "fig16": ("iclgd.experiments.fig16", "Figure 16",
+              "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
+}
+
+
+def get_experiment(name):
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment: unknown name {name!r}; valid names: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name][0])

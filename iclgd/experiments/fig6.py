@@ -1,0 +1,101 @@
+"""Figures 6 and 7: out-of-distribution behaviour of a trained LSA layer, GD, GD++ and the
+interpolated model (SPEC 1.2), and their losses with distractor labels.
+
+One LSA layer is trained as in fig2 (inputs U(-1/2, 1/2)^d, weights N(0, I)); then, on the fixed
+evaluation set rescaled for every alpha (one draw, so the curves are smooth):
+  input   x -> alpha x (alpha in input_grid)
+  weight  w -> alpha w (alpha in weight_grid; every loss is exactly alpha^2 times the alpha = 1 loss)
+  laws    exponential / normal / Laplace inputs normalised by ||X||_F, times alpha (law_grid)
+and with k = 0 .. N context labels replaced by N(0, 1) draws (distractors).
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refimpl import baselines, metrics
+from refimpl.tasks import eval_tasks, other_law_tasks
+from iclgd.train import TrainConfig
+from refimpl.config import TaskConfig
+from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
+from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, train_model
+
+
+@dataclass(frozen=True)
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the one-layer training of fig2
+    gdpp: GDPPConfig = field(default_factory=GDPPConfig)
+    input_grid: tuple = (0.5, 2.0, 0.03)  # start, stop, step of the input scale (SPEC 1.2)
+    weight_grid: tuple = (0.5, 5.0, 0.1)  # start, stop, step of the weight scale (SPEC 1.2)
+    law_grid: tuple = (0.5, 5.0, 0.1)  # start, stop, step of alpha for the other input laws
+
+
+QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",
+         "task.eval_tasks": "1000", "train.checkpoint_every": "100", "gdpp.steps_tied": "50",
+         "gdpp.batch": "256", "input_grid": "[0.5, 2.0, 0.3]", "weight_grid": "[0.5, 5.0, 1.5]",
+         "law_grid": "[0.5, 5.0, 1.5]"}
+
+REPORTED_INPUT_SCALES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)  # where SPEC 6 lists one-step GD losses
+
+
+def grid(spec, name):
+    if len(spec) != 3 or not spec[2] > 0 or spec[1] < spec[0]:
+        raise ValueError(f"{name}: expected (start, stop, step) with step > 0, stop >= start, got {spec}")
+    start, stop, step = map(float, spec)
+    return start + step * np.arange(int(np.floor((stop - start) / step + 1e-9)) + 1)
+
+
+def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
+    start = time.perf_counter()
+    task = cfg.task
+    d, N = task.input_dim, task.num_context
+    tokens, targets = eval_tasks(task, distractors=0)
+    law_tokens, law_targets, _ = other_law_tasks(np.random.default_rng(task.eval_seed + 1), task.eval_tasks,
+                                                 N, d, task.weight_scale)
+    eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
+    gd = (baselines.gd_params(d, eta, N), baselines.gd_model_config(d, 1))
+    ref = metrics.Reference(*gd, tokens, targets)
+    cfg_tf = lsa_config(task)
+    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    grids = {"input": grid(cfg.input_grid, "input_grid"), "weight": grid(cfg.weight_grid, "weight_grid"),
+             "laws": grid(cfg.law_grid, "law_grid")}
+    per_seed, steps_run = [], 0
+    for seed in seeds:
+        res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
+        steps_run += res.steps_run
+        etas, gammas, fit = fit_gdpp(task, cfg.gdpp, cfg.train, seed, 1, True, eta, progress, backend,
+                                     eval_set=(tokens, targets))
+        interp, _ = metrics.interpolated_params(res.params, gd[0], d)
+        models = {"tf": (res.params, cfg_tf), "gd": gd, "interp": (interp, gd[1]),
+                  "gdpp": (baselines.gdpp_params(d, etas, gammas, N), baselines.gdpp_model_config(d, 1, True))}
+        ood = {"input": metrics.ood_curve(models, tokens, targets, grids["input"], "input"),
+               "weight": metrics.ood_curve(models, tokens, targets, grids["weight"], "weight"),
+               "laws": metrics.ood_curve(models, law_tokens, law_targets, grids["laws"], "input")}
+        dis = {name: [] for name in models}
+        for k in range(N + 1):
+            t, y = eval_tasks(task, distractors=k)
+            for name, (p, c) in models.items():
+                dis[name].append(metrics.losses(p, t, y, c)[0])
+        ood["distractors"] = dis
+        final = evaluate(res.params)
+        final.update({"loss_gd": ref.loss, "loss_interp": metrics.losses(interp, tokens, targets, gd[1])[0],
+                      "gdpp_eta": etas, "gdpp_gamma": gammas, "gdpp_fit": fit})
+        for name in models:
+            w = np.array([np.nan if v is None else v for v in ood["weight"][name]])
+            final[f"weight_scale_law_dev_{name}"] = float(np.nanmax(np.abs(
+                w / (grids["weight"] ** 2 * metrics.losses(models[name][0], tokens, targets, models[name][1])[0]) - 1)))
+        for r in REPORTED_INPUT_SCALES:
+            i = int(np.argmin(np.abs(grids["input"] - r)))
+            final[f"loss_gd_input_{grids['input'][i]:.2f}"] = ood["input"]["gd"][i]
+            final[f"loss_tf_input_{grids['input'][i]:.2f}"] = ood["input"]["tf"][i]
+        per_seed.append({"seed": seed, "final": final, "curves": res.curves, "ood": ood})
+    return {"final": mean_over_seeds([s["final"] for s in per_seed]),
+            "curves": mean_over_seeds([s["curves"] for s in per_seed]),
+            "ood": {"alpha": {k: v for k, v in grids.items()}, "k": list(range(N + 1)),
+                    **mean_over_seeds([s["ood"] for s in per_seed])},
+            "per_seed": per_seed, "steps_run": steps_run, "runtime_s": time.perf_counter() - start,
+            "notes": "ood[family][model]: mean loss over the evaluation set at each ood.alpha[family] "
+                     "(None = diverged); ood.distractors[model][i]: loss with ood.k[i] distractor labels. "
+                     "GD++ with one layer trains eta only (gamma acts after the read-out's input). "
+                     "weight_scale_law_dev_*: max |loss(alpha) / (alpha^2 loss(1)) - 1|."}

@@ -1,0 +1,71 @@
+"""`iclgd crosscheck FILE`: recompute a file of the exchange format (iclgd/interop/exchange.py) with the
+float64 oracle and compare every result it holds, tensor by tensor.
+
+An entry passes when |actual - oracle| <= atol + rtol * |oracle| (numpy.allclose's rule).
+Reported per tensor: max_abs_err; max_rel_err, the largest |actual - oracle| / max(|actual|,
+|oracle|, tiny) (SPEC 7's relative error, at most 2); worst_index, the first index of the largest
+absolute difference, with the two values there. Exit status: 0 if every tensor passes, 1 if one
+fails, 2 if the file is not valid (an error naming the key).
+"""
+
+import numpy as np
+
+from iclgd.interop.exchange import load_exchange, oracle_results
+
+RTOL = 1e-9  # float64 implementations agree to ~1e-13; the float32 ones need --rtol 1e-4 or so
+ATOL = 1e-12
+TINY = np.finfo(np.float64).tiny
+
+
+def compare(name, actual, expected, rtol=RTOL, atol=ATOL):
+    """One report row: {name, shape, dtype, max_abs_err, max_rel_err, worst_index, actual, oracle, passed}."""
+    dtype = str(np.asarray(actual).dtype)
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"{name}: expected shape {e.shape}, got {a.shape}")
+    err = np.abs(a - e)  # same shape as the tensor
+    rel = err / np.maximum(np.maximum(np.abs(a), np.abs(e)), TINY)
+    i = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
+    return {
+        "name": name,
+        "shape": list(e.shape),
+        "dtype": dtype,
+        "max_abs_err": float(err.max(initial=0.0)),
+        "max_rel_err": float(rel.max(initial=0.0)),
+        "worst_index": [int(k) for k in i],
+        "actual": float(a[i]) if err.size else None,
+        "oracle": float(e[i]) if err.size else None,
+        "passed": bool(np.all(err <= atol + rtol * np.abs(e))),
+    }
+
+
+def crosscheck(exchange, rtol=RTOL, atol=ATOL):
+    """Compare the results of a loaded file (load_exchange) with the oracle's: a report dict."""
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"rtol, atol: expected numbers >= 0, got {rtol!r}, {atol!r}")
+    ours = oracle_results(exchange["cfg"], exchange["params"], exchange["tokens"], exchange["targets"])
+    rows = [compare(name, value, ours[name], rtol, atol) for name, value in exchange["results"].items()]
+    return {"passed": bool(rows) and all(r["passed"] for r in rows), "rtol": rtol, "atol": atol,
+            "tensors": rows}
+
+
+def crosscheck_file(path, rtol=RTOL, atol=ATOL):
+    return crosscheck(load_exchange(path), rtol, atol)
+
+
+def format_report(report):
+    lines = [f"{'tensor':28s} {'shape':>12s} {'max abs err':>11s} {'max rel err':>11s}  "
+             f"{'worst index':14s} result"]
+    for r in report["tensors"]:
+        shape = "x".join(map(str, r["shape"])) or "()"
+        lines.append(f"{r['name']:28s} {shape:>12s} {r['max_abs_err']:11.2e} {r['max_rel_err']:11.2e}  "
+                     f"{str(tuple(r['worst_index'])):14s} {'ok' if r['passed'] else 'FAIL'}")
+    failed = [r["name"] for r in report["tensors"] if not r["passed"]]
+    verdict = "PASSED" if report["passed"] else f"FAILED: {', '.join(failed)}"
+    if any(r["dtype"] == "float32" and not r["passed"] for r in report["tensors"]):
+        verdict += ("\n(float32 results differ from float64 ones by ~1e-6 relative: "
+                    "try --rtol 1e-4 --atol 1e-6)")
+    lines.append(f"{verdict} ({len(report['tensors'])} tensors, rtol {report['rtol']:g}, "
+                 f"atol {report['atol']:g})")
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+// model_step.cu -- the whole training step of an attention-only model (the paper's LSA; softmax
+// layers too) in ONE launch: draw or read the task, forward through all L layers, backward, per-task
+// gradients reduced deterministically over tasks, then (optionally) global-norm clipping and Adam.
+// Mirrors: refimpl/loss.py loss_and_grads (model_forward + mse + model_backward of refimpl/model.py)
+//          followed by refimpl/optim.py adam_update; tasks from kernels/cupy/philox.py (SPEC 1.1).
+// Model options covered: linear or softmax attention per layer (first_layer_softmax, causal),
+//   H heads, key size K, include_query, weight-tied or deep, dampening, y_update, token_clip.
+//   (No LayerNorm / MLP / front end: those models run layer by layer in block.cu.)
+// Versions: 1 -- one warp per task, each warp runs `tasks_per_warp` consecutive tasks and adds their
+//   gradients in task order into its own shared-memory accumulator; warps are summed by a fixed
+//   pairwise tree; each block writes one partial row; the last block to finish (integer ticket, no
+//   float atomics) sums the partial rows by a fixed pairwise tree and applies Adam. The result
+//   depends only on B and the launch shape, which depends only on the model's shapes.
+// Launch shape (kernels/cupy/build.py model_step_launch): block 32 * warps_per_block threads,
+//   grid ceil(B / (warps_per_block * tasks_per_warp)), dynamic shared memory warps_per_block *
+//   model_step_warp_bytes; partials (grid, P + L). Instantiated for float and double.
+// Parameters are one packed vector in refimpl.params.param_shapes order: per parameter set
+//   p (p = 0 when weight-tied): W_q, W_k, W_v (D, HK), W_p (HK, D).
+#include "attention.cuh"
+#include "philox.cuh"
+
+struct ModelDims {
+    int T, D, H, K, S, L;
+    int tied;           // one parameter set for all L applications
+    int first_softmax;  // layer 0 is softmax attention
+    int softmax;        // every layer is softmax attention
+    int causal;
+    int y_update;       // only the last column receives the attention update
+    double lam;         // dampening
+    double clip;        // token clipping bound, 0 = off
+};
+
+HD int model_set_size(const ModelDims& m) { return 4 * m.D * m.H * m.K; }
+HD int model_num_params(const ModelDims& m) { return (m.tied ? 1 : m.L) * model_set_size(m); }
+
+// Offsets (in reals) of one warp's buffers; the warp's region starts with `d_draw` doubles of
+// scratch for the task draw, then these reals.
+struct StepWorkspace {
+    int Xs, Xc, Q, Kt, V, P, O, U, dX, dU, dO, dP, dQ, dK, dV, dXin, gacc, readout, target, total;
+};
+
+HD StepWorkspace model_step_workspace(const ModelDims& m) {
+    const int TD = m.T * m.D, HK = m.H * m.K, HTS = m.H * m.T * m.S;
+    StepWorkspace w;
+    int o = 0;
+    w.Xs = o; o += m.L * TD;  // layer inputs; Xs[0] = the tokens
+    w.Xc = o; o += TD;        // output of the last layer
+    w.Q = o; o += m.T * HK;
+    w.Kt = o; o += m.S * HK;
+    w.V = o; o += m.S * HK;
+    w.P = o; o += HTS;
+    w.O = o; o += m.T * HK;
+    w.U = o; o += TD;
+    w.dX = o; o += TD;
+    w.dU = o; o += TD;
+    w.dO = o; o += m.T * HK;
+    w.dP = o; o += HTS;
+    w.dQ = o; o += m.T * HK;
+    w.dK = o; o += m.S * HK;
+    w.dV = o; o += m.S * HK;
+    w.dXin = o; o += TD;
+    w.gacc = o; o += model_num_params(m) + m.L;  // gradients, then sum_b 0.5 r_l^2 per layer
+    w.readout = o; o += m.L;
+    w.target = o; o += 1;
+    w.total = o;
+    return w;
+}
+
+// Bytes of one warp's region: d doubles of draw scratch, then the reals, rounded up to 16 bytes.
+HD int model_step_warp_bytes(const ModelDims& m, int d, int real_size) {
+    const int bytes = 8 * d + real_size * model_step_workspace(m).total;
+    return (bytes + 15) / 16 * 16;
+}
+
+HD AttnDims layer_attention(const ModelDims& m, int l) {
+    AttnDims a;
+    a.T = m.T; a.D = m.D; a.H = m.H; a.K = m.K; a.S = m.S;
+    a.softmax = (m.softmax || (l == 0 && m.first_softmax)) ? 1 : 0;
+    a.causal = m.causal;
+    return a;
+}
+
+// x_out = clip(x_in + lam * mask * U); returns nothing, writes T*D entries.
+template <typename real>
+HD void residual_update(int ln, int nl, const ModelDims& m, const real* Xin, const real* U, real* Xout) {
+    const real lam = (real)m.lam, c = (real)m.clip;
+    for (int e = ln; e < m.T * m.D; e += nl) {
+        const real mask = (!m.y_update || e % m.D == m.D - 1) ? real(1) : real(0);
+        real x = Xin[e] + lam * (U[e] * mask);
+        if (m.clip > 0) x = x < -c ? -c : (x > c ? c : x);
+        Xout[e] = x;
+    }
+}
+
+// One task: forward, loss, backward; adds its gradients and 0.5 r_l^2 to `gacc`. The tokens are in
+// ws + w.Xs and the target in ws[w.target]. inv_batch = 1 / B (the mean of the loss).
+template <typename real>
+HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, real* ws,
+                        real inv_batch) {
+    const StepWorkspace w = model_step_workspace(m);
+    const int TD = m.T * m.D, HK = m.H * m.K, DHK = m.D * HK, set = model_set_size(m);
+    real* gacc = ws + w.gacc;
+    for (int l = 0; l < m.L; ++l) {  // forward
+        const real* W = params + (m.tied ? 0 : l) * set;
+        const real* Xin = ws + w.Xs + l * TD;
+        real* Xout = (l + 1 < m.L) ? ws + w.Xs + (l + 1) * TD : ws + w.Xc;
+        const AttnDims a = layer_attention(m, l);
+        attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
+                                ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
+        residual_update<real>(ln, nl, m, Xin, ws + w.U, Xout);
+        warp_sync();
+        if (ln == 0) ws[w.readout + l] = -Xout[TD - 1];  // SPEC 2.6: y_hat = -H[query, -1]
+    }
+    warp_sync();
+    const real target = ws[w.target];
+    if (ln == 0) {
+        for (int l = 0; l < m.L; ++l) {
+            const real r = ws[w.readout + l] - target;
+            gacc[model_num_params(m) + l] += real(0.5) * (r * r);
+        }
+    }
+    const real dread = inv_batch * (ws[w.readout + m.L - 1] - target);  // d loss / d y_hat
+    for (int e = ln; e < TD; e += nl) ws[w.dX + e] = (e == TD - 1) ? -dread : real(0);
+    warp_sync();
+    for (int l = m.L - 1; l >= 0; --l) {  // backward
+        const real* W = params + (m.tied ? 0 : l) * set;
+        real* G = gacc + (m.tied ? 0 : l) * set;
+        const real* Xin = ws + w.Xs + l * TD;
+        const AttnDims a = layer_attention(m, l);
+        if (l < m.L - 1)  // recompute this layer's attention (the last one is still in place)
+            attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
+                                    ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
+        const real lam = (real)m.lam, c = (real)m.clip;
+        for (int e = ln; e < TD; e += nl) {
+            const real mask = (!m.y_update || e % m.D == m.D - 1) ? real(1) : real(0);
+            real dx = ws[w.dX + e];
+            if (m.clip > 0) {  // the gradient passes where the pre-clip value was inside
+                const real x = Xin[e] + lam * (ws[w.U + e] * mask);
+                const real ax = x < real(0) ? -x : x;
+                dx = ax <= c ? dx : real(0);
+                ws[w.dX + e] = dx;
+            }
+            ws[w.dU + e] = (lam * dx) * mask;
+        }
+        warp_sync();
+        attention_backward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
+                                 ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.dU,
+                                 ws + w.dO, ws + w.dP, ws + w.dQ, ws + w.dK, ws + w.dV,
+                                 G, G + DHK, G + 2 * DHK, G + 3 * DHK, ws + w.dXin);
+        for (int e = ln; e < TD; e += nl) ws[w.dX + e] = ws[w.dX + e] + ws[w.dXin + e];
+        warp_sync();
+    }
+}
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+template <typename real>
+__global__ void model_step(
+    // model
+    int T, int D, int H, int K, int S, int L, int tied, int first_softmax, int softmax, int causal,
+    int y_update, double lam, double clip,
+    // batch: B tasks, read from tokens (B, T, D) / targets (B,), or drawn at step *step
+    int B, int tasks_per_warp, const real* __restrict__ tokens, const real* __restrict__ targets,
+    int draw, unsigned long long seed, int N, int d, double input_range, double weight_scale,
+    // parameters (P,) and reduction buffers: partials (gridDim.x, P + L), ticket (1,)
+    real* __restrict__ params, real* __restrict__ partials, unsigned int* __restrict__ ticket,
+    // outputs: grads (P,) or null; stats (L + 1,): per-layer losses, then the gradient norm
+    real* __restrict__ grads_out, real* __restrict__ stats,
+    // Adam (apply = 0: gradients only)
+    int apply, real* __restrict__ adam_m, real* __restrict__ adam_v, int* __restrict__ step,
+    double lr, double b1, double b2, double eps, double grad_clip) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    ModelDims m;
+    m.T = T; m.D = D; m.H = H; m.K = K; m.S = S; m.L = L; m.tied = tied;
+    m.first_softmax = first_softmax; m.softmax = softmax; m.causal = causal; m.y_update = y_update;
+    m.lam = lam; m.clip = clip;
+    const StepWorkspace w = model_step_workspace(m);
+    const int warp_bytes = model_step_warp_bytes(m, d, sizeof(real));
+    const int wpb = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    double* wdraw = (double*)(smem + warp * warp_bytes);
+    real* ws = (real*)(smem + warp * warp_bytes + 8 * d);
+    const int P = model_num_params(m), G = P + L;
+    const int TD = T * D;
+    const int t_step = *step;
+
+    for (int e = lane; e < G; e += 32) ws[w.gacc + e] = real(0);
+    __syncwarp();
+    for (int it = 0; it < tasks_per_warp; ++it) {
+        const int b = (blockIdx.x * wpb + warp) * tasks_per_warp + it;
+        if (b >= B) break;  // warp-uniform
+        if (draw) {
+            draw_linear_regression_task<real>(lane, 32, seed, (uint32_t)t_step, (uint32_t)b, N, d,
+                                              input_range, weight_scale, wdraw, ws + w.Xs,
+                                              ws + w.target);
+        } else {
+            for (int e = lane; e < TD; e += 32) ws[w.Xs + e] = tokens[(size_t)b * TD + e];
+            if (lane == 0) ws[w.target] = targets[b];
+            __syncwarp();
+        }
+        model_task_step<real>(lane, 32, m, params, ws, (real)(1.0 / B));
+    }
+    __syncthreads();
+    // warps -> one row per block: fixed pairwise tree over the warps' accumulators
+    {
+        real* base = (real*)(smem + 8 * d) + w.gacc;
+        shared_tree_sum_rows<real>(base, wpb, warp_bytes / (int)sizeof(real), G);
+        for (int e = threadIdx.x; e < G; e += blockDim.x) partials[(size_t)blockIdx.x * G + e] = base[e];
+    }
+    if (!last_block_done(ticket)) return;
+    // the last block: blocks -> one row, then the outputs and the optimiser step
+    block_tree_sum_rows<real>(partials, gridDim.x, G, threadIdx.x, blockDim.x);
+    const real* g = partials;
+    if (grads_out)
+        for (int e = threadIdx.x; e < P; e += blockDim.x) grads_out[e] = LOAD_CG(g + e);
+    for (int l = threadIdx.x; l < L; l += blockDim.x) stats[l] = LOAD_CG(g + P + l) / (real)B;
+    double sq = 0.0;
+    for (int e = threadIdx.x; e < P; e += blockDim.x) {
+        const double ge = (double)LOAD_CG(g + e);
+        sq += ge * ge;
+    }
+    __shared__ double scratch[256];  // blockDim.x <= 256
+    const double norm = sqrt(block_tree_sum(sq, scratch));
+    if (threadIdx.x == 0) stats[L] = (real)norm;
+    if (!apply) return;
+    const int t = t_step + 1;
+    const bool clipping = grad_clip > 0 && norm > grad_clip;
+    const real factor = (real)(grad_clip / norm);
+    const real bc1 = (real)(1.0 - pow(b1, (double)t)), bc2 = (real)(1.0 - pow(b2, (double)t));
+    for (int e = threadIdx.x; e < P; e += blockDim.x) {
+        real ge = LOAD_CG(g + e);
+        if (clipping) ge = ge * factor;
+        adam_entry<real>(params + e, adam_m + e, adam_v + e, ge, (real)lr, (real)b1, (real)(1.0 - b1),
+                         (real)b2, (real)(1.0 - b2), (real)eps, bc1, bc2);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *step = t;
+}
+#endif

@@ -1,0 +1,313 @@
+"""The `numba-cpu` backend: the whole training step fused per task, parallel over tasks.
+
+Mirrors refimpl.model (model_forward/backward), refimpl.loss (mse, loss_and_grads) and
+refimpl.optim (adam_update), with the same results (float64: to rounding; float32 computed in
+float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts. Training
+batches: `linear_regression_tasks` (kernels.numba.draw), refimpl.data's draws bit for bit, in parallel.
+
+Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm, MLP or front end) get
+their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py, which works in
+parameter space with eight tasks per SIMD group; everything else uses the kernels below.
+
+Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks of tasks):
+    task_kernel        by mode: read-outs (model_forward); recompute forward + backward
+                       (model_backward); forward + MSE gradient + backward (loss_and_grads,
+                       train_step). One kernel, so Numba compiles the per-task code once per dtype.
+    reduce_rows        parameter gradients: sum of the per-chunk rows in chunk order
+    adam_kernel        global-norm clipping and Adam on the flat parameter vector
+Determinism: a chunk's tasks accumulate into the chunk's own gradient row in task order, and rows
+are summed in chunk order; chunks are fixed by B alone (not by the thread count), so every run
+gives the same bits. model_forward keeps no activations: model_backward recomputes them per task
+(cheaper than storing (B, L, ...) caches).
+"""
+import math
+
+import numpy as np
+from numba import njit, prange, set_parallel_chunksize
+
+from refimpl.config import AdamConfig
+from refimpl.loss import mse_backward, mse_forward  # noqa: F401  (the same (B,) arithmetic)
+from refimpl.model import check_tokens
+from refimpl.optim import adam_init  # noqa: F401
+from refimpl.params import check_params
+from refimpl.params import init_params as _oracle_init_params
+from refimpl.validate import check_array, check_same_dtype
+
+from kernels.numba import lsa as numba_lsa
+from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
+from kernels.numba.layout import (I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan,
+                           param_offsets)
+from kernels.numba.model import task_backward, task_forward, task_loss_backward
+
+name = "numba-cpu"
+MAX_CHUNKS = 64  # per-chunk gradient rows; B / MAX_CHUNKS tasks per chunk (at least 1)
+
+
+def availability():
+    return True, "Numba CPU kernels (parallel over tasks)"
+
+
+def asarray(x, dtype=None):
+    if isinstance(x, dict):
+        return {k: asarray(v, dtype) for k, v in x.items()}
+    return np.asarray(x, dtype=dtype)
+
+
+def to_numpy(x):
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    return np.asarray(x)
+
+
+def init_params(cfg, rng, dtype=np.float64):
+    return _oracle_init_params(cfg, rng, dtype)
+
+
+def chunking(batch):
+    """(tasks per chunk, number of chunks): a function of B only, so results are deterministic."""
+    chunk = max(1, -(-batch // MAX_CHUNKS))
+    return chunk, -(-batch // chunk)
+
+
+# ----------------------------------------------------------------------------------------------
+MODE_FORWARD, MODE_BACKWARD, MODE_LOSS = 0, 1, 2
+
+
+@njit(cache=True, parallel=True)
+def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, chunk, ws, rd, G, sq, dtok):
+    """All per-task work in one kernel (one compilation), by mode:
+    MODE_FORWARD   rd (L, B) read-outs
+    MODE_BACKWARD  forward, then backward of the given dr (L, B): G rows and dtok (B, T, D_in)
+    MODE_LOSS      forward, dr = MSE gradient, backward (no dtok); sq (nch, L) sums of squared errors
+    G holds one gradient row (NP,) per chunk of `chunk` tasks."""
+    B = tok.shape[0]
+    L = rd.shape[0]
+    nch = (B + chunk - 1) // chunk
+    W, NP = ii[I_W_SIZE], ii[I_NP]
+    for c in prange(nch):
+        w0 = c * W
+        if mode != MODE_FORWARD:
+            G[c * NP:(c + 1) * NP] = 0
+        if mode == MODE_LOSS:
+            sq[c, :] = 0
+        for b in range(c * chunk, min(B, (c + 1) * chunk)):
+            if mode == MODE_FORWARD:
+                task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+            elif mode == MODE_BACKWARD:
+                task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+                task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, c * NP, 1, dtok)
+            else:
+                task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, c * NP, 0, dtok)
+                for l in range(L):
+                    e = rd[l, b] - y[b]
+                    sq[c, l] += e * e
+
+
+@njit(cache=True, parallel=True)
+def reduce_rows(G, nrows, out):
+    """out[j] = sum_c G[c, j] in row order (deterministic), parallel over j."""
+    n = out.shape[0]
+    for j in prange(n):
+        s = G[j]
+        for c in range(1, nrows):
+            s += G[c * n + j]
+        out[j] = s
+
+
+@njit(cache=True)
+def sum_squares(g):
+    """sum g^2 accumulated in float64 (refimpl.optim.global_norm squared)."""
+    acc = 0.0
+    for i in range(g.shape[0]):
+        acc += np.float64(g[i]) * np.float64(g[i])
+    return acc
+
+
+@njit(cache=True)
+def adam_kernel(p, g, m, v, hyper):
+    """Adam in place on flat vectors; hyper (dtype): b1, 1-b1, b2, 1-b2, bc1, bc2, eps, lr, clip factor."""
+    for i in range(p.shape[0]):
+        gi = g[i] * hyper[8]
+        m[i] = hyper[0] * m[i] + hyper[1] * gi
+        v[i] = hyper[2] * v[i] + hyper[3] * (gi * gi)
+        step = (m[i] / hyper[4]) / (np.sqrt(v[i] / hyper[5]) + hyper[6])
+        p[i] = p[i] - hyper[7] * step
+
+
+# ----------------------------------------------------------------------------------------------
+def pack(params, cfg):
+    """Flat vector in param_shapes order (refimpl.params.flatten)."""
+    offs, total = param_offsets(cfg)
+    first = params[next(iter(offs))]
+    return np.concatenate([np.ravel(params[n]) for n in offs]).astype(first.dtype, copy=False)
+
+
+def unpack(vector, cfg):
+    """{name: view of `vector`} in param_shapes order."""
+    offs, _ = param_offsets(cfg)
+    return {n: vector[o:o + math.prod(s)].reshape(s) for n, (o, s) in offs.items()}
+
+
+class _Plan:
+    """Everything a kernel needs for one (cfg, T, B, dtype), built once and reused."""
+
+    def __init__(self, cfg, T, B, dtype):
+        self.ii, self.lay = build_layout(cfg, T)
+        self.cst = build_constants(cfg, dtype, B)
+        self.pe = build_posenc(cfg, T, dtype)
+        self.chunk, self.nch = chunking(B)
+        self.ws = np.empty(self.nch * int(self.ii[I_W_SIZE]), dtype)
+        self.G = np.empty(self.nch * int(self.ii[I_NP]), dtype)
+        self.rd = np.empty((cfg.num_layers, B), dtype)
+        self.dr = np.empty((cfg.num_layers, B), dtype)
+        self.sq = np.empty((self.nch, cfg.num_layers), dtype)
+        self.no_dtok = np.empty((1, 1, 1), dtype)  # dtok placeholder where no input gradient is made
+        self.y0 = np.empty(B, dtype)  # y placeholder outside MODE_LOSS
+
+
+_PLANS = {}
+
+
+def plan(cfg, T, B, dtype):
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=16)
+
+
+def run_tasks(mode, tok, y, dr, pv, pl, rd, dtok):
+    """task_kernel with chunks handed out one at a time (a dynamic schedule): on a shared machine a
+    descheduled thread then holds up one chunk, not half the batch. Results do not depend on it."""
+    old = set_parallel_chunksize(1)
+    try:
+        task_kernel(mode, tok, y, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.chunk, pl.ws, rd, pl.G,
+                    pl.sq, dtok)
+    finally:
+        set_parallel_chunksize(old)
+
+
+def _check_inputs(params, tokens, cfg):
+    check_tokens(tokens, cfg)
+    check_params(params, cfg)
+    check_same_dtype(tokens=tokens, params=next(iter(params.values())))
+    if tokens.dtype not in (np.float32, np.float64):
+        raise ValueError(f"tokens: expected dtype float32 or float64, got {tokens.dtype}")
+    return np.ascontiguousarray(tokens)
+
+
+def model_forward(params, tokens, cfg):
+    """tokens (B, T, D_in) -> (readouts (L, B), cache); the cache keeps inputs, not activations."""
+    tok = _check_inputs(params, tokens, cfg)
+    B, T, _ = tok.shape
+    pl = plan(cfg, T, B, tok.dtype)
+    pv = pack(params, cfg)
+    rd = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
+    run_tasks(MODE_FORWARD, tok, pl.y0, pl.dr, pv, pl, rd, pl.no_dtok)
+    return rd, {"cfg": cfg, "tokens": tok, "pv": pv}
+
+
+def model_backward(dreadouts, cache):
+    """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient})."""
+    cfg, tok, pv = cache["cfg"], cache["tokens"], cache["pv"]
+    B, T, _ = tok.shape
+    check_array("dreadouts", dreadouts, shape=(cfg.num_layers, B))
+    dr = np.ascontiguousarray(dreadouts, dtype=tok.dtype)
+    pl = plan(cfg, T, B, tok.dtype)
+    dtok = np.full(tok.shape, np.nan, tok.dtype)  # (B, T, D_in)
+    run_tasks(MODE_BACKWARD, tok, pl.y0, dr, pv, pl, pl.rd, dtok)
+    g = np.full(pv.shape, np.nan, tok.dtype)  # (P,)
+    reduce_rows(pl.G, pl.nch, g)
+    return dtok, unpack(g, cfg)
+
+
+def _loss_grads_flat(pv, tok, y, cfg):
+    if numba_lsa.supports(cfg):  # linear attention only: the parameter-space kernel
+        loss, per_layer, grads = numba_lsa.loss_and_grads(unpack(pv, cfg), tok, y, cfg)
+        return loss, per_layer, pack(grads, cfg)
+    B, T, _ = tok.shape
+    pl = plan(cfg, T, B, tok.dtype)
+    run_tasks(MODE_LOSS, tok, y, pl.dr, pv, pl, pl.rd, pl.no_dtok)
+    g = np.empty(pv.shape, tok.dtype)  # (P,)
+    reduce_rows(pl.G, pl.nch, g)
+    per_layer = (0.5 * pl.sq.sum(axis=0) / B).astype(tok.dtype)  # (L,) chunk order: deterministic
+    return per_layer[-1], per_layer, g
+
+
+def _check_targets(y, tok):
+    check_array("y", y, shape=(tok.shape[0],))
+    check_same_dtype(tokens=tok, y=y)
+    return np.ascontiguousarray(y)
+
+
+def loss_and_grads(params, tokens, y, cfg):
+    """(loss, per-layer losses (L,), grads) of mean_b 0.5 (y_hat_b - y_b)^2, fused per task."""
+    tok = _check_inputs(params, tokens, cfg)
+    y = _check_targets(y, tok)
+    loss, per_layer, g = _loss_grads_flat(pack(params, cfg), tok, y, cfg)
+    return loss, per_layer, unpack(g, cfg)
+
+
+def adam_hyper(adam_cfg, t, norm, dtype):
+    """The Adam scalars in the parameters' dtype, as refimpl.optim computes them; the last one is the
+    global-norm clipping factor (exactly 1 when not clipping: g * 1 = g)."""
+    bc1, bc2 = 1.0 - adam_cfg.b1**t, 1.0 - adam_cfg.b2**t
+    c = adam_cfg.grad_clip
+    factor = c / norm if (c > 0 and norm > c) else 1.0
+    return np.array([adam_cfg.b1, 1.0 - adam_cfg.b1, adam_cfg.b2, 1.0 - adam_cfg.b2, bc1, bc2,
+                     adam_cfg.eps, adam_cfg.lr, factor], dtype=dtype)
+
+
+def adam_flat(pv, g, m, v, t, adam_cfg: AdamConfig):
+    """In-place Adam with global-norm clipping on flat vectors; returns the norm before clipping."""
+    norm = float(np.sqrt(sum_squares(g)))
+    adam_kernel(pv, g, m, v, adam_hyper(adam_cfg, t, norm, pv.dtype))
+    return norm
+
+
+def _flat_like(arrays, like, dtype):
+    return np.concatenate([np.ravel(arrays[k]) for k in like]).astype(dtype, copy=False)
+
+
+def _split_like(vector, like):
+    """{name: view of vector} with the names and shapes of `like` (in its order)."""
+    out, i = {}, 0
+    for k, a in like.items():
+        out[k] = vector[i:i + a.size].reshape(a.shape)
+        i += a.size
+    return out
+
+
+def adam_update(params, grads, state, adam_cfg: AdamConfig):
+    """One step: returns (new params, new state, gradient norm before clipping)."""
+    if set(grads) != set(params):
+        raise ValueError(f"grads: names {sorted(set(grads) ^ set(params))} do not match params")
+    for k, g in grads.items():
+        check_array(f"grads[{k!r}]", g, shape=params[k].shape)
+    dtype = next(iter(params.values())).dtype
+    pv = _flat_like(params, params, dtype).copy()
+    g = _flat_like(grads, params, dtype)
+    m = _flat_like(state["m"], params, dtype).copy()
+    v = _flat_like(state["v"], params, dtype).copy()
+    t = state["t"] + 1
+    norm = adam_flat(pv, g, m, v, t, adam_cfg)
+    new_state = {"t": t, "m": _split_like(m, params), "v": _split_like(v, params)}
+    return _split_like(pv, params), new_state, norm
+
+
+def train_step(params, state, tokens, y, cfg, adam_cfg):
+    """One optimiser step on a given batch: fused forward, backward and Adam. (params, state, loss)."""
+    tok = _check_inputs(params, tokens, cfg)
+    y = _check_targets(y, tok)
+    pv = pack(params, cfg).copy()
+    m, v = pack(state["m"], cfg).copy(), pack(state["v"], cfg).copy()
+    loss, _, g = _loss_grads_flat(pv, tok, y, cfg)
+    t = state["t"] + 1
+    adam_flat(pv, g, m, v, t, adam_cfg)
+    return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg)}, loss
+
+
+def fill_buffers(cfg, num_tokens, batch, dtype, value):
+    """Fill every persistent buffer (workspace, gradient rows, read-out scratch) with `value`:
+    a test can poison them with NaN to prove that no kernel reads an entry it did not write."""
+    pl = plan(cfg, num_tokens, batch, dtype)
+    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sq, pl.no_dtok, pl.y0):
+        a[...] = value
+    if numba_lsa.supports(cfg):
+        numba_lsa.fill_buffers(cfg, num_tokens, batch, dtype, value)

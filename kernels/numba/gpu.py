@@ -1,0 +1,424 @@
+"""The `numba-cuda` backend: the numba-cpu per-task code as CUDA kernels, arrays kept on the device.
+
+(Named gpu.py, not cuda.py: numba-cuda's import hook takes over every module whose name contains
+"numba.cuda", which kernels.numba.cuda would.)
+
+Mirrors refimpl.model, refimpl.loss and refimpl.optim (same functions as kernels/numba/cpu.py).
+Parameters and the Adam moments live in one flat device vector each; the {name: array} dicts this
+backend hands out are `DeviceParams`, whose values are views of that vector, so a training step
+does no packing and no host round trip except the scalar loss it returns.
+
+Kernels (launch shapes):
+    task_kernel       one thread per task (blocks of TPB threads): the per-task forward/backward of
+                      kernels/numba/model.py (the very functions numba-cpu runs), each task writing
+                      its own gradient row G[b] (B, P) and workspace; no atomics
+    reduce_kernel     column sums of a (R, P) row block in groups of GROUP rows, each group summed in
+                      row order; applied until one row is left: a fixed-order tree (deterministic)
+    norm_kernel       one block of NORM_TPB threads: strided partial sums then a shared-memory tree,
+                      float64 (the global gradient norm), and the clipping factor
+    adam_kernel       one thread per parameter: clipping, then Adam
+Under NUMBA_ENABLE_CUDASIM=1 the simulator cannot pass its arrays to the compiled per-task
+functions, so task_kernel there unwraps them to NumPy; every other kernel runs as written.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from refimpl.config import AdamConfig
+from refimpl.model import check_tokens
+from refimpl.params import check_params, param_shapes
+from refimpl.params import init_params as _oracle_init_params
+from refimpl.validate import check_array
+
+from kernels.numba.layout import (I_NP, I_W_SIZE, build_constants, build_layout, cached_plan, build_posenc,
+                           param_offsets)
+
+name = "numba-cuda"
+TPB = 64  # threads per block for task_kernel (one task per thread)
+GROUP = 32  # rows summed per thread in one reduction pass
+NORM_TPB = 256
+
+MODE_FORWARD, MODE_BACKWARD, MODE_LOSS = 0, 1, 2
+
+
+def availability():
+    try:
+        if cuda.is_available():
+            return True, "Numba CUDA kernels on " + ("the simulator" if _simulated() else "a GPU")
+        return False, "no CUDA GPU / driver found"
+    except Exception as e:  # a broken driver install can fail in many ways
+        return False, f"CUDA check failed: {type(e).__name__}: {e}"
+
+
+def _simulated():
+    from numba.cuda import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+# ----------------------------------------------------------------------------------------------
+_KERNELS = {}
+
+
+def kernels():
+    """Build the kernels on first use (no work at import). Returns a dict of launchable kernels."""
+    if _KERNELS:
+        return _KERNELS
+    from kernels.numba.model import task_backward, task_forward, task_loss_backward
+
+    def task_body(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+        W, NP = ii[I_W_SIZE], ii[I_NP]
+        w0, g0 = b * W, b * NP
+        if mode != MODE_FORWARD:
+            for j in range(NP):
+                G[g0 + j] = cst[0]
+        if mode == MODE_FORWARD:
+            task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+        elif mode == MODE_BACKWARD:
+            task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
+            task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, 1, dtok)
+        else:
+            task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, g0, 0, dtok)
+            for l in range(rd.shape[0]):
+                e = rd[l, b] - y[b]
+                sqe[b * rd.shape[0] + l] = e * e
+
+    if _simulated():
+        def unwrap(a):
+            return a._item._ary if hasattr(a, "_item") else a
+
+        @cuda.jit
+        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+            b = cuda.grid(1)
+            if b < tok.shape[0]:
+                task_body(b, mode, *[unwrap(a) for a in (tok, y, dr, pv, ii, lay, cst, pe, ws, rd,
+                                                         G, sqe, dtok)])
+    else:
+        task_device = cuda.jit(device=True)(task_body)
+
+        @cuda.jit
+        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+            b = cuda.grid(1)
+            if b < tok.shape[0]:
+                task_device(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok)
+
+    @cuda.jit
+    def reduce_kernel(G, rows, cols, group, out):
+        """out[g, j] = sum_{r in group g, in order} G[r, j]; G and out flat, row length cols."""
+        j = cuda.grid(1)
+        g = cuda.blockIdx.y
+        if j < cols:
+            r0 = g * group
+            s = G[r0 * cols + j]
+            for r in range(r0 + 1, min(rows, r0 + group)):
+                s += G[r * cols + j]
+            out[g * cols + j] = s
+
+    @cuda.jit
+    def norm_kernel(g, max_norm, out, factor):
+        """out[0] = sum g^2 (float64; thread i sums i, i + NORM_TPB, ... in order, then a tree);
+        factor[0] = max_norm / ||g|| when ||g|| > max_norm > 0, else 1 (in g's dtype)."""
+        buf = cuda.shared.array(NORM_TPB, float64)
+        i = cuda.threadIdx.x
+        s = 0.0
+        for k in range(i, g.shape[0], NORM_TPB):
+            s += float64(g[k]) * float64(g[k])
+        buf[i] = s
+        cuda.syncthreads()
+        step = NORM_TPB // 2
+        while step > 0:
+            if i < step:
+                buf[i] += buf[i + step]
+            cuda.syncthreads()
+            step //= 2
+        if i == 0:
+            out[0] = buf[0]
+            norm = math.sqrt(buf[0])
+            if max_norm > 0 and norm > max_norm:
+                factor[0] = max_norm / norm
+            else:
+                factor[0] = 1.0
+
+    @cuda.jit
+    def adam_kernel(p, g, m, v, hyper, factor):
+        """hyper (dtype): b1, 1-b1, b2, 1-b2, bc1, bc2, eps, lr; g is scaled by factor[0] first."""
+        i = cuda.grid(1)
+        if i < p.shape[0]:
+            gi = g[i] * factor[0]
+            m[i] = hyper[0] * m[i] + hyper[1] * gi
+            v[i] = hyper[2] * v[i] + hyper[3] * (gi * gi)
+            step = (m[i] / hyper[4]) / (math.sqrt(v[i] / hyper[5]) + hyper[6])
+            p[i] = p[i] - hyper[7] * step
+
+    _KERNELS.update(task=task_kernel, reduce=reduce_kernel, norm=norm_kernel, adam=adam_kernel)
+    return _KERNELS
+
+
+# ----------------------------------------------------------------------------------------------
+class DeviceParams(dict):
+    """{name: device array} whose values are views of one flat device vector `flat`."""
+    flat = None
+
+
+def _is_device(x):
+    return hasattr(x, "copy_to_host")
+
+
+def asarray(x, dtype=None):
+    if isinstance(x, dict):
+        return {k: asarray(v, dtype) for k, v in x.items()}
+    if _is_device(x) and dtype is None:
+        return x
+    return cuda.to_device(np.ascontiguousarray(np.asarray(to_numpy(x), dtype=dtype)))
+
+
+def to_numpy(x):
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    return x.copy_to_host() if _is_device(x) else np.asarray(x)
+
+
+def _views(flat, cfg):
+    """DeviceParams of views into the flat device vector, in param_shapes order."""
+    out = DeviceParams()
+    offs, _ = param_offsets(cfg)
+    for n, (o, shape) in offs.items():
+        out[n] = flat[o:o + int(np.prod(shape))].reshape(shape)
+    out.flat = flat
+    return out
+
+
+def _flat(params, cfg):
+    """The flat device vector of a parameter dict (no copy for DeviceParams in param order)."""
+    names = list(param_shapes(cfg))
+    if isinstance(params, DeviceParams) and params.flat is not None and list(params) == names:
+        return params.flat
+    host = {k: to_numpy(v) for k, v in params.items()}
+    check_params(host, cfg)
+    return cuda.to_device(np.concatenate([host[n].ravel() for n in names]))
+
+
+def init_params(cfg, rng, dtype=np.float64):
+    """The oracle's numbers (same generator draws), moved to the device."""
+    host = _oracle_init_params(cfg, rng, dtype)
+    return _views(cuda.to_device(np.concatenate([host[n].ravel() for n in param_shapes(cfg)])), cfg)
+
+
+def adam_init(params):
+    if isinstance(params, DeviceParams) and params.flat is not None:
+        m = cuda.device_array_like(params.flat)
+        v = cuda.device_array_like(params.flat)
+        zeros = np.zeros(params.flat.shape, params.flat.dtype)
+        m.copy_to_device(zeros)
+        v.copy_to_device(zeros)
+        mv = []
+        for flat in (m, v):
+            d, o = DeviceParams(), 0
+            for k, a in params.items():
+                d[k] = flat[o:o + a.size].reshape(a.shape)
+                o += a.size
+            d.flat = flat
+            mv.append(d)
+        return {"t": 0, "m": mv[0], "v": mv[1]}
+    return {"t": 0, "m": {k: asarray(np.zeros(a.shape, a.dtype)) for k, a in params.items()},
+            "v": {k: asarray(np.zeros(a.shape, a.dtype)) for k, a in params.items()}}
+
+
+class _Plan:
+    """Device buffers and tables for one (cfg, T, B, dtype), built once."""
+
+    def __init__(self, cfg, T, B, dtype):
+        ii, lay = build_layout(cfg, T)
+        self.NP, self.W, self.L, self.B = int(ii[I_NP]), int(ii[I_W_SIZE]), cfg.num_layers, B
+        self.ii, self.lay = cuda.to_device(ii), cuda.to_device(lay)
+        self.cst = cuda.to_device(build_constants(cfg, dtype, B))
+        self.pe = cuda.to_device(build_posenc(cfg, T, dtype))
+        self.ws = cuda.device_array(B * self.W, dtype)
+        self.G = cuda.device_array(B * self.NP, dtype)
+        self.rd = cuda.device_array((self.L, B), dtype)
+        self.dr = cuda.device_array((self.L, B), dtype)
+        self.sqe = cuda.device_array(B * self.L, dtype)  # (B, L) squared errors
+        self.y0 = cuda.device_array(B, dtype)
+        self.no_dtok = cuda.device_array((1, 1, 1), dtype)
+        self.sumsq = cuda.device_array(1, np.float64)
+        self.factor = cuda.device_array(1, dtype)
+        self.dtype = np.dtype(dtype)
+
+
+_PLANS = {}
+
+
+def plan(cfg, T, B, dtype):
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=8)
+
+
+def column_sums(rows_buf, rows, cols):
+    """Sum a flat (rows, cols) device buffer over rows by the fixed-order tree of reduce_kernel."""
+    k = kernels()["reduce"]
+    cur, n = rows_buf, rows
+    while n > 1:
+        groups = -(-n // GROUP)
+        out = cuda.device_array(groups * cols, rows_buf.dtype)
+        k[(-(-cols // 128), groups), 128](cur, n, cols, GROUP, out)
+        cur, n = out, groups
+    if cur is rows_buf:  # a single row: copy so the caller owns the result
+        out = cuda.device_array(cols, rows_buf.dtype)
+        out.copy_to_device(cur)
+        cur = out
+    return cur
+
+
+def _device_tokens(tokens, cfg, dtype):
+    """Tokens as a device array, checked like refimpl.model.check_tokens."""
+    if _is_device(tokens):
+        if tokens.ndim != 3 or tokens.shape[2] != cfg.token_dim:
+            raise ValueError(f"tokens: expected (B, T, {cfg.token_dim}), got shape {tokens.shape}")
+        tok = tokens
+    else:
+        check_tokens(np.asarray(tokens), cfg)
+        tok = cuda.to_device(np.ascontiguousarray(tokens))
+    if tok.dtype != dtype:
+        raise ValueError(f"tokens: expected dtype {dtype} (the parameters'), got {tok.dtype}")
+    return tok
+
+
+def _device_vector(y, B, dtype, name):
+    if not _is_device(y):
+        check_array(name, np.asarray(y), shape=(B,))
+        y = cuda.to_device(np.ascontiguousarray(y))
+    if y.shape != (B,) or y.dtype != dtype:
+        raise ValueError(f"{name}: expected shape ({B},) dtype {dtype}, got {y.shape} {y.dtype}")
+    return y
+
+
+def _launch(mode, pl, tok, y, dr, pv, dtok):
+    B = tok.shape[0]
+    kernels()["task"][-(-B // TPB), TPB](mode, tok, y, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.ws,
+                                         pl.rd, pl.G, pl.sqe, dtok)
+
+
+def model_forward(params, tokens, cfg):
+    pv = _flat(params, cfg)
+    tok = _device_tokens(tokens, cfg, pv.dtype)
+    B, T, _ = tok.shape
+    pl = plan(cfg, T, B, pv.dtype)
+    _launch(MODE_FORWARD, pl, tok, pl.y0, pl.dr, pv, pl.no_dtok)
+    rd = cuda.device_array((cfg.num_layers, B), pv.dtype)
+    rd.copy_to_device(pl.rd)
+    return rd, {"cfg": cfg, "tokens": tok, "pv": pv}
+
+
+def model_backward(dreadouts, cache):
+    cfg, tok, pv = cache["cfg"], cache["tokens"], cache["pv"]
+    B, T, _ = tok.shape
+    pl = plan(cfg, T, B, pv.dtype)
+    if _is_device(dreadouts):
+        dr = dreadouts
+    else:
+        check_array("dreadouts", np.asarray(dreadouts), shape=(cfg.num_layers, B))
+        dr = cuda.to_device(np.ascontiguousarray(dreadouts, dtype=pv.dtype))
+    dtok = cuda.to_device(np.full(tok.shape, np.nan, pv.dtype))  # (B, T, D_in)
+    _launch(MODE_BACKWARD, pl, tok, pl.y0, dr, pv, dtok)
+    return dtok, _views(column_sums(pl.G, B, pl.NP), cfg)
+
+
+def _loss_grads_flat(pv, tok, y, cfg):
+    """(per-layer losses on the host (L,), flat gradient on the device)."""
+    B, T, _ = tok.shape
+    pl = plan(cfg, T, B, pv.dtype)
+    _launch(MODE_LOSS, pl, tok, y, pl.dr, pv, pl.no_dtok)
+    g = column_sums(pl.G, B, pl.NP)
+    sums = column_sums(pl.sqe, B, pl.L).copy_to_host()  # the only host copy: L scalars
+    per_layer = (0.5 * sums / B).astype(pv.dtype)
+    return per_layer, g
+
+
+def loss_and_grads(params, tokens, y, cfg):
+    pv = _flat(params, cfg)
+    tok = _device_tokens(tokens, cfg, pv.dtype)
+    yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
+    per_layer, g = _loss_grads_flat(pv, tok, yd, cfg)
+    return per_layer[-1], per_layer, _views(g, cfg)
+
+
+def adam_hyper(adam_cfg, t, dtype):
+    bc1, bc2 = 1.0 - adam_cfg.b1**t, 1.0 - adam_cfg.b2**t
+    return np.array([adam_cfg.b1, 1.0 - adam_cfg.b1, adam_cfg.b2, 1.0 - adam_cfg.b2, bc1, bc2,
+                     adam_cfg.eps, adam_cfg.lr], dtype=dtype)
+
+
+def _adam_flat(pv, g, m, v, t, adam_cfg: AdamConfig, sumsq, factor):
+    """In place on device vectors: global-norm clipping, Adam. Leaves sum g^2 in sumsq[0]."""
+    ks = kernels()
+    ks["norm"][1, NORM_TPB](g, float(adam_cfg.grad_clip), sumsq, factor)
+    hyper = cuda.to_device(adam_hyper(adam_cfg, t, pv.dtype))
+    n = pv.shape[0]
+    ks["adam"][-(-n // 128), 128](pv, g, m, v, hyper, factor)
+
+
+def _copy(flat):
+    out = cuda.device_array_like(flat)
+    out.copy_to_device(flat)
+    return out
+
+
+def adam_update(params, grads, state, adam_cfg: AdamConfig):
+    """One step: (new params, new state, gradient norm before clipping); inputs are not mutated."""
+    if set(grads) != set(params):
+        raise ValueError(f"grads: names {sorted(set(grads) ^ set(params))} do not match params")
+    like = {k: to_numpy(v) for k, v in params.items()}
+    cat = lambda d: cuda.to_device(np.concatenate([to_numpy(d[k]).ravel() for k in like]))  # noqa: E731
+    pv, g, m, v = cat(params), cat(grads), cat(state["m"]), cat(state["v"])
+    dtype = pv.dtype
+    sumsq, factor = cuda.device_array(1, np.float64), cuda.device_array(1, dtype)
+    t = state["t"] + 1
+    _adam_flat(pv, g, m, v, t, adam_cfg, sumsq, factor)
+    norm = float(np.sqrt(sumsq.copy_to_host()[0]))
+
+    def split(flat):
+        d, o = DeviceParams(), 0
+        for k, a in like.items():
+            d[k] = flat[o:o + a.size].reshape(a.shape)
+            o += a.size
+        d.flat = flat
+        return d
+    return split(pv), {"t": t, "m": split(m), "v": split(v)}, norm
+
+
+def train_step(params, state, tokens, y, cfg, adam_cfg):
+    """Fused step on the device: per-task forward/backward, tree reduction, Adam.
+    Returns (params, state, loss); the new params/state are new device vectors."""
+    pv = _copy(_flat(params, cfg))
+    m, v = _copy(_flat(state["m"], cfg)), _copy(_flat(state["v"], cfg))
+    tok = _device_tokens(tokens, cfg, pv.dtype)
+    yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
+    per_layer, g = _loss_grads_flat(pv, tok, yd, cfg)
+    pl = plan(cfg, tok.shape[1], tok.shape[0], pv.dtype)
+    t = state["t"] + 1
+    _adam_flat(pv, g, m, v, t, adam_cfg, pl.sumsq, pl.factor)
+    return _views(pv, cfg), {"t": t, "m": _views(m, cfg), "v": _views(v, cfg)}, per_layer[-1]
+
+
+def fill_buffers(cfg, num_tokens, batch, dtype, value):
+    """Fill every persistent device buffer with `value` (tests poison them with NaN)."""
+    pl = plan(cfg, num_tokens, batch, dtype)
+    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor):
+        a.copy_to_device(np.full(a.shape, value, a.dtype))
+
+
+def synchronize():
+    """Wait for every launched kernel (for timing)."""
+    cuda.synchronize()
+
+
+def mse_forward(y_hat, y):
+    """refimpl.loss.mse_forward on (B,) vectors (a host reduction: B numbers)."""
+    from refimpl.loss import mse_forward as oracle_mse_forward
+    loss, r = oracle_mse_forward(to_numpy(y_hat), to_numpy(y))
+    return loss, r
+
+
+def mse_backward(dloss, cache):
+    """d loss / d y_hat (B,) as a device array."""
+    from refimpl.loss import mse_backward as oracle_mse_backward
+    return asarray(oracle_mse_backward(dloss, cache))

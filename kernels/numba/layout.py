@@ -1,0 +1,141 @@
+"""Plain-array description of a model for the Numba kernels: the config as integers, parameter
+offsets into one flat vector, and the layout of one task's workspace.
+
+The flat parameter vector follows `refimpl.params.param_shapes(cfg)` order (the order of
+`refimpl.params.flatten`), so packing and unpacking are a concatenation and a split.
+
+Arrays built here (all int64 except `cst`):
+    ii   (NUM_II,)       sizes, flags and workspace offsets, indexed by the I_* names below
+    lay  (L, NUM_LAY)    per application l: flags and parameter offsets (-1 when absent), Y_* names
+    cst  (NUM_CONSTS,)   constants in the data's dtype, kernels.numba.ops.C_* names
+    pe   (T, PW)         the sinusoidal table (concatenated or added), or (T, 1) zeros when unused
+Workspace of one task (ws, 1-D): the front end's buffers, then one block per application
+(the layer's input x, the LayerNorm caches, Q, K, V, K^T V or P, O, u and z of the
+query-row attention, ...), then backward scratch.
+"""
+import numpy as np
+
+from refimpl.layers import GELU_C, LN_EPS, sinusoidal_encoding
+from refimpl.params import param_offsets  # noqa: F401  (re-exported for the Numba backends)
+
+from kernels.numba.ops import (C_CLIP, C_GELU_A, C_GELU_C, C_HALF, C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF,
+                        C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
+
+II_NAMES = (
+    # sizes
+    "T", "DIN", "DF", "D", "S", "H", "K", "F", "E", "FI", "L", "PW",
+    # flags
+    "POS", "MLP", "LN2", "YUP", "CAUSAL", "CLIP", "EMB", "IMLP",
+    # front-end parameter offsets
+    "P_EMB", "P_IW1", "P_IB1", "P_IW2", "P_IB2",
+    # workspace offsets of the front end
+    "W_XF", "W_XE", "W_IH", "W_IG", "W_X0",
+    # per-application block: base, stride, and offsets inside a block
+    "W_LAYER", "W_LSTRIDE", "B_X", "B_XH1", "B_R1", "B_AIN", "B_Q", "B_KT", "B_V", "B_PK", "B_O",
+    "B_XM", "B_XC", "B_XH2", "B_R2", "B_MIN", "B_MH", "B_MG", "B_U", "B_Z",
+    # backward scratch and the total size
+    "W_DX", "W_DA", "W_DO", "W_DQ", "W_DK", "W_DV", "W_DP", "W_DH", "W_DT", "W_DU", "W_DW", "W_DG", "W_SIZE",
+    # number of parameters
+    "NP",
+)
+for _i, _n in enumerate(II_NAMES):
+    globals()["I_" + _n] = _i
+NUM_II = len(II_NAMES)
+
+POS_CODES = {"none": 0, "add": 1, "concat": 2}
+
+LAY_NAMES = ("LN1", "SOFTMAX", "LN1S", "LN1O", "WQ", "WK", "WV", "WP", "LN2S", "LN2O",
+             "W1", "B1", "W2", "B2")
+for _i, _n in enumerate(LAY_NAMES):
+    globals()["Y_" + _n] = _i
+NUM_LAY = len(LAY_NAMES)
+
+
+def build_layout(cfg, num_tokens):
+    """(ii, lay) for `cfg` and T = num_tokens tokens per task."""
+    T = int(num_tokens)
+    offs, total = param_offsets(cfg)
+    off = lambda name: offs[name][0] if name in offs else -1  # noqa: E731
+    D, DF, E = cfg.model_dim, cfg.front_dim, cfg.embed_dim
+    H, K = cfg.num_heads, cfg.key_size
+    HK = H * K
+    S = T if cfg.include_query else T - 1
+    F = cfg.mlp_widening * D if cfg.mlp else 0
+    FI = cfg.mlp_widening * E if cfg.input_mlp else 0
+    PW = cfg.pos_enc_size if cfg.pos_enc == "concat" else (D if cfg.pos_enc == "add" else 0)
+    v = dict(T=T, DIN=cfg.token_dim, DF=DF, D=D, S=S, H=H, K=K, F=F, E=E, FI=FI,
+             L=cfg.num_layers, PW=PW, POS=POS_CODES[cfg.pos_enc], MLP=int(cfg.mlp),
+             LN2=int(cfg.mlp and cfg.layernorm), YUP=int(cfg.y_update), CAUSAL=int(cfg.causal),
+             CLIP=int(cfg.token_clip > 0), EMB=int(E > 0), IMLP=int(cfg.input_mlp),
+             P_EMB=off("embed.W"), P_IW1=off("input_mlp.W1"), P_IB1=off("input_mlp.b1"),
+             P_IW2=off("input_mlp.W2"), P_IB2=off("input_mlp.b2"), NP=total)
+    # workspace: front end
+    w = 0
+    v["W_XF"], w = w, w + T * DF  # (T, DF) tokens after the optional concatenated encoding
+    v["W_XE"], w = w, w + T * max(E, 1)  # (T, E) embedding output
+    v["W_IH"], w = w, w + T * max(FI, 1)  # (T, FI) input-MLP pre-activation
+    v["W_IG"], w = w, w + T * max(FI, 1)  # (T, FI) input-MLP GELU output
+    v["W_X0"], w = w, w + T * D  # unused spare row block (keeps offsets simple)
+    # one block per application
+    PK = H * max(T * S, K * K)
+    b = 0
+    for name, size in (("B_X", T * D), ("B_XH1", T * D), ("B_R1", T), ("B_AIN", T * D),
+                       ("B_Q", T * HK), ("B_KT", S * HK), ("B_V", S * HK), ("B_PK", PK),
+                       ("B_O", T * HK), ("B_XM", T * D), ("B_XC", T * D), ("B_XH2", T * D),
+                       ("B_R2", T), ("B_MIN", T * D), ("B_MH", T * max(F, 1)), ("B_MG", T * max(F, 1)),
+                       ("B_U", H * D), ("B_Z", H * D)):  # u_h, z_h of kernels/numba/query_attn.py
+        v[name], b = b, b + size
+    v["W_LAYER"], v["W_LSTRIDE"] = w, b
+    w += (cfg.num_layers + 1) * b  # block L holds the final residual stream in B_X
+    # backward scratch
+    W = max(D, DF, E, 1)
+    for name, size in (("W_DX", T * W), ("W_DA", T * W), ("W_DO", T * HK), ("W_DQ", T * HK),
+                       ("W_DK", S * HK), ("W_DV", S * HK), ("W_DP", PK),
+                       ("W_DH", T * max(F, FI, 1)), ("W_DT", T * W), ("W_DU", T * W),
+                     ("W_DW", H * D), ("W_DG", H * D)):
+        v[name], w = w, w + size
+    v["W_SIZE"] = w
+    ii = np.array([v[n] for n in II_NAMES], dtype=np.int64)
+    lay = np.full((cfg.num_layers, NUM_LAY), -1, dtype=np.int64)
+    for l in range(cfg.num_layers):
+        p = f"layer{cfg.param_layer(l)}"
+        lay[l, Y_LN1] = int(cfg.layer_has_ln(l))
+        lay[l, Y_SOFTMAX] = int(cfg.layer_attention(l) == "softmax")
+        for col, name in ((Y_LN1S, "ln1.scale"), (Y_LN1O, "ln1.offset"), (Y_WQ, "attn.W_q"),
+                          (Y_WK, "attn.W_k"), (Y_WV, "attn.W_v"), (Y_WP, "attn.W_p"),
+                          (Y_LN2S, "ln2.scale"), (Y_LN2O, "ln2.offset"), (Y_W1, "mlp.W1"),
+                          (Y_B1, "mlp.b1"), (Y_W2, "mlp.W2"), (Y_B2, "mlp.b2")):
+            lay[l, col] = off(f"{p}.{name}")
+    return ii, lay
+
+
+def build_constants(cfg, dtype, batch):
+    """The dtype-valued constants of SPEC 2.2-2.3 used inside the kernels (1/B for the loss)."""
+    c = np.zeros(NUM_CONSTS, dtype=np.float64)
+    c[C_ZERO], c[C_ONE], c[C_HALF] = 0.0, 1.0, 0.5
+    c[C_LAM], c[C_CLIP], c[C_LN_EPS] = cfg.dampening, cfg.token_clip, LN_EPS
+    c[C_GELU_C], c[C_GELU_A] = GELU_C, 0.044715
+    c[C_SQRT_K] = np.sqrt(cfg.key_size)
+    c[C_NEG_INF] = -np.inf
+    c[C_INV_B] = 1.0 / batch  # mse_backward: (dloss / B) * r
+    return c.astype(dtype)
+
+
+def build_posenc(cfg, num_tokens, dtype):
+    """(T, PW) encoding table in `dtype`, computed exactly as the oracle does; (T, 1) zeros if unused."""
+    if cfg.pos_enc == "concat":
+        return np.ascontiguousarray(sinusoidal_encoding(num_tokens, cfg.pos_enc_size, dtype))
+    if cfg.pos_enc == "add":
+        return np.ascontiguousarray(sinusoidal_encoding(num_tokens, cfg.model_dim, dtype))
+    return np.zeros((num_tokens, 1), dtype)
+
+
+def cached_plan(cache, make, cfg, T, B, dtype, limit=16):
+    """make(cfg, T, B, dtype) built once per (cfg, T, B, dtype) and kept in `cache` (a dict, emptied
+    when it holds more than `limit` plans): the backends' persistent buffers."""
+    key = (cfg, T, B, np.dtype(dtype).str)
+    if key not in cache:
+        if len(cache) > limit:
+            cache.clear()
+        cache[key] = make(cfg, T, B, dtype)
+    return cache[key]

@@ -1,0 +1,200 @@
+"""Per-task building blocks shared by the numba-cpu and numba-cuda backends.
+
+Every function here is `@njit(cache=True)`; a `@cuda.jit` kernel that calls one gets it compiled as
+a CUDA device function, so both backends run the same arithmetic.
+No allocation, no NumPy calls: matrices live in flat 1-D buffers, addressed as (buffer, offset,
+row stride), row-major. Scalars that must stay in the data's dtype (0, 1/2, eps, ...) come from the
+constants vector `cst` (see kernels/numba/layout.py), so float32 data is computed in float32.
+
+Mirrors refimpl/layers.py (LayerNorm, GELU-tanh, clip) and the matrix products of
+refimpl/attention.py. Shape legend as in the oracle: T tokens, S keys, D width, K key size, F
+hidden width.
+"""
+import math
+
+from numba import njit, uint64
+
+# Matrix products: offsets and sizes are converted to unsigned integers, which spares Numba's
+# negative-index wraparound test on every access and lets LLVM vectorise the inner loops; FMA
+# contraction and reassociation are allowed in them (deterministic for a given machine).
+MM_FLAGS = {"contract", "reassoc"}
+
+# indices into the constants vector `cst` (values in the data's dtype)
+C_ZERO, C_ONE, C_HALF, C_LAM, C_CLIP, C_LN_EPS, C_GELU_C, C_GELU_A, C_SQRT_K, C_NEG_INF, C_INV_B = range(11)
+NUM_CONSTS = 11
+
+
+@njit(cache=True)
+def fill(buf, o, n, value):
+    for i in range(n):
+        buf[o + i] = value
+
+
+@njit(cache=True)
+def copy(src, s0, dst, d0, n):
+    for i in range(n):
+        dst[d0 + i] = src[s0 + i]
+
+
+@njit(cache=True, fastmath=MM_FLAGS)
+def mm_nn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
+    """C[i, j] (+)= sum_k A[i, k] B[k, j]   (M, Kd) @ (Kd, N); inner loop contiguous in B and C."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
+    for i in range(M):
+        ci = c0 + i * ldc
+        if accumulate == 0:
+            for j in range(N):
+                C[ci + j] = cst[C_ZERO]
+        for k in range(Kd):
+            a = A[a0 + i * lda + k]
+            bk = b0 + k * ldb
+            for j in range(N):
+                C[ci + j] += a * B[bk + j]
+
+
+@njit(cache=True, fastmath=MM_FLAGS)
+def mm_tn(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
+    """C[i, j] (+)= sum_k A[k, i] B[k, j]   A^T (M, Kd) @ (Kd, N): weight gradients x^T dy."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
+    if accumulate == 0:
+        for i in range(M):
+            for j in range(N):
+                C[c0 + i * ldc + j] = cst[C_ZERO]
+    for k in range(Kd):
+        ak = a0 + k * lda
+        bk = b0 + k * ldb
+        for i in range(M):
+            a = A[ak + i]
+            ci = c0 + i * ldc
+            for j in range(N):
+                C[ci + j] += a * B[bk + j]
+
+
+@njit(cache=True, fastmath=MM_FLAGS)
+def mm_nt(A, a0, lda, B, b0, ldb, C, c0, ldc, M, Kd, N, accumulate, cst):
+    """C[i, j] (+)= sum_k A[i, k] B[j, k]   (M, Kd) @ B^T: input gradients dy W^T."""
+    a0, lda, b0, ldb, c0, ldc = uint64(a0), uint64(lda), uint64(b0), uint64(ldb), uint64(c0), uint64(ldc)
+    M, Kd, N = uint64(M), uint64(Kd), uint64(N)
+    for i in range(M):
+        for j in range(N):
+            s = cst[C_ZERO]
+            for k in range(Kd):
+                s += A[a0 + i * lda + k] * B[b0 + j * ldb + k]
+            if accumulate == 0:
+                C[c0 + i * ldc + j] = s
+            else:
+                C[c0 + i * ldc + j] += s
+
+
+@njit(cache=True)
+def add_bias(C, c0, M, N, bias, o, cst):
+    """C[i, :] += bias (N,)."""
+    for i in range(M):
+        for j in range(N):
+            C[c0 + i * N + j] += bias[o + j]
+
+
+@njit(cache=True)
+def sum_rows_into(G, g0, X, x0, M, N):
+    """G[j] += sum_i X[i, j]: a bias gradient."""
+    for i in range(M):
+        for j in range(N):
+            G[g0 + j] += X[x0 + i * N + j]
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm over rows of width N (refimpl.layers.layernorm_forward/backward)
+@njit(cache=True)
+def layernorm_fwd(X, x0, M, N, pv, o_scale, o_offset, XH, h0, R, r0, Y, y0, cst):
+    """Y = xhat * scale + offset; stores xhat (M, N) and rstd (M,) for the backward."""
+    for i in range(M):
+        mean = cst[C_ZERO]
+        for j in range(N):
+            mean += X[x0 + i * N + j]
+        mean = mean / N
+        var = cst[C_ZERO]
+        for j in range(N):
+            c = X[x0 + i * N + j] - mean
+            var += c * c
+        var = var / N
+        rstd = cst[C_ONE] / math.sqrt(var + cst[C_LN_EPS])
+        R[r0 + i] = rstd
+        for j in range(N):
+            xh = (X[x0 + i * N + j] - mean) * rstd
+            XH[h0 + i * N + j] = xh
+            Y[y0 + i * N + j] = xh * pv[o_scale + j] + pv[o_offset + j]
+
+
+@njit(cache=True)
+def layernorm_bwd(DY, d0, M, N, pv, o_scale, XH, h0, R, r0, G, g_scale, g_offset, DX, dx0, accumulate,
+                  cst):
+    """dscale += sum dy xhat, doffset += sum dy; DX (+)= rstd (dxhat - mean dxhat - xhat mean(dxhat xhat))."""
+    for i in range(M):
+        m1 = cst[C_ZERO]
+        m2 = cst[C_ZERO]
+        for j in range(N):
+            dy = DY[d0 + i * N + j]
+            xh = XH[h0 + i * N + j]
+            G[g_scale + j] += dy * xh
+            G[g_offset + j] += dy
+            dxh = dy * pv[o_scale + j]
+            m1 += dxh
+            m2 += dxh * xh
+        m1 = m1 / N
+        m2 = m2 / N
+        rstd = R[r0 + i]
+        for j in range(N):
+            xh = XH[h0 + i * N + j]
+            v = rstd * (DY[d0 + i * N + j] * pv[o_scale + j] - m1 - xh * m2)
+            if accumulate == 0:
+                DX[dx0 + i * N + j] = v
+            else:
+                DX[dx0 + i * N + j] += v
+
+
+# ----------------------------------------------------------------------------------------------
+# GELU, tanh approximation (refimpl.layers.gelu_forward/backward)
+@njit(cache=True)
+def gelu_fwd(Hb, h0, n, Y, y0, cst):
+    for i in range(n):
+        x = Hb[h0 + i]
+        t = math.tanh(cst[C_GELU_C] * (x + cst[C_GELU_A] * (x * x * x)))
+        Y[y0 + i] = cst[C_HALF] * x * (cst[C_ONE] + t)
+
+
+@njit(cache=True)
+def gelu_bwd(DY, d0, Hb, h0, n, DX, dx0, cst):
+    """DX = DY * gelu'(h); DX may alias DY."""
+    for i in range(n):
+        x = Hb[h0 + i]
+        t = math.tanh(cst[C_GELU_C] * (x + cst[C_GELU_A] * (x * x * x)))
+        du = cst[C_GELU_C] * (cst[C_ONE] + 3 * cst[C_GELU_A] * (x * x))
+        dg = cst[C_HALF] * (cst[C_ONE] + t) + cst[C_HALF] * x * (cst[C_ONE] - t * t) * du
+        DX[dx0 + i] = DY[d0 + i] * dg
+
+
+# ----------------------------------------------------------------------------------------------
+# MLP: Linear(N -> F, bias) -> GELU -> Linear(F -> N, bias), rows of X (M, N)
+@njit(cache=True)
+def mlp_fwd(X, x0, M, N, F, pv, o_W1, o_b1, o_W2, o_b2, Hb, h0, Gb, g0, Y, y0, accumulate, cst):
+    """Stores h = x W1 + b1 and g = gelu(h) (M, F); Y (+)= g W2 + b2."""
+    mm_nn(X, x0, N, pv, o_W1, F, Hb, h0, F, M, N, F, 0, cst)
+    add_bias(Hb, h0, M, F, pv, o_b1, cst)
+    gelu_fwd(Hb, h0, M * F, Gb, g0, cst)
+    mm_nn(Gb, g0, F, pv, o_W2, N, Y, y0, N, M, F, N, accumulate, cst)
+    add_bias(Y, y0, M, N, pv, o_b2, cst)
+
+
+@njit(cache=True)
+def mlp_bwd(DY, d0, X, x0, M, N, F, pv, o_W1, o_W2, Hb, h0, Gb, g0, G, g_W1, g_b1, g_W2, g_b2,
+            DH, dh0, DX, dx0, accumulate, cst):
+    """Backward of mlp_fwd: weight gradients into G, DX (+)= dy-path; DH (M, F) is scratch."""
+    mm_tn(Gb, g0, F, DY, d0, N, G, g_W2, N, F, M, N, 1, cst)  # dW2 += g^T dy
+    sum_rows_into(G, g_b2, DY, d0, M, N)  # db2 += sum dy
+    mm_nt(DY, d0, N, pv, o_W2, N, DH, dh0, F, M, N, F, 0, cst)  # dg = dy W2^T
+    gelu_bwd(DH, dh0, Hb, h0, M * F, DH, dh0, cst)  # dh = dg gelu'(h)
+    mm_tn(X, x0, N, DH, dh0, F, G, g_W1, F, N, M, F, 1, cst)  # dW1 += x^T dh
+    sum_rows_into(G, g_b1, DH, dh0, M, F)  # db1 += sum dh
+    mm_nt(DH, dh0, F, pv, o_W1, F, DX, dx0, N, M, F, N, accumulate, cst)  # dx (+)= dh W1^T

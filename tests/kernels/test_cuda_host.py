@@ -1,0 +1,246 @@
+"""The kernels' own per-task arithmetic (kernels/cupy/cuda/*.cu built with g++ for one lane, see
+tests/kernels/cuda_host/harness.cpp) against the oracle on the same inputs; the Philox device source
+against the NumPy mirror; the C++ workspace layouts against kernels/cupy/build.py's mirrors.
+No GPU needed: this checks the math of the kernels, not their parallel schedule."""
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_close_to_oracle
+from kernels.cupy import build as cb
+from kernels.cupy import philox
+from refimpl.config import AdamConfig, ModelConfig
+from refimpl.layers import clip_backward, clip_forward, layernorm_backward, layernorm_forward
+from refimpl.layers import mlp_backward, mlp_forward
+from refimpl.loss import loss_and_grads
+from refimpl.model import ATTENTION, _sub, y_update_mask
+from refimpl.optim import adam_update
+from refimpl.params import init_params
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+P_DBL = ctypes.POINTER(ctypes.c_double)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ not found: the CPU build of the kernel sources needs a C++ compiler")
+    out = str(tmp_path_factory.mktemp("cuda_host") / "harness.so")
+    cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", f"-I{cb.CUDA_DIR}",
+           os.path.join(HERE, "cuda_host", "harness.cpp"), "-o", out]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"g++ build of the kernel sources failed:\n{res.stderr}"
+    return ctypes.CDLL(out)
+
+
+def ptr(a):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def i32(values):
+    return np.ascontiguousarray(values, dtype=np.int32)
+
+
+def f64(values):
+    return np.ascontiguousarray(values, dtype=np.float64)
+
+
+def model_dims_arrays(d):
+    ints = i32([d.T, d.D, d.H, d.K, d.S, d.L, d.tied, d.first_softmax, d.softmax, d.causal, d.y_update])
+    return ints, f64([d.lam, d.clip])
+
+
+def block_dims_arrays(b):
+    ints = i32([b.T, b.D, b.H, b.K, b.S, b.F, b.softmax, b.causal, b.y_update, b.ln1, b.mlp, b.ln2])
+    return ints, f64([b.lam, b.clip])
+
+
+def perturbed_params(cfg, rng, dtype, scale=0.3):
+    """Init plus noise: weights of order one, so that every path carries signal."""
+    params = init_params(cfg, rng, np.float64)
+    return {k: (v + scale * rng.standard_normal(v.shape)).astype(dtype) for k, v in params.items()}
+
+
+MODEL_CONFIGS = {
+    "fig2": ModelConfig(),
+    "tied3_yupdate_damped": ModelConfig(num_layers=3, weight_tied=True, y_update=True, dampening=0.75),
+    "deep3_clip_2heads": ModelConfig(num_layers=3, num_heads=2, key_size=5, token_clip=0.4),
+    "softmax_causal_query": ModelConfig(num_layers=2, attention="softmax", causal=True,
+                                        include_query=True, num_heads=3, key_size=4),
+    "first_softmax": ModelConfig(num_layers=2, first_layer_softmax=True, key_size=7, token_dim=6),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+def test_philox_device_source_gives_the_host_mirror_stream(lib, rng):
+    counters = rng.integers(0, 2**32, size=(64, 4), dtype=np.uint64).astype(np.uint32)
+    key = rng.integers(0, 2**32, size=2, dtype=np.uint64).astype(np.uint32)
+    out = np.zeros_like(counters)
+    lib.philox_blocks(64, ptr(counters), ctypes.c_uint32(int(key[0])), ctypes.c_uint32(int(key[1])),
+                      ptr(out))
+    np.testing.assert_array_equal(out, philox.philox(counters, key))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_task_draw_device_source_matches_host_mirror(lib, dtype):
+    seed, step, B, N, d, r, s = 2**40 + 12345, 7, 37, 9, 6, 1.5, 2.0  # d even and odd N
+    tok = np.full((B, N + 1, d + 1), np.nan, dtype)
+    tgt = np.full(B, np.nan, dtype)
+    fn = lib.draw_tasks_f64 if dtype == np.float64 else lib.draw_tasks_f32
+    fn(ctypes.c_uint64(seed), ctypes.c_uint32(step), B, N, d, ctypes.c_double(r), ctypes.c_double(s),
+       ptr(tok), ptr(tgt))
+    ref_tok, ref_tgt = philox.linear_regression_tasks(seed, step, B, N, d, r, s, dtype=dtype)
+    # inputs are exact arithmetic on the same bits; labels go through libm's log/cos/sin
+    np.testing.assert_array_equal(tok[..., :-1], ref_tok[..., :-1])
+    np.testing.assert_allclose(tok[..., -1], ref_tok[..., -1], rtol=1e-13 if dtype == np.float64 else 1e-6,
+                               atol=1e-14 if dtype == np.float64 else 1e-6)
+    np.testing.assert_allclose(tgt, ref_tgt, rtol=1e-13 if dtype == np.float64 else 1e-6,
+                               atol=1e-14 if dtype == np.float64 else 1e-6)
+
+
+def test_workspace_layouts_match_python_mirrors(lib):
+    for name, cfg in MODEL_CONFIGS.items():
+        d = cb.model_dims(cfg, 11)
+        ints, _ = model_dims_arrays(d)
+        assert lib.model_workspace_reals(ptr(ints)) == d.workspace_reals, name
+    for cfg in (ModelConfig(layernorm=True, mlp=True, num_heads=2, key_size=3),
+                ModelConfig(num_layers=2, layernorm=True), ModelConfig(mlp=True, mlp_widening=3)):
+        for layer in range(cfg.num_layers):
+            b = cb.block_dims(cfg, layer, 9)
+            ints, _ = block_dims_arrays(b)
+            assert lib.block_workspace_reals(ptr(ints)) == b.workspace_reals
+            assert lib.block_num_params(ptr(ints)) == b.num_params
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_model_step_task_math_matches_oracle_loss_and_grads(lib, rng, name, dtype):
+    cfg = MODEL_CONFIGS[name]
+    B, N = 13, 8  # T = 9 tokens, width D = token_dim: unequal to T, K
+    T, D = N + 1, cfg.token_dim
+    params = perturbed_params(cfg, rng, dtype)
+    tokens = rng.uniform(-1, 1, size=(B, T, D)).astype(dtype)
+    targets = rng.standard_normal(B).astype(dtype)
+    loss, per_layer, grads = loss_and_grads(params, tokens, targets, cfg)
+    d = cb.model_dims(cfg, T)
+    ints, fl = model_dims_arrays(d)
+    packed = np.ascontiguousarray(cb.pack(params, cfg))
+    g = np.full(d.num_params, np.nan, dtype)
+    stats = np.full(d.L, np.nan, dtype)
+    fn = lib.model_loss_grads_f64 if dtype == np.float64 else lib.model_loss_grads_f32
+    fn(ptr(ints), ptr(fl), B, ptr(packed), ptr(tokens), ptr(targets), ptr(g), ptr(stats))
+    red = B * T * cfg.num_layers * max(D, cfg.num_heads * cfg.key_size)
+    assert_close_to_oracle(stats, per_layer, dtype, red, "per-layer losses")
+    for k, v in cb.unpack(g, cfg).items():
+        assert_close_to_oracle(v, grads[k], dtype, red, f"grads[{k}]")
+
+
+def oracle_block(cfg, layer, params, X, dXout):
+    """The oracle's layer-loop body of model_forward/model_backward for one layer."""
+    from refimpl import layers
+    p = f"layer{cfg.param_layer(layer)}"
+    lam, grads = cfg.dampening, {}
+    a_in = X
+    if cfg.layer_has_ln(layer):
+        a_in, c_ln1 = layernorm_forward(X, **_sub(params, p + ".ln1"))
+    kind = cfg.layer_attention(layer)
+    kw = {"causal": cfg.causal} if kind == "softmax" else {}
+    S = X.shape[1] if cfg.include_query else X.shape[1] - 1
+    a, c_attn = ATTENTION[kind][0](a_in, _sub(params, p + ".attn"), cfg.num_heads, S, **kw)
+    if cfg.y_update:
+        a = a * y_update_mask(a.shape[-1], a.dtype)
+    x = X + lam * a
+    if cfg.token_clip > 0:
+        x, c_clip = clip_forward(x, cfg.token_clip)
+    if cfg.mlp:
+        m_in = x
+        if cfg.layernorm:
+            m_in, c_ln2 = layernorm_forward(x, **_sub(params, p + ".ln2"))
+        m, c_mlp = mlp_forward(m_in, **_sub(params, p + ".mlp"))
+        x = x + lam * m
+    dx = dXout
+    if cfg.mlp:
+        dm_in, g = mlp_backward(lam * dx, c_mlp)
+        grads.update({f"mlp.{k}": v for k, v in g.items()})
+        if cfg.layernorm:
+            dm_in, g = layernorm_backward(dm_in, c_ln2)
+            grads.update({f"ln2.{k}": v for k, v in g.items()})
+        dx = dx + dm_in
+    if cfg.token_clip > 0:
+        dx, _ = clip_backward(dx, c_clip)
+    da = lam * dx
+    if cfg.y_update:
+        da = da * y_update_mask(da.shape[-1], da.dtype)
+    da_in, g = ATTENTION[kind][1](da, c_attn)
+    grads.update({f"attn.{k}": v for k, v in g.items()})
+    if cfg.layer_has_ln(layer):
+        da_in, g = layernorm_backward(da_in, c_ln1)
+        grads.update({f"ln1.{k}": v for k, v in g.items()})
+    return x, dx + da_in, grads
+
+
+BLOCK_CONFIGS = {
+    "softmax_ln_mlp": ModelConfig(attention="softmax", layernorm=True, mlp=True, num_heads=2, key_size=3),
+    "causal_ln_mlp_clip_query": ModelConfig(attention="softmax", causal=True, layernorm=True, mlp=True,
+                                            token_clip=0.8, include_query=True, mlp_widening=3,
+                                            token_dim=7),
+    "linear_mlp_no_ln_yupdate": ModelConfig(mlp=True, y_update=True, dampening=0.6, key_size=5),
+    "deep_public_ln_layer1": ModelConfig(num_layers=2, layernorm=True, attention="softmax"),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCK_CONFIGS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_block_task_math_matches_oracle_layer(lib, rng, name, dtype):
+    cfg = BLOCK_CONFIGS[name]
+    layer = cfg.num_layers - 1
+    B, T, D = 6, 9, cfg.model_dim
+    params = perturbed_params(cfg, rng, dtype)
+    X = rng.uniform(-1, 1, size=(B, T, D)).astype(dtype)
+    dXout = rng.standard_normal((B, T, D)).astype(dtype)  # a random upstream gradient
+    x_ref, dx_ref, g_ref = oracle_block(cfg, layer, params, X, dXout)
+    b = cb.block_dims(cfg, layer, T)
+    ints, fl = block_dims_arrays(b)
+    prefix = f"layer{cfg.param_layer(layer)}."
+    names = [n for n in params if n.startswith(prefix)]
+    W = np.ascontiguousarray(np.concatenate([params[n].ravel() for n in names]))
+    assert [n[len(prefix):] for n in names] == [n for n, _ in b.param_layout()]
+    Xout = np.full_like(X, np.nan)
+    dX = np.full_like(X, np.nan)
+    g = np.full(b.num_params, np.nan, dtype)
+    fn = lib.block_f64 if dtype == np.float64 else lib.block_f32
+    fn(ptr(ints), ptr(fl), B, ptr(W), ptr(X), ptr(dXout), ptr(Xout), ptr(dX), ptr(g))
+    red = B * T * b.F
+    assert_close_to_oracle(Xout, x_ref, dtype, red, "block output")
+    assert_close_to_oracle(dX, dx_ref, dtype, red, "block input gradient")
+    o = 0
+    for n, size in b.param_layout():
+        assert_close_to_oracle(g[o:o + size].reshape(g_ref[n].shape), g_ref[n], dtype, red, f"grads[{n}]")
+        o += size
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("grad_clip", [0.0, 0.05])
+def test_adam_entry_matches_oracle_over_steps(lib, rng, dtype, grad_clip):
+    cfg = AdamConfig(grad_clip=grad_clip)
+    names = {"a": (3, 5), "b": (7,)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in names.items()}
+    state = {"t": 0, "m": {k: np.zeros_like(v) for k, v in params.items()},
+             "v": {k: np.zeros_like(v) for k, v in params.items()}}
+    p = np.concatenate([v.ravel() for v in params.values()])
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    c = f64([cfg.lr, cfg.b1, cfg.b2, cfg.eps, cfg.grad_clip])
+    fn = lib.adam_f64 if dtype == np.float64 else lib.adam_f32
+    for t in range(1, 11):  # 10 steps with fresh gradients
+        grads = {k: rng.standard_normal(s).astype(dtype) for k, s in names.items()}
+        params, state, _ = adam_update(params, grads, state, cfg)
+        g = np.concatenate([x.ravel() for x in grads.values()])
+        fn(p.size, ptr(p), ptr(m), ptr(v), ptr(g), t, ptr(c))
+    ref = np.concatenate([x.ravel() for x in params.values()])
+    assert_close_to_oracle(p, ref, dtype, 10, "params after 10 Adam steps")

@@ -1,0 +1,94 @@
+"""numba-cuda without a GPU: the backend-vs-oracle tests under the CUDA simulator, and a PTX
+compilation of every kernel for compute capability 9.0 (catches type errors the simulator, which
+runs the kernels as Python, cannot see). Both run in a subprocess: NUMBA_ENABLE_CUDASIM replaces
+numba.cuda for the whole process, and the PTX check stubs the device query that needs a driver.
+A GPU run of the same checks: `python -m pytest -m gpu tests/kernels/test_numba_cuda_sim.py`.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _numba_cuda_reason():
+    try:
+        import numba_cuda  # noqa: F401  (the package numba-cuda; plain numba.cuda is deprecated)
+    except ImportError:
+        return "numba-cuda is not installed (pip install 'numba-cuda[cu12]==0.30.4')"
+    return None
+
+
+def _run(args, env_extra, timeout=900):
+    env = dict(os.environ, **env_extra)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_numba_cuda_matches_oracle_under_simulator():
+    reason = _numba_cuda_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_backends.py",
+              "-k", "numba-cuda and (f64 or deterministic or bad_input or mse) and not f32"],
+             {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
+PTX_SCRIPT = textwrap.dedent("""
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda, types as nt
+    # Device functions ask the current device for its compute capability; there is none here.
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
+    import kernels.numba.gpu as nc
+    ks = nc.kernels()
+    f64 = nt.Array(nt.float64, 1, "C")
+    for f, with_task in ((nt.float32, True), (nt.float64, False)):
+        a1, a2, a3 = nt.Array(f, 1, "C"), nt.Array(f, 2, "C"), nt.Array(f, 3, "C")
+        i1, i2 = nt.Array(nt.int64, 1, "C"), nt.Array(nt.int64, 2, "C")
+        sigs = {"reduce": (a1, nt.int64, nt.int64, nt.int64, a1), "norm": (a1, nt.float64, f64, a1),
+                "adam": (a1, a1, a1, a1, a1, a1)}
+        if with_task:
+            sigs["task"] = (nt.int64, a3, a1, a2, a1, i1, i2, a1, a2, a1, a2, a1, a1, a3)
+        assert set(sigs) <= set(ks), sorted(ks)
+        for name, sig in sigs.items():
+            ptx, _ = cuda.compile_ptx(ks[name].py_func, sig, cc=(9, 0))
+            assert ".target sm_90" in ptx, name
+            print("compiled", name, f, len(ptx))
+    print("kernels", sorted(ks))
+""")
+
+
+def test_every_numba_cuda_kernel_compiles_to_ptx():
+    """task (float32: the per-task code is dtype-generic) and the small kernels in both dtypes."""
+    reason = _numba_cuda_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-c", PTX_SCRIPT], {"NUMBA_ENABLE_CUDASIM": "0"})
+    if r.returncode != 0 and "NVVM" in (r.stderr + r.stdout) and "not found" in (r.stderr + r.stdout):
+        pytest.skip("NVVM (libnvvm from the cu12 extra) not found: " + r.stderr[-500:])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert r.stdout.count("compiled") == 7, r.stdout
+
+
+def _gpu_reason():
+    if _numba_cuda_reason():
+        return _numba_cuda_reason()
+    r = _run(["-c", "from numba import cuda; print(cuda.is_available())"], {"NUMBA_ENABLE_CUDASIM": "0"},
+             timeout=120)
+    return None if r.stdout.strip().endswith("True") else "no CUDA GPU available"
+
+
+@pytest.mark.gpu
+def test_numba_cuda_matches_oracle_on_gpu():
+    reason = _gpu_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_backends.py", "-k",
+              "numba-cuda"], {"NUMBA_ENABLE_CUDASIM": "0"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

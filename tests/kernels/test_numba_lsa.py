@@ -1,0 +1,110 @@
+"""The numba-cpu parameter-space kernel for linear-attention models (kernels/numba/lsa.py) against
+the oracle: loss, per-layer losses and every parameter gradient, on uneven shapes, with NaN-poisoned
+buffers, partial SIMD groups, and the same bits whatever the thread count."""
+import numba
+import numpy as np
+import pytest
+from tests.conftest import assert_close_to_oracle
+
+from kernels import get_backend
+
+from kernels.numba import lsa as numba_lsa
+from refimpl import loss as oracle_loss
+from refimpl import model as oracle_model
+from refimpl import optim
+from refimpl.config import AdamConfig, ModelConfig
+from refimpl.params import init_params, params_astype
+
+# name -> (config, tokens per task T); every LSA option the experiments use appears somewhere
+CONFIGS = {
+    "paper_1layer": (ModelConfig(token_dim=11, init_scale=1.0), 11),
+    "deep3_2head_clip_damp": (ModelConfig(token_dim=5, num_layers=3, num_heads=2, key_size=3,
+                                          token_clip=0.6, dampening=0.8, init_scale=3.0), 7),
+    "tied3_yupdate_query": (ModelConfig(token_dim=4, num_layers=3, weight_tied=True, key_size=6,
+                                        y_update=True, include_query=True, init_scale=2.0), 5),
+    "deep2_3head_wide_key_clip": (ModelConfig(token_dim=6, num_layers=2, num_heads=3, key_size=8,
+                                              token_clip=0.9, init_scale=2.0), 9),
+}
+BATCHES = [1, 13, 130]  # one task (seven padded lanes), a partial group, several chunks
+
+
+def inputs(cfg, T, B, rng, dtype):
+    params = params_astype(init_params(cfg, rng), dtype)
+    tokens = rng.standard_normal((B, T, cfg.token_dim)).astype(dtype)  # (B, T, D)
+    y = rng.standard_normal(B).astype(dtype)  # (B,)
+    return params, tokens, y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_loss_and_grads_match_oracle(name, B, dtype, rng):
+    cfg, T = CONFIGS[name]
+    assert numba_lsa.supports(cfg)
+    params, tok, y = inputs(cfg, T, B, rng, dtype)
+    numba_lsa.fill_buffers(cfg, T, B, dtype, np.nan)
+    loss, per_layer, grads = numba_lsa.loss_and_grads(params, tok, y, cfg)
+    p64 = params_astype(params, np.float64)
+    loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(p64, tok.astype(np.float64),
+                                                             y.astype(np.float64), cfg)
+    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads
+    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, red, "loss")
+    assert_close_to_oracle(per_layer, per_layer_o, dtype, red, "per-layer losses")
+    assert sorted(grads) == sorted(grads_o)
+    for k in grads_o:
+        assert grads[k].dtype == dtype
+        assert_close_to_oracle(grads[k], grads_o[k], dtype, red, f"grads[{k}]")
+
+
+def test_clipping_is_exercised(rng):
+    """The clipping configs really clip some entries (else their gradient masks go untested)."""
+    for name in ("deep3_2head_clip_damp", "deep2_3head_wide_key_clip"):
+        cfg, T = CONFIGS[name]
+        params, tok, _ = inputs(cfg, T, 130, rng, np.float64)
+        _, cache = oracle_model.model_forward(params, tok, cfg)
+        inside = np.concatenate([lc["clip"].ravel() for lc in cache["layers"]])
+        assert 0.01 < 1 - inside.mean() < 0.99, name
+
+
+def test_bits_do_not_depend_on_the_thread_count(rng):
+    cfg, T = CONFIGS["deep3_2head_clip_damp"]
+    params, tok, y = inputs(cfg, T, 130, rng, np.float64)
+    old = numba.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, old}):
+            numba.set_num_threads(n)
+            outs.append(numba_lsa.loss_and_grads(params, tok, y, cfg))
+    finally:
+        numba.set_num_threads(old)
+    again = numba_lsa.loss_and_grads(params, tok, y, cfg)
+    for out in outs[1:] + [again]:
+        assert out[0] == outs[0][0]
+        for k in out[2]:
+            assert np.array_equal(out[2][k], outs[0][2][k]), k
+
+
+def test_numba_cpu_routes_linear_models_here_and_others_not():
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, attention="softmax"))
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, layernorm=True))
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, mlp=True))
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, first_layer_softmax=True, num_layers=2))
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, embed_dim=4))
+
+
+def test_train_step_uses_it_and_follows_the_oracle(rng):
+    """Five numba-cpu train steps of a clipped two-head deep model against the oracle's."""
+    be = get_backend("numba-cpu")
+    cfg, T = CONFIGS["deep2_3head_wide_key_clip"]
+    acfg = AdamConfig(lr=1e-2, grad_clip=1.0)
+    p64 = init_params(cfg, rng)
+    p, s = be.asarray(p64), be.adam_init(be.asarray(p64))
+    s_o = optim.adam_init(p64)
+    for _ in range(5):
+        tok, y = rng.standard_normal((70, T, cfg.token_dim)), rng.standard_normal(70)
+        p, s, loss = be.train_step(p, s, tok, y, cfg, acfg)
+        loss_o, _, g_o = oracle_loss.loss_and_grads(p64, tok, y, cfg)
+        p64, s_o, _ = optim.adam_update(p64, g_o, s_o, acfg)
+        assert abs(loss - loss_o) <= 1e-10 * abs(loss_o)
+    for k in p64:
+        np.testing.assert_allclose(p[k], p64[k], rtol=1e-9, atol=1e-12 * np.abs(p64[k]).max())

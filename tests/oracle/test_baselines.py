@@ -1,0 +1,159 @@
+"""GD construction (Proposition 1), GD++, learning rates, metrics: properties that fail if broken."""
+import numpy as np
+import pytest
+
+from refimpl import baselines, metrics
+from refimpl.data import linear_regression_tasks
+from refimpl.model import model_backward, model_forward
+from refimpl.loss import mse_backward, mse_forward
+
+
+def _tasks(rng, B=6, N=7, d=4, r=1.0):
+    return linear_regression_tasks(rng, B, num_context=N, input_dim=d, input_range=r)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gd_construction_equals_explicit_gd_with_nonzero_start(rng, steps):
+    tokens, _ = _tasks(rng)  # d = 4, N = 7: D = 5, T = 8 (all different)
+    d, N = 4, 7
+    w0 = rng.standard_normal(d)
+    eta = 0.7 + rng.random()
+    cfg = baselines.gd_model_config(d, steps)
+    readouts, _ = model_forward(baselines.gd_params(d, eta, N, w0), baselines.gd_start_tokens(tokens, w0), cfg)
+    expected = baselines.gd_explicit(tokens, eta, steps, w0)  # (L, B)
+    np.testing.assert_allclose(readouts, expected, rtol=0, atol=1e-12)
+    # a wrong start (W_0 ignored in the tokens) must be detected
+    wrong, _ = model_forward(baselines.gd_params(d, eta, N, w0), tokens, cfg)
+    assert np.max(np.abs(wrong - expected)) > 1e-3
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gdpp_weights_equal_explicit_data_transformation(rng, tied):
+    tokens, _ = _tasks(rng)
+    d, N, L = 4, 7, 3
+    etas = np.array([0.9]) if tied else np.array([0.9, 1.3, 0.6])
+    gammas = np.array([0.05]) if tied else np.array([0.05, 0.02, 0.08])
+    cfg = baselines.gdpp_model_config(d, L, tied)
+    readouts, _ = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
+    expected = baselines.gdpp_explicit(tokens, np.resize(etas, L), np.resize(gammas, L))
+    np.testing.assert_allclose(readouts, expected, rtol=0, atol=1e-12)
+    # gamma matters after the first layer: gamma = 0 gives plain GD, which differs
+    plain = baselines.gdpp_explicit(tokens, np.resize(etas, L), np.zeros(L))
+    assert np.max(np.abs(plain[1:] - expected[1:])) > 1e-6
+
+
+@pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
+def test_gdpp_entry_gradients_match_finite_differences(rng, entries):
+    """The projection of the model's weight gradients onto GD++'s trained entries against central
+    differences of the loss in those entries (L = 3 sets, d != N, entries away from the start)."""
+    tokens, targets = _tasks(rng, B=9)
+    d, N, L = 4, 7, 3
+    cfg = baselines.gdpp_model_config(d, L, tied=False)
+    scalars = baselines.gdpp_entries_init(1.0, N, L, entries)
+    scalars = {k: v * (1 + 0.3 * rng.standard_normal(L)) for k, v in scalars.items()}
+
+    def loss(s):
+        out, _ = model_forward(baselines.gdpp_entries_params(d, s), tokens, cfg)
+        return mse_forward(out[-1], targets)[0]
+
+    readouts, cache = model_forward(baselines.gdpp_entries_params(d, scalars), tokens, cfg)
+    dread = np.zeros_like(readouts)
+    dread[-1] = mse_backward(1.0, mse_forward(readouts[-1], targets)[1])
+    _, grads = model_backward(dread, cache)
+    analytic = baselines.gdpp_entry_grads(grads, d, scalars)
+    assert set(analytic) == ({"p_x", "p_y", "v_x", "v_y"} if entries == "wv_wp" else {"p_x", "p_y"})
+    h = 1e-6
+    for k in scalars:
+        for p in range(L):
+            up = {**scalars, k: scalars[k] + h * np.eye(L)[p]}
+            down = {**scalars, k: scalars[k] - h * np.eye(L)[p]}
+            num = (loss(up) - loss(down)) / (2 * h)
+            assert abs(analytic[k][p] - num) <= 1e-7 * max(1.0, abs(num)), (k, p)
+    # the last set's x entries move nothing that reaches the read-out
+    assert analytic["p_x"][-1] == 0
+
+
+def test_gdpp_entries_describe_the_gdpp_of_their_effective_eta_and_gamma(rng):
+    """W_V = diag(v_x, v_y), W_P = diag(p_x, p_y) and gdpp_params(eta, gamma) with gamma = -p_x v_x,
+    eta/N = -p_y v_y give the same read-outs, and the start is eta0, eta0 / N^2 (SPEC 4.2)."""
+    tokens, _ = _tasks(rng)
+    d, N, L = 4, 7, 3
+    cfg = baselines.gdpp_model_config(d, L, tied=False)
+    start = baselines.gdpp_entries_init(1.3, N, L, "wv_wp")
+    np.testing.assert_allclose(baselines.gdpp_entries_effective(start, N), (np.full(L, 1.3), np.full(L, 1.3 / N**2)))
+    scalars = {k: v * (1 + 0.3 * rng.standard_normal(L)) for k, v in start.items()}
+    etas, gammas = baselines.gdpp_entries_effective(scalars, N)
+    out, _ = model_forward(baselines.gdpp_entries_params(d, scalars), tokens, cfg)
+    ref, _ = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out, baselines.gdpp_explicit(tokens, etas, gammas), rtol=1e-12, atol=1e-13)
+
+
+def test_closed_form_eta_within_one_grid_step_of_grid_optimum():
+    tokens, targets = linear_regression_tasks(np.random.default_rng(7), 20000)
+    grid = baselines.eta_grid()
+    best, losses = baselines.grid_search_eta(tokens, targets, steps=1, grid=grid)
+    closed = baselines.closed_form_eta(tokens)
+    assert abs(closed - best) <= grid[1] - grid[0]
+    assert losses[np.argmin(np.abs(grid - best))] == losses.min()
+    # the empirical ratio approaches its expectation for the uniform law (0.606 N for d = N = 10)
+    exact = baselines.closed_form_eta_uniform(10, 10, 1.0)
+    assert abs(exact / 10 - 8.3333 / 13.75) < 1e-4
+    assert abs(closed - exact) / exact < 0.02
+
+
+def test_gd_sensitivity_is_the_one_step_weights(rng):
+    """d y_hat / d x_q of one GD step from 0 is W_1 = (eta/N) X^T y, through the hand-written backward."""
+    tokens, _ = _tasks(rng)
+    d, N, eta = 4, 7, 1.7
+    sens = metrics.query_sensitivity(baselines.gd_params(d, eta, N), tokens, baselines.gd_model_config(d, 1))
+    W1 = (eta / N) * np.einsum("bnd,bn->bd", tokens[:, :-1, :-1], tokens[:, :-1, -1])
+    np.testing.assert_allclose(sens, W1, rtol=1e-12, atol=1e-14)
+
+
+def test_alignment_of_a_model_with_itself_and_with_a_scaled_copy(rng):
+    pred, sens = rng.standard_normal(5), rng.standard_normal((5, 3))
+    same = metrics.alignment(pred, sens, pred, sens)
+    assert same["preds_diff"] == 0 and same["model_diff"] == 0
+    assert abs(same["model_cos"] - 1) < 1e-7  # 1e-8 is added to the norms (SPEC 5)
+    flipped = metrics.alignment(pred, sens, -pred, -2 * sens)
+    assert abs(flipped["model_cos"] + 1) < 1e-7
+    np.testing.assert_allclose(flipped["model_diff"], np.mean(3 * np.linalg.norm(sens, axis=1)))
+
+
+def test_interpolation_undoes_the_scale_ambiguity(rng):
+    """W_Q -> c W_Q, W_P -> W_P / c leaves the layer unchanged; the interpolation of such a rescaled
+    GD layer with GD is GD again (m = c)."""
+    d, N, c = 4, 7, 0.37
+    gd = baselines.gd_params(d, 1.3, N)
+    scaled = dict(gd, **{"layer0.attn.W_q": c * gd["layer0.attn.W_q"], "layer0.attn.W_p": gd["layer0.attn.W_p"] / c})
+    interp, m = metrics.interpolated_params(scaled, gd, d)
+    assert abs(m - c) < 1e-14
+    A, M = metrics.layer_products(interp)
+    A_gd, M_gd = metrics.layer_products(gd)
+    np.testing.assert_allclose(A, A_gd, atol=1e-14)
+    np.testing.assert_allclose(M, M_gd, atol=1e-14)
+
+
+@pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
+def test_gdpp_fit_through_numba_cpu_follows_the_oracle_fit(entries):
+    """fit_gdpp with the numba-cpu gradients (fig3 --backend numba-cpu) against the oracle's:
+    same batches, same Adam, gradients equal to rounding, so the scalars agree to ~1e-12."""
+    from kernels import get_backend
+    from refimpl.config import TaskConfig
+    from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
+    from iclgd.train import TrainConfig
+    task = TaskConfig(input_dim=4, num_context=6)
+    gdpp = GDPPConfig(steps_deep=25, batch=64, entries=entries)
+    ref = fit_gdpp(task, gdpp, TrainConfig(), 3, 4, False, 2.0)
+    fast = fit_gdpp(task, gdpp, TrainConfig(), 3, 4, False, 2.0, backend=get_backend("numba-cpu"))
+    assert ref[2] is None and fast[2] is None  # no evaluation set, no fit curve
+    assert np.any(np.abs(ref[0][:-1] - 2.0) > 1e-3)  # the fit moved the scalars
+    np.testing.assert_allclose(fast[0], ref[0], rtol=1e-10)
+    np.testing.assert_allclose(fast[1], ref[1], rtol=1e-10)
+
+
+def test_gdpp_config_rejects_unknown_entries():
+    from iclgd.gdpp_fit import GDPPConfig
+    with pytest.raises(ValueError, match="gdpp.entries"):
+        GDPPConfig(entries="wq")

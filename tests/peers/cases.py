@@ -1,0 +1,68 @@
+"""Configurations and checks shared by the cross-tests against autodiff (JAX, PyTorch).
+
+Each case has unequal sizes (B != T != D != K) and weights large enough that every nonlinearity
+(softmax, LayerNorm, GELU, clipping) is in play.
+"""
+import numpy as np
+
+from refimpl.config import ModelConfig
+from iclgd.interop.crosscheck import crosscheck_file
+from iclgd.interop.exchange import save_exchange
+from refimpl.model import model_forward
+
+B, T = 5, 7  # tasks, tokens (6 context + query)
+WEIGHT_SCALE = 0.8  # std = WEIGHT_SCALE / sqrt(fan_in)
+
+CASES = {
+    "lsa_1layer": ModelConfig(token_dim=5, num_layers=1, key_size=3),
+    "deep_lsa_clip": ModelConfig(token_dim=4, num_layers=3, num_heads=2, key_size=3, token_clip=0.8),
+    "softmax_2head_ln_mlp": ModelConfig(token_dim=4, num_layers=2, num_heads=2, key_size=3,
+                                        attention="softmax", layernorm=True, mlp=True),
+    "tied_lsa_ln_yupdate": ModelConfig(token_dim=4, num_layers=3, weight_tied=True, key_size=5,
+                                       layernorm=True, y_update=True, dampening=0.75,
+                                       include_query=True),
+    "sine_embed_input_mlp": ModelConfig(token_dim=2, num_layers=1, weight_tied=True, key_size=5,
+                                        embed_dim=6, input_mlp=True),
+}
+
+
+def make_data(cfg, rng):
+    tokens = rng.uniform(-1, 1, (B, T, cfg.token_dim))  # (B, T, D_in)
+    tokens[:, -1, -1] = 0.0  # the query's label slot
+    targets = rng.standard_normal(B)  # (B,)
+    return tokens, targets
+
+
+def assert_clipping_active(cfg, params, tokens):
+    """The clipping case must clip some entries (or it would not test clipping)."""
+    if cfg.token_clip > 0:
+        _, cache = model_forward(params, tokens, cfg)
+        clipped = sum(int((~lc["clip"]).sum()) for lc in cache["layers"])
+        assert clipped > 0, "no entry was clipped: the case does not exercise clipping"
+
+
+def export_and_check(tmp_path, cfg, params, tokens, targets, results):
+    """Write the peer's results, crosscheck them (must pass), then perturb each result in turn
+    (it must fail and be the only failing tensor)."""
+    for name, value in results.items():
+        assert np.all(np.isfinite(value)), name
+        if name.startswith("grads/") or name.endswith("grads"):
+            assert np.any(value != 0), f"{name}: all zero, the comparison would be vacuous"
+    assert_clipping_active(cfg, params, tokens)
+    path = tmp_path / "peer.npz"
+    save_exchange(path, cfg, params, tokens, targets, results)
+    report = crosscheck_file(path)
+    failing = [(t["name"], t["max_abs_err"]) for t in report["tensors"] if not t["passed"]]
+    assert report["passed"], f"peer and oracle differ: {failing}"
+    assert {t["name"] for t in report["tensors"]} == set(results)
+
+    for key in sorted(results):  # every tensor, one at a time
+        bad = dict(results)
+        value = np.array(results[key], dtype=np.float64)
+        flat = value.reshape(-1)
+        flat[int(np.argmax(np.abs(flat)))] *= 1 + 1e-7
+        bad[key] = value
+        save_exchange(path, cfg, params, tokens, targets, bad)
+        report = crosscheck_file(path)
+        assert not report["passed"], key
+        assert [t["name"] for t in report["tensors"] if not t["passed"]] == [key]
