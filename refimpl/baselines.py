@@ -17,14 +17,16 @@ def eta_grid(size=250, start=0.001, spacing=0.1):
 
 # ------------------------------------------------------------------------------------ GD (4.1)
 def gd_model_config(input_dim, steps=1, dampening=1.0, y_update=False, token_clip=0.0):
-    """One weight-tied LSA layer (H = 1, K = D) applied `steps` times: `steps` GD steps."""
+    """One weight-tied LSA layer (one head, K = D) applied `steps` times: `steps` GD steps."""
     D = input_dim + 1
     return ModelConfig(token_dim=D, num_layers=steps, weight_tied=True, key_size=D,
                        dampening=dampening, y_update=y_update, token_clip=token_clip)
 
 
 def gd_params(input_dim, eta, num_context, w0=None, dtype=np.float64):
-    """Proposition 1: W_Q = W_K = diag(1_d, 0); W_V[:d, d] = w_0, W_V[d, d] = -1; W_P[d, d] = eta/N.
+    """Proposition 1: W_Q = W_K = diag(1_d, 0); W_V[:d, d] = w_0, W_V[d, d] = -1; W_P[d, d] = eta/N,
+    so that W_KQ = W_q W_k^T = diag(1_d, 0) and W_PV = W_v W_p is zero but its last column,
+    W_PV[:, d] = (eta/N) (w_0, -1).
 
     Names as `refimpl.params` for `gd_model_config` (layer0 shared by every application).
     """
@@ -33,13 +35,13 @@ def gd_params(input_dim, eta, num_context, w0=None, dtype=np.float64):
     w0 = np.zeros(d) if w0 is None else np.asarray(w0, dtype=np.float64)
     if w0.shape != (d,):
         raise ValueError(f"w0: expected shape ({d},), got {w0.shape}")
-    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    x_part = np.diag(np.r_[np.ones(d), 0.0])  # (D, D): W_q = W_k, the projection onto the x part
     W_v = np.zeros((D, D))
     W_v[:d, d] = w0
     W_v[d, d] = -1.0
     W_p = np.zeros((D, D))
     W_p[d, d] = eta / N
-    return {"layer0.attn.W_q": W_qk.astype(dtype), "layer0.attn.W_k": W_qk.astype(dtype),
+    return {"layer0.attn.W_q": x_part.astype(dtype), "layer0.attn.W_k": x_part.astype(dtype),
             "layer0.attn.W_v": W_v.astype(dtype), "layer0.attn.W_p": W_p.astype(dtype)}
 
 
@@ -109,7 +111,8 @@ def gdpp_model_config(input_dim, num_layers, tied, token_clip=0.0):
 
 
 def gdpp_params(input_dim, etas, gammas, num_context, dtype=np.float64):
-    """Per layer l: W_Q = W_K = diag(1_d, 0), W_V = diag(1_d, -1), W_P = diag(-gamma_l 1_d, eta_l/N).
+    """Per layer l: W_Q = W_K = diag(1_d, 0), W_V = diag(1_d, -1), W_P = diag(-gamma_l 1_d, eta_l/N),
+    so W_KQ = diag(1_d, 0) and W_PV = W_v W_p = diag(-gamma_l 1_d, -eta_l/N).
 
     One (eta, gamma) pair gives the weight-tied model's single parameter set (layer0).
     """
@@ -117,12 +120,12 @@ def gdpp_params(input_dim, etas, gammas, num_context, dtype=np.float64):
     if etas.shape != gammas.shape or etas.ndim != 1:
         raise ValueError(f"etas, gammas: expected equal 1-D shapes, got {etas.shape} and {gammas.shape}")
     d, N = input_dim, num_context  # D = d + 1
-    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    x_part = np.diag(np.r_[np.ones(d), 0.0])  # (D, D): W_q = W_k, the projection onto the x part
     W_v = np.diag(np.r_[np.ones(d), -1.0])  # (D, D)
     params = {}
     for p, (eta, gamma) in enumerate(zip(etas, gammas)):
         W_p = np.diag(np.r_[-gamma * np.ones(d), eta / N])  # (D, D)
-        params.update({f"layer{p}.attn.W_q": W_qk.astype(dtype), f"layer{p}.attn.W_k": W_qk.astype(dtype),
+        params.update({f"layer{p}.attn.W_q": x_part.astype(dtype), f"layer{p}.attn.W_k": x_part.astype(dtype),
                        f"layer{p}.attn.W_v": W_v.astype(dtype), f"layer{p}.attn.W_p": W_p.astype(dtype)})
     return params
 
@@ -173,19 +176,19 @@ def gdpp_entries_params(input_dim, scalars, dtype=np.float64):
     and v_y = -1 where `scalars` has no such entry (the "wp" parametrisation)."""
     d, P = input_dim, len(scalars["p_x"])
     v_x, v_y = _gdpp_value_diag(scalars)  # (P,)
-    W_qk = np.diag(np.r_[np.ones(d), 0.0])  # (D, D)
+    x_part = np.diag(np.r_[np.ones(d), 0.0])  # (D, D): W_q = W_k, the projection onto the x part
     params = {}
     for p in range(P):
         W_v = np.diag(np.r_[v_x[p] * np.ones(d), v_y[p]])  # (D, D)
         W_p = np.diag(np.r_[scalars["p_x"][p] * np.ones(d), scalars["p_y"][p]])  # (D, D)
-        params.update({f"layer{p}.attn.W_q": W_qk.astype(dtype), f"layer{p}.attn.W_k": W_qk.astype(dtype),
+        params.update({f"layer{p}.attn.W_q": x_part.astype(dtype), f"layer{p}.attn.W_k": x_part.astype(dtype),
                        f"layer{p}.attn.W_v": W_v.astype(dtype), f"layer{p}.attn.W_p": W_p.astype(dtype)})
     return params
 
 
 def gdpp_entries_effective(scalars, num_context):
-    """(etas (P,), gammas (P,)) of the entries: the layer depends on W_P W_V = diag(p_x v_x 1_d, p_y v_y)
-    alone, which is diag(-gamma 1_d, -eta/N) in gdpp_params' form."""
+    """(etas (P,), gammas (P,)) of the entries: the layer depends on W_PV = W_v W_p = diag(v_x p_x 1_d,
+    v_y p_y) alone, which is diag(-gamma 1_d, -eta/N) in gdpp_params' form."""
     v_x, v_y = _gdpp_value_diag(scalars)  # (P,)
     return -num_context * scalars["p_y"] * v_y, -scalars["p_x"] * v_x
 

@@ -18,7 +18,7 @@ class ModelConfig:
     token_dim: int = 11  # D_in: width of an input token; d + 1 = 11 for linear regression
     num_layers: int = 1  # L: blocks (deep) or applications of one block (weight-tied)
     weight_tied: bool = False  # one block's parameters applied L times ("recurrent" in the paper)
-    num_heads: int = 1  # H
+    num_heads: int = 1  # attention heads per layer (nh in the shape legends)
     key_size: int = 11  # K (= value size); D for LSA, 20 for the copy layer, 40 for sine
     attention: str = "linear"  # "linear" (LSA, SPEC 2.1) or "softmax" (SPEC 2.2) in every layer
     first_layer_softmax: bool = False  # softmax in layer 0, `attention` after (copy experiment)

@@ -10,16 +10,19 @@ gradient entry: with h = 1e-6 the round-off of a difference is ~1e-9 absolute on
 an entry a hundred times smaller than its tensor's largest one is judged on the tensor's scale (a
 wrong backward is off by O(1) on the large entries and fails by orders of magnitude; the tests
 include a backward wrong by 1e-4 relative, which fails).
-Every check uses unequal sizes: T != D != K, H = 2.
+The checks: every op (refimpl.layers, refimpl.attention, the loss), whole models (refimpl.model,
+every parameter and the tokens) and single blocks (refimpl.block, every parameter of the block's
+set and its input H). Every check uses unequal sizes: T != D != K, num_heads = 2.
 """
 
 import numpy as np
 
 from . import attention, layers
+from .block import block_backward, block_forward
 from .config import ModelConfig
 from .loss import mse_backward, mse_forward
 from .model import model_backward, model_forward
-from .params import init_params
+from .params import fan_in_std, init_params, param_shapes
 
 STEP = 1e-6
 TOLERANCE = 1e-6  # SPEC 7: fail above
@@ -78,61 +81,67 @@ def check_function(name, forward, backward, inputs, rng, step=STEP):
 
 # ----------------------------------------------------------------------------------------------
 # operation checks: (name, forward(**inputs) -> out, backward(dout, inputs) -> grads, inputs)
-B, T, D, K, H = 3, 7, 5, 3, 2  # unequal sizes on purpose
+B, T, D, K, NUM_HEADS = 3, 7, 5, 3, 2  # unequal sizes on purpose
 
 
-def _op_checks(rng):
+def _op_pair(fwd, bwd, **kw):
+    """Wrap an op pair whose first argument is the input `x`, with parameters after."""
+    def forward(**inp):
+        return fwd(**inp, **kw)[0]
+
+    def backward(dout, inp):
+        _, cache = fwd(**inp, **kw)
+        dx, grads = bwd(dout, cache)
+        first = next(iter(inp))
+        return {first: dx, **grads}
+    return forward, backward
+
+
+def _attention_pair(fwd, bwd, **kw):
+    """Wrap an attention pair fwd(H, params, num_heads, ...): inputs H and W_q, W_k, W_v, W_p."""
+    def forward(H, **p):
+        return fwd(H, p, num_heads=NUM_HEADS, **kw)[0]
+
+    def backward(dout, inp):
+        p = {k: v for k, v in inp.items() if k != "H"}
+        _, cache = fwd(inp["H"], p, num_heads=NUM_HEADS, **kw)
+        dH, grads = bwd(dout, cache)
+        return {"H": dH, **grads}
+    return forward, backward
+
+
+def _layer_checks(rng, x3):
     r = rng.standard_normal
-    x3 = r((B, T, D))
-    attn_params = {"W_q": r((D, H * K)), "W_k": r((D, H * K)), "W_v": r((D, H * K)), "W_p": r((H * K, D))}
-
-    def pair(fwd, bwd, **kw):
-        """Wrap an op pair whose first argument is the input `x`/`H`, with parameters after."""
-        def forward(**inp):
-            return fwd(**inp, **kw)[0]
-
-        def backward(dout, inp):
-            _, cache = fwd(**inp, **kw)
-            dx, grads = bwd(dout, cache)
-            first = next(iter(inp))
-            return {first: dx, **grads}
-        return forward, backward
-
-    def attn(fwd, bwd, **kw):
-        def forward(H, **p):
-            return fwd(H, p, num_heads=2, **kw)[0]
-
-        def backward(dout, inp):
-            p = {k: v for k, v in inp.items() if k != "H"}
-            _, cache = fwd(inp["H"], p, num_heads=2, **kw)
-            dH, grads = bwd(dout, cache)
-            return {"H": dH, **grads}
-        return forward, backward
-
-    checks = [
-        ("linear", *pair(layers.linear_forward, layers.linear_backward),
+    return [
+        ("linear", *_op_pair(layers.linear_forward, layers.linear_backward),
          {"x": x3, "W": r((D, K)), "b": r(K)}),
-        ("linear_nobias", *pair(layers.linear_forward, layers.linear_backward),
+        ("linear_nobias", *_op_pair(layers.linear_forward, layers.linear_backward),
          {"x": x3, "W": r((D, K))}),
-        ("layernorm", *pair(layers.layernorm_forward, layers.layernorm_backward),
+        ("layernorm", *_op_pair(layers.layernorm_forward, layers.layernorm_backward),
          {"x": x3, "scale": r(D), "offset": r(D)}),
-        ("gelu", *pair(layers.gelu_forward, layers.gelu_backward), {"x": 2 * x3}),
-        ("mlp", *pair(layers.mlp_forward, layers.mlp_backward),
+        ("gelu", *_op_pair(layers.gelu_forward, layers.gelu_backward), {"x": 2 * x3}),
+        ("mlp", *_op_pair(layers.mlp_forward, layers.mlp_backward),
          {"x": x3, "W1": r((D, 4 * D)), "b1": r(4 * D), "W2": r((4 * D, D)), "b2": r(D)}),
-        ("posenc_concat", *pair(layers.posenc_concat_forward, layers.posenc_concat_backward, size=4),
+        ("posenc_concat", *_op_pair(layers.posenc_concat_forward, layers.posenc_concat_backward, size=4),
          {"x": x3}),
-        ("posenc_add", *pair(layers.posenc_add_forward, layers.posenc_add_backward), {"x": x3}),
-        ("token_clip", *pair(layers.clip_forward, layers.clip_backward, c=0.8), {"x": x3}),
-        ("lsa", *attn(attention.lsa_forward, attention.lsa_backward), {"H": x3, **attn_params}),
-        ("lsa_include_query", *attn(attention.lsa_forward, attention.lsa_backward, num_keys=T),
-         {"H": x3, **attn_params}),
-        ("softmax_attention", *attn(attention.softmax_attention_forward,
-                                    attention.softmax_attention_backward), {"H": x3, **attn_params}),
-        ("softmax_attention_causal", *attn(attention.softmax_attention_forward,
-                                           attention.softmax_attention_backward, causal=True),
-         {"H": x3, **attn_params}),
+        ("posenc_add", *_op_pair(layers.posenc_add_forward, layers.posenc_add_backward), {"x": x3}),
+        ("token_clip", *_op_pair(layers.clip_forward, layers.clip_backward, c=0.8), {"x": x3}),
     ]
 
+
+def _attention_checks(H, attn_params):
+    lsa = (attention.lsa_forward, attention.lsa_backward)
+    softmax = (attention.softmax_attention_forward, attention.softmax_attention_backward)
+    inputs = {"H": H, **attn_params}
+    return [
+        ("lsa", *_attention_pair(*lsa), inputs),
+        ("lsa_include_query", *_attention_pair(*lsa, num_keys=T), inputs),
+        ("softmax_attention", *_attention_pair(*softmax), inputs),
+        ("softmax_attention_causal", *_attention_pair(*softmax, causal=True), inputs),
+    ]
+
+
+def _mse_check(rng):
     def mse_fwd(y_hat, y):
         return np.array(mse_forward(y_hat, y)[0])
 
@@ -141,35 +150,39 @@ def _op_checks(rng):
         dy_hat = mse_backward(float(dout), cache)
         return {"y_hat": dy_hat, "y": -dy_hat}
 
-    checks.append(("mse_loss", mse_fwd, mse_bwd, {"y_hat": r(B), "y": r(B)}))
-    return checks
+    return "mse_loss", mse_fwd, mse_bwd, {"y_hat": rng.standard_normal(B), "y": rng.standard_normal(B)}
+
+
+def _op_checks(rng):
+    """Every op of refimpl.layers, refimpl.attention and refimpl.loss; inputs drawn in this order."""
+    r = rng.standard_normal
+    x3 = r((B, T, D))  # (B, T, D)
+    nhK = NUM_HEADS * K
+    attn_params = {"W_q": r((D, nhK)), "W_k": r((D, nhK)), "W_v": r((D, nhK)), "W_p": r((nhK, D))}
+    return _layer_checks(rng, x3) + _attention_checks(x3, attn_params) + [_mse_check(rng)]
 
 
 # ----------------------------------------------------------------------------------------------
 # whole-model checks: every parameter and the input tokens; the upstream gradient covers the
 # read-outs of every layer
+SIZES = dict(token_dim=D, key_size=K, num_heads=NUM_HEADS)  # the sizes every model check shares
 MODEL_CHECKS = {
-    "model_lsa_1layer": ModelConfig(token_dim=D, key_size=K, num_heads=H, init_scale=1.0),
-    "model_lsa_deep3_clip": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=3,
-                                        token_clip=1.5, init_scale=4.0),
-    "model_lsa_tied2_dampened": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=2,
-                                            weight_tied=True, dampening=0.75, init_scale=2.0),
-    "model_lsa_tied3_y_update": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=3,
-                                            weight_tied=True, dampening=0.75, y_update=True,
-                                            init_scale=3.0),
-    "model_softmax_2head_ln_mlp": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=2,
-                                              attention="softmax", layernorm=True, mlp=True,
-                                              init_scale=2.0),
-    "model_softmax_causal_preln": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=2,
-                                              attention="softmax", causal=True, layernorm=True,
-                                              ln_placement="pre", mlp=True, init_scale=2.0),
-    "model_first_softmax_posconcat": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=2,
-                                                 first_layer_softmax=True, pos_enc="concat",
-                                                 pos_enc_size=4, init_scale=2.0),
-    "model_tied_ln_public": ModelConfig(token_dim=D, key_size=K, num_heads=H, num_layers=2,
-                                        weight_tied=True, layernorm=True, init_scale=2.0),
-    "model_sine_embed_inputmlp": ModelConfig(token_dim=2, key_size=K, num_heads=H, embed_dim=6,
-                                             input_mlp=True, pos_enc="add", init_scale=0.5),
+    "model_lsa_1layer": ModelConfig(**SIZES, init_scale=1.0),
+    "model_lsa_deep3_clip": ModelConfig(**SIZES, num_layers=3, token_clip=1.5, init_scale=4.0),
+    "model_lsa_tied2_dampened": ModelConfig(**SIZES, num_layers=2, weight_tied=True, dampening=0.75,
+                                            init_scale=2.0),
+    "model_lsa_tied3_y_update": ModelConfig(**SIZES, num_layers=3, weight_tied=True, dampening=0.75,
+                                            y_update=True, init_scale=3.0),
+    "model_softmax_2head_ln_mlp": ModelConfig(**SIZES, num_layers=2, attention="softmax", layernorm=True,
+                                              mlp=True, init_scale=2.0),
+    "model_softmax_causal_preln": ModelConfig(**SIZES, num_layers=2, attention="softmax", causal=True,
+                                              layernorm=True, ln_placement="pre", mlp=True, init_scale=2.0),
+    "model_first_softmax_posconcat": ModelConfig(**SIZES, num_layers=2, first_layer_softmax=True,
+                                                 pos_enc="concat", pos_enc_size=4, init_scale=2.0),
+    "model_tied_ln_public": ModelConfig(**SIZES, num_layers=2, weight_tied=True, layernorm=True,
+                                        init_scale=2.0),
+    "model_sine_embed_inputmlp": ModelConfig(**{**SIZES, "token_dim": 2}, embed_dim=6, input_mlp=True,
+                                             pos_enc="add", init_scale=0.5),
 }
 
 
@@ -189,13 +202,81 @@ def _model_check(name, cfg, rng):
     return name, forward, backward, {"tokens": tokens, **params}
 
 
+def _model_checks(rng):
+    return [_model_check(n, c, rng) for n, c in MODEL_CHECKS.items()]
+
+
+# ----------------------------------------------------------------------------------------------
+# block checks: one block (refimpl.block) of a model, (cfg, layer); every parameter of its set and
+# the input H. Parameters are random (LayerNorm scales near 1, offsets and biases nonzero) so that
+# no backward term hides behind a 1 or a 0.
+BLOCK_CHECKS = {  # name: (cfg, layer); names fit the table's column of the op and model checks
+    "block_lsa_clip_yupdate_damp": (ModelConfig(**SIZES, token_clip=1.2, y_update=True, dampening=0.75,
+                                                init_scale=1.0), 0),
+    "block_softmax_causal_ln_mlp": (ModelConfig(**SIZES, attention="softmax", causal=True, layernorm=True,
+                                                ln_placement="pre", mlp=True, mlp_widening=3,
+                                                init_scale=1.0), 0),
+    "block_deep_layer1_ln_mlp": (ModelConfig(**SIZES, num_layers=2, layernorm=True, mlp=True,
+                                             include_query=True, init_scale=0.25), 1),  # query is a key
+    "block_tied_app2_ln_mlp": (ModelConfig(**SIZES, num_layers=3, weight_tied=True, layernorm=True,
+                                           mlp=True, init_scale=0.25), 2),
+}
+
+
+def block_check_params(cfg, layer, rng):
+    """Random parameters of the set application `layer` uses: weights N(0, fan_in_std(init_scale)^2),
+    LayerNorm scales 1 + N(0, 0.3^2), offsets and biases N(0, 0.3^2)."""
+    prefix = f"layer{cfg.param_layer(layer)}."
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if not name.startswith(prefix):
+            continue
+        leaf = name.rsplit(".", 1)[1]
+        z = rng.standard_normal(shape)
+        if leaf == "scale":
+            params[name] = 1.0 + 0.3 * z
+        elif leaf in ("offset", "b1", "b2"):
+            params[name] = 0.3 * z
+        else:
+            params[name] = fan_in_std(shape[0], cfg.init_scale) * z
+    return params
+
+
+def _block_check(name, cfg, layer, rng):
+    params = block_check_params(cfg, layer, rng)
+    H = rng.standard_normal((B, T, cfg.model_dim))  # (B, T, D)
+
+    def forward(H, **p):
+        return block_forward(H, p, cfg, layer)[0]
+
+    def backward(dout, inp):
+        p = {k: v for k, v in inp.items() if k != "H"}
+        _, cache = block_forward(inp["H"], p, cfg, layer)
+        dH, grads = block_backward(dout, cache)
+        return {"H": dH, **grads}
+
+    return name, forward, backward, {"H": H, **params}
+
+
+def _block_checks(rng):
+    return [_block_check(n, cfg, layer, rng) for n, (cfg, layer) in BLOCK_CHECKS.items()]
+
+
+# ----------------------------------------------------------------------------------------------
 def all_checks(rng):
-    return _op_checks(rng) + [_model_check(n, c, rng) for n, c in MODEL_CHECKS.items()]
+    """Every check as (name, forward, backward, inputs): ops, whole models, then blocks."""
+    return _op_checks(rng) + _model_checks(rng) + _block_checks(rng)
 
 
 def run_all(seed=0):
+    """Rows of check_function for every check, inputs and upstream gradients from Generator(seed).
+
+    The op and model checks draw their inputs first and run first; the block checks draw theirs
+    after that, so that the op and model rows are the same numbers with or without the block rows.
+    """
     rng = np.random.default_rng(seed)
     rows = []
-    for name, fwd, bwd, inputs in all_checks(rng):
-        rows += check_function(name, fwd, bwd, inputs, rng)
+    for group in (lambda r: _op_checks(r) + _model_checks(r), _block_checks):
+        for name, fwd, bwd, inputs in group(rng):
+            rows += check_function(name, fwd, bwd, inputs, rng)
     return rows

@@ -43,23 +43,28 @@ class Reference:
 
 # ------------------------------------------------------------------------------- interpolation
 def layer_products(params, layer=0):
-    """A = W_Q W_K^T (D, D) and M = W_V W_P (D, D) of one layer (heads summed)."""
+    """(W_KQ, W_PV), each (D, D), of one layer (heads summed): the paper's W_KQ = W_q W_k^T and
+    W_PV = W_v W_p, through which alone a one-head LSA layer acts."""
     p = f"layer{layer}.attn."
-    return params[p + "W_q"] @ params[p + "W_k"].T, params[p + "W_v"] @ params[p + "W_p"]
+    W_KQ = params[p + "W_q"] @ params[p + "W_k"].T  # (D, D)
+    W_PV = params[p + "W_v"] @ params[p + "W_p"]  # (D, D)
+    return W_KQ, W_PV
 
 
-def product_params(A, M):
-    """One-layer LSA weights (K = D) with W_Q W_K^T = A and W_V W_P = M: W_Q = A, W_K = W_P = I."""
-    I = np.eye(A.shape[0])
-    return {"layer0.attn.W_q": A, "layer0.attn.W_k": I, "layer0.attn.W_v": M, "layer0.attn.W_p": I}
+def product_params(W_KQ, W_PV):
+    """One-layer LSA weights (K = D) with W_q W_k^T = W_KQ and W_v W_p = W_PV: W_q = W_KQ,
+    W_k = W_p = I, W_v = W_PV."""
+    I = np.eye(W_KQ.shape[0])  # (D, D)
+    return {"layer0.attn.W_q": W_KQ, "layer0.attn.W_k": I, "layer0.attn.W_v": W_PV, "layer0.attn.W_p": I}
 
 
 def interpolated_params(params_tf, params_gd, input_dim):
-    """SPEC 5: m = mean of A's first d diagonal entries; A' = (A/m + A_GD)/2, M' = (m M + M_GD)/2."""
-    A, M = layer_products(params_tf)
-    A_gd, M_gd = layer_products(params_gd)
-    m = float(np.mean(np.diag(A)[:input_dim]))
-    return product_params((A / m + A_gd) / 2, (m * M + M_gd) / 2), m
+    """SPEC 5 (A = W_KQ, M = W_PV there): m = mean of W_KQ's first d diagonal entries;
+    W_KQ' = (W_KQ/m + W_KQ_GD)/2, W_PV' = (m W_PV + W_PV_GD)/2. Returns (params, m)."""
+    W_KQ, W_PV = layer_products(params_tf)  # (D, D) each
+    W_KQ_gd, W_PV_gd = layer_products(params_gd)  # (D, D) each
+    m = float(np.mean(np.diag(W_KQ)[:input_dim]))
+    return product_params((W_KQ / m + W_KQ_gd) / 2, (m * W_PV + W_PV_gd) / 2), m
 
 
 # --------------------------------------------------------------------------------- OOD curves

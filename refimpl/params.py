@@ -4,8 +4,8 @@ Names (p = parameter set: always 0 for a weight-tied model, the layer index for 
     embed.W                         (D_in', E)    linear embedding, no bias     [embed_dim > 0]
     input_mlp.{W1,b1,W2,b2}         E -> 4E -> E  residual input MLP            [input_mlp]
     layer{p}.ln1.{scale,offset}     (D,)          LayerNorm before attention    [where used]
-    layer{p}.attn.{W_q,W_k,W_v}     (D, H*K)
-    layer{p}.attn.W_p               (H*K, D)
+    layer{p}.attn.{W_q,W_k,W_v}     (D, nh*K)     nh = num_heads heads of key size K
+    layer{p}.attn.W_p               (nh*K, D)
     layer{p}.ln2.{scale,offset}     (D,)          LayerNorm before the MLP      [mlp and layernorm]
     layer{p}.mlp.{W1,b1,W2,b2}      D -> wD -> D                                [mlp]
 D_in' = token_dim (+ pos_enc_size when concatenated); D = model width. Weights are (in, out).
@@ -27,7 +27,7 @@ def num_param_sets(cfg):
 def param_shapes(cfg: ModelConfig):
     """Ordered {name: shape}: the single source of every parameter's name and shape."""
     shapes = {}
-    E, D, HK = cfg.embed_dim, cfg.model_dim, cfg.num_heads * cfg.key_size
+    E, D, nhK = cfg.embed_dim, cfg.model_dim, cfg.num_heads * cfg.key_size
     if E:
         shapes["embed.W"] = (cfg.front_dim, E)
     if cfg.input_mlp:
@@ -39,10 +39,10 @@ def param_shapes(cfg: ModelConfig):
         if any(cfg.layer_has_ln(l) for l in users):
             shapes[f"layer{p}.ln1.scale"] = (D,)
             shapes[f"layer{p}.ln1.offset"] = (D,)
-        shapes[f"layer{p}.attn.W_q"] = (D, HK)
-        shapes[f"layer{p}.attn.W_k"] = (D, HK)
-        shapes[f"layer{p}.attn.W_v"] = (D, HK)
-        shapes[f"layer{p}.attn.W_p"] = (HK, D)
+        shapes[f"layer{p}.attn.W_q"] = (D, nhK)
+        shapes[f"layer{p}.attn.W_k"] = (D, nhK)
+        shapes[f"layer{p}.attn.W_v"] = (D, nhK)
+        shapes[f"layer{p}.attn.W_p"] = (nhK, D)
         if cfg.mlp:
             F = cfg.mlp_widening * D
             if cfg.layernorm:
@@ -111,6 +111,12 @@ def check_params(params, cfg: ModelConfig):
     if len(dtypes) > 1:
         raise ValueError(f"params: mixed dtypes {sorted(map(str, dtypes))}")
     return params
+
+
+def params_under(params, prefix):
+    """The parameters under `prefix.` with the prefix stripped: {"W_q": ...} from "layer0.attn"."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in params.items() if k.startswith(prefix + ".")}
 
 
 def params_astype(params, dtype):

@@ -13,11 +13,9 @@ import pytest
 from tests.conftest import assert_close_to_oracle
 from kernels.cupy import build as cb
 from kernels.cupy import philox
+from refimpl.block import block_backward, block_forward
 from refimpl.config import AdamConfig, ModelConfig
-from refimpl.layers import clip_backward, clip_forward, layernorm_backward, layernorm_forward
-from refimpl.layers import mlp_backward, mlp_forward
 from refimpl.loss import loss_and_grads
-from refimpl.model import ATTENTION, _sub, y_update_mask
 from refimpl.optim import adam_update
 from refimpl.params import init_params
 
@@ -142,47 +140,12 @@ def test_model_step_task_math_matches_oracle_loss_and_grads(lib, rng, name, dtyp
 
 
 def oracle_block(cfg, layer, params, X, dXout):
-    """The oracle's layer-loop body of model_forward/model_backward for one layer."""
-    from refimpl import layers
-    p = f"layer{cfg.param_layer(layer)}"
-    lam, grads = cfg.dampening, {}
-    a_in = X
-    if cfg.layer_has_ln(layer):
-        a_in, c_ln1 = layernorm_forward(X, **_sub(params, p + ".ln1"))
-    kind = cfg.layer_attention(layer)
-    kw = {"causal": cfg.causal} if kind == "softmax" else {}
-    S = X.shape[1] if cfg.include_query else X.shape[1] - 1
-    a, c_attn = ATTENTION[kind][0](a_in, _sub(params, p + ".attn"), cfg.num_heads, S, **kw)
-    if cfg.y_update:
-        a = a * y_update_mask(a.shape[-1], a.dtype)
-    x = X + lam * a
-    if cfg.token_clip > 0:
-        x, c_clip = clip_forward(x, cfg.token_clip)
-    if cfg.mlp:
-        m_in = x
-        if cfg.layernorm:
-            m_in, c_ln2 = layernorm_forward(x, **_sub(params, p + ".ln2"))
-        m, c_mlp = mlp_forward(m_in, **_sub(params, p + ".mlp"))
-        x = x + lam * m
-    dx = dXout
-    if cfg.mlp:
-        dm_in, g = mlp_backward(lam * dx, c_mlp)
-        grads.update({f"mlp.{k}": v for k, v in g.items()})
-        if cfg.layernorm:
-            dm_in, g = layernorm_backward(dm_in, c_ln2)
-            grads.update({f"ln2.{k}": v for k, v in g.items()})
-        dx = dx + dm_in
-    if cfg.token_clip > 0:
-        dx, _ = clip_backward(dx, c_clip)
-    da = lam * dx
-    if cfg.y_update:
-        da = da * y_update_mask(da.shape[-1], da.dtype)
-    da_in, g = ATTENTION[kind][1](da, c_attn)
-    grads.update({f"attn.{k}": v for k, v in g.items()})
-    if cfg.layer_has_ln(layer):
-        da_in, g = layernorm_backward(da_in, c_ln1)
-        grads.update({f"ln1.{k}": v for k, v in g.items()})
-    return x, dx + da_in, grads
+    """The oracle's block pair (refimpl.block) for one layer: (output, input gradient, gradients
+    named within the block, e.g. "attn.W_q")."""
+    out, cache = block_forward(X, params, cfg, layer)
+    dX, grads = block_backward(dXout, cache)
+    prefix = f"layer{cfg.param_layer(layer)}."
+    return out, dX, {name[len(prefix):]: g for name, g in grads.items()}
 
 
 BLOCK_CONFIGS = {
