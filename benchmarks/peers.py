@@ -4,13 +4,21 @@ backend; the tests check them against the oracle (tests/peers/test_peers.py).
 
 Model: the attention-only transformer of refimpl/model.py (linear or softmax attention per layer,
 H heads, tied or deep, dampening, y_update, token clipping, include_query) -- what model_step.cu
-fuses. Step: the batch (drawn on the device with the framework's own generator, SPEC 1.1 law),
-loss mean 0.5 (y_hat - y)^2, gradients by autodiff, global-norm clipping, Adam with bias
-correction (refimpl/optim.py). Parameters are dicts named as refimpl.params.param_shapes.
+fuses; written once, in tests/peers/jax_model.py and tests/peers/torch_model.py, which the
+cross-tests against autodiff use too. Step: the batch (drawn on the device with the framework's
+own generator, SPEC 1.1 law), loss mean 0.5 (y_hat - y)^2, gradients by autodiff, global-norm
+clipping, Adam with bias correction (refimpl/optim.py). Parameters are dicts named as refimpl.params.param_shapes.
 """
+import os
+import sys
+
 import numpy as np
 
-from kernels.cupy.build import model_step_unsupported
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # the model lives in tests/peers/, a package of the repository root
+    sys.path.insert(0, REPO_ROOT)
+from kernels.cupy.build import model_step_unsupported  # noqa: E402
+from tests.peers.weights import from_refimpl  # noqa: E402
 
 
 def _check(cfg):
@@ -29,8 +37,9 @@ class JaxPeer:
                  weight_scale=1.0, dtype=np.float32, device=None):
         import jax
         import jax.numpy as jnp
+        from tests.peers import jax_model
         _check(cfg)
-        self.jax, self.jnp, self.cfg, self.adam_cfg = jax, jnp, cfg, adam_cfg
+        self.jax, self.jnp, self.model, self.cfg, self.adam_cfg = jax, jnp, jax_model, cfg, adam_cfg
         self.dtype = np.dtype(dtype)
         self.device = device or jax.devices()[0]
         self.task = (batch, num_context, input_dim, input_range, weight_scale)
@@ -39,33 +48,8 @@ class JaxPeer:
         self.train_loop = jax.jit(self._train_loop, static_argnums=(1,))
 
     def forward(self, params, tokens):
-        jnp, cfg = self.jnp, self.cfg
-        x = tokens
-        B, T, D = x.shape
-        S = T if cfg.include_query else T - 1
-        H, K = cfg.num_heads, cfg.key_size
-        mask = jnp.zeros(D, x.dtype).at[-1].set(1) if cfg.y_update else None
-        readouts = []
-        for l in range(cfg.num_layers):
-            p = f"layer{cfg.param_layer(l)}.attn."
-            q = (x @ params[p + "W_q"]).reshape(B, T, H, K)
-            k = (x[:, :S] @ params[p + "W_k"]).reshape(B, S, H, K)
-            v = (x[:, :S] @ params[p + "W_v"]).reshape(B, S, H, K)
-            a = jnp.einsum("bthk,bshk->bhts", q, k)
-            if cfg.layer_attention(l) == "softmax":
-                a = a / jnp.sqrt(jnp.asarray(K, x.dtype))
-                if cfg.causal:
-                    a = jnp.where(jnp.arange(S)[None, :] <= jnp.arange(T)[:, None], a, -jnp.inf)
-                a = self.jax.nn.softmax(a, axis=-1)
-            o = jnp.einsum("bhts,bshk->bthk", a, v).reshape(B, T, H * K)
-            u = o @ params[p + "W_p"]
-            if mask is not None:
-                u = u * mask
-            x = x + cfg.dampening * u
-            if cfg.token_clip > 0:
-                x = jnp.clip(x, -cfg.token_clip, cfg.token_clip)
-            readouts.append(-x[:, -1, -1])
-        return jnp.stack(readouts)
+        """Readouts (L, B) of tests/peers/jax_model.py over refimpl's parameter names."""
+        return self.model.readouts(from_refimpl(params, self.cfg), tokens, self.cfg)
 
     def loss(self, params, tokens, y):
         r = self.forward(params, tokens)[-1] - y
@@ -145,42 +129,18 @@ class TorchPeer:
     def __init__(self, cfg, adam_cfg, batch=2048, num_context=10, input_dim=10, input_range=1.0,
                  weight_scale=1.0, dtype=np.float32, device="cpu", compile=False):
         import torch
+        from tests.peers import torch_model
         _check(cfg)
-        self.torch, self.cfg, self.adam_cfg, self.device = torch, cfg, adam_cfg, torch.device(device)
+        self.torch, self.model, self.cfg, self.adam_cfg = torch, torch_model, cfg, adam_cfg
+        self.device = torch.device(device)
         self.dtype = {np.dtype(np.float32): torch.float32,
                       np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
         self.task = (batch, num_context, input_dim, input_range, weight_scale)
         self.step_fn = torch.compile(self._train_step) if compile else self._train_step
 
     def forward(self, params, tokens):
-        torch, cfg = self.torch, self.cfg
-        x = tokens
-        B, T, D = x.shape
-        S = T if cfg.include_query else T - 1
-        H, K = cfg.num_heads, cfg.key_size
-        readouts = []
-        for l in range(cfg.num_layers):
-            p = f"layer{cfg.param_layer(l)}.attn."
-            q = (x @ params[p + "W_q"]).reshape(B, T, H, K).transpose(1, 2)  # (B, H, T, K)
-            k = (x[:, :S] @ params[p + "W_k"]).reshape(B, S, H, K).transpose(1, 2)
-            v = (x[:, :S] @ params[p + "W_v"]).reshape(B, S, H, K).transpose(1, 2)
-            a = q @ k.transpose(-1, -2)  # (B, H, T, S)
-            if cfg.layer_attention(l) == "softmax":
-                a = a / float(np.sqrt(K))
-                if cfg.causal:
-                    keys = torch.arange(S, device=x.device)
-                    vis = keys[None, :] <= torch.arange(T, device=x.device)[:, None]  # (T, S)
-                    a = a.masked_fill(~vis, float("-inf"))
-                a = torch.softmax(a, dim=-1)
-            o = (a @ v).transpose(1, 2).reshape(B, T, H * K)
-            u = o @ params[p + "W_p"]
-            if cfg.y_update:
-                u = torch.cat([torch.zeros_like(u[..., :-1]), u[..., -1:]], dim=-1)
-            x = x + cfg.dampening * u
-            if cfg.token_clip > 0:
-                x = x.clamp(-cfg.token_clip, cfg.token_clip)
-            readouts.append(-x[:, -1, -1])
-        return torch.stack(readouts)
+        """Readouts (L, B) of tests/peers/torch_model.py over refimpl's parameter names."""
+        return self.model.readouts(from_refimpl(params, self.cfg), tokens, self.cfg)
 
     def loss(self, params, tokens, y):
         r = self.forward(params, tokens)[-1] - y
