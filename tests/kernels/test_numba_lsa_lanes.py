@@ -1,0 +1,73 @@
+"""The lane-tuple products of the linear-self-attention kernel (kernels/numba/lsa_lanes.py) against
+einsum, lane by lane: uneven shapes, partial row counts, accumulation, and NaN-poisoned outputs."""
+import numpy as np
+import pytest
+
+from kernels.numba import lsa_lanes
+from kernels.numba.lsa_lanes import LANES
+
+ROWS, D, USED = 7, 5, 4  # all different; products read only the first USED rows
+
+
+def lane_arrays(rng, dtype):
+    X = rng.standard_normal((ROWS, D, LANES)).astype(dtype)  # (rows, D, LANES)
+    Y = rng.standard_normal((ROWS, D, LANES)).astype(dtype)  # (rows, D, LANES)
+    A = rng.standard_normal((D, D, LANES)).astype(dtype)  # (D, D, LANES) per task
+    W = rng.standard_normal((D, D)).astype(dtype)  # (D, D) shared
+    return X, Y, A, W
+
+
+def rtol(dtype):
+    return 1e-12 if dtype == np.float64 else 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_mul_shared_and_mul_lanes_match_einsum(dtype, accumulate, rng):
+    X, _, A, W = lane_arrays(rng, dtype)
+    start = rng.standard_normal((ROWS, D, LANES)).astype(dtype)  # (rows, D, LANES)
+    with lsa_lanes.slp_vectorizer():
+        for product, want in ((lsa_lanes.mul_shared, np.einsum("tin,ik->tkn", X[:USED], W)),
+                              (lsa_lanes.mul_lanes, np.einsum("tin,ikn->tkn", X[:USED], A))):
+            out = start.copy() if accumulate else np.full_like(start, np.nan)
+            product(X, USED, W if product is lsa_lanes.mul_shared else A, out, accumulate)
+            if accumulate:
+                want = want + start[:USED]
+            np.testing.assert_allclose(out[:USED], want, rtol=rtol(dtype), atol=rtol(dtype))
+            if accumulate:  # rows past USED are left as they were
+                np.testing.assert_array_equal(out[USED:], start[USED:])
+            else:
+                assert np.isnan(out[USED:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_add_at_b_and_gram_match_einsum(dtype, rng):
+    X, Y, A, _ = lane_arrays(rng, dtype)
+    G = A.copy()
+    with lsa_lanes.slp_vectorizer():
+        lsa_lanes.add_at_b(X, Y, USED, G)
+        gram = np.full((D, D, LANES), np.nan, dtype)
+        lsa_lanes.gram(X, USED, gram)
+    want_g = A + np.einsum("tin,tkn->ikn", X[:USED], Y[:USED])
+    np.testing.assert_allclose(G, want_g, rtol=rtol(dtype), atol=rtol(dtype))
+    want_gram = np.einsum("sin,skn->ikn", X[:USED], X[:USED])  # (D, D, LANES)
+    np.testing.assert_allclose(gram, want_gram, rtol=rtol(dtype))
+    np.testing.assert_array_equal(gram, gram.transpose(1, 0, 2))  # mirrored exactly
+
+
+def test_lanes_do_not_mix(rng):
+    """A task in one lane changes only that lane's products."""
+    X, _, A, _ = lane_arrays(rng, np.float64)
+    outs = []
+    for X_ in (X, X.copy()):
+        if outs:
+            X_[:, :, 3] += 1.0
+        out = np.empty((ROWS, D, LANES))
+        gram = np.empty((D, D, LANES))
+        with lsa_lanes.slp_vectorizer():
+            lsa_lanes.mul_lanes(X_, ROWS, A, out, False)
+            lsa_lanes.gram(X_, ROWS, gram)
+        outs.append((out, gram))
+    for before, after in zip(*outs):
+        changed = np.any(before != after, axis=tuple(range(before.ndim - 1)))  # (LANES,)
+        assert changed.tolist() == [j == 3 for j in range(LANES)]
