@@ -9,7 +9,9 @@ Every backend is a module exposing the same functions as the oracle, on its own 
     loss_and_grads(params, tokens, y, cfg) -> (loss, per_layer_losses (L,), grads)
     adam_init(params) -> state; adam_update(params, grads, state, adam_cfg) -> (params, state, norm)
     train_step(params, state, tokens, y, cfg, adam_cfg) -> (params, state, loss)
-and `availability()` -> (available: bool, reason: str) without importing heavy dependencies twice.
+and `availability()` -> (available: bool, reason: str) without importing heavy dependencies twice;
+optional: linear_regression_tasks (a faster drawer of refimpl.data's batches). The signatures are
+written down once in kernels/interface.py (tests/kernels/test_interface.py checks every backend).
 """
 import importlib
 

@@ -12,7 +12,7 @@ Two paths, same numbers:
   front end): the oracle's own vectorised code on CuPy arrays (cuBLAS batched products); see also
   the `cupy-unfused` backend, which uses it for everything (the baseline the kernels must beat).
 Parameters stay dicts of CuPy arrays in the interface; the kernels see one packed vector in
-refimpl.params.param_shapes order (kernels/cupy/build.py pack/unpack).
+refimpl.params.param_shapes order (kernels/params.py pack/unpack).
 """
 import contextlib
 import functools
@@ -264,94 +264,5 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     return cb.unpack(vec, cfg), new_state, buf.stats[cfg.num_layers - 1]
 
 
-# ----------------------------------------------------------------------------------------------
-class GraphTrainer:
-    """Online training on device-drawn tasks (SPEC 1.1), one model_step launch per step, captured
-    once as a CUDA graph and replayed; nothing crosses to the host except logged losses.
-
-    The batch of step t (t = Adam steps done so far, kept on the device) is drawn with Philox from
-    (seed, t), so the run is reproducible and independent of the graph: `use_graph=False` launches
-    the same kernel eagerly and gives the same numbers.
-    """
-
-    def __init__(self, params, cfg, adam_cfg, batch, seed, num_context=10, input_dim=10,
-                 input_range=1.0, weight_scale=1.0, dtype=np.float32, use_graph=True):
-        cp = _cp()
-        if fused_path(cfg) != "model_step":
-            raise ValueError(f"cfg: GraphTrainer needs an attention-only model "
-                             f"({cb.model_step_unsupported(cfg)} is not fused in one launch)")
-        if cfg.token_dim != input_dim + 1:
-            raise ValueError(f"cfg.token_dim: expected input_dim + 1 = {input_dim + 1}, got {cfg.token_dim}")
-        self.cfg, self.adam_cfg, self.dtype = cfg, adam_cfg, np.dtype(dtype)
-        self.buf = StepBuffers(cfg, batch, num_context + 1, dtype, d_draw=input_dim)
-        self.vec = cb.pack({k: cp.asarray(v) for k, v in params.items()}, cfg, cp).astype(dtype)  # (P,)
-        self.m = cp.zeros_like(self.vec)
-        self.v = cp.zeros_like(self.vec)
-        self.step_dev = cp.zeros(1, cp.int32)
-        self.draw = (int(seed), int(num_context), int(input_dim), float(input_range), float(weight_scale))
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        self.graph = None
-        self.steps_done = 0
-        # warm-up (compiles and loads the kernel): gradients only, the state is not touched
-        self._launch(apply=0)
-        self.stream.synchronize()
-        if use_graph:
-            with self.stream:
-                self.stream.begin_capture()
-                self._launch(apply=1)
-                self.graph = self.stream.end_capture()
-            self.graph.upload(self.stream)
-
-    def _launch(self, apply):
-        self.buf.launch_step(self.vec, None, None, self.draw, None, apply, self.m, self.v,
-                             self.step_dev, self.adam_cfg, stream=self.stream)
-
-    def step(self):
-        if self.graph is not None:
-            self.graph.launch(self.stream)
-        else:
-            self._launch(apply=1)
-        self.steps_done += 1
-
-    def run(self, num_steps, log_every=0):
-        """Take num_steps steps; returns [(step, loss)] read back every log_every steps (0: none)."""
-        log = []
-        for i in range(num_steps):
-            self.step()
-            if log_every and (i + 1) % log_every == 0:
-                log.append((self.steps_done, self.loss()))
-        return log
-
-    def loss(self):
-        """The loss of the last step's batch (before its update): synchronises."""
-        self.stream.synchronize()
-        return float(to_numpy(self.buf.stats)[self.cfg.num_layers - 1])
-
-    def synchronize(self):
-        self.stream.synchronize()
-
-    def params(self):
-        """The current parameters as a dict of NumPy arrays."""
-        self.stream.synchronize()
-        return {k: v.copy() for k, v in cb.unpack(to_numpy(self.vec), self.cfg).items()}
-
-    def adam_state(self):
-        self.stream.synchronize()
-        return {"t": int(to_numpy(self.step_dev)[0]), "m": cb.unpack(to_numpy(self.m), self.cfg),
-                "v": cb.unpack(to_numpy(self.v), self.cfg)}
-
-
-def draw_tasks(seed, step, batch, num_context=10, input_dim=10, input_range=1.0, weight_scale=1.0,
-               dtype=np.float32):
-    """The device's task batch at (seed, step): tokens (B, N+1, d+1), targets (B,) on the device;
-    equal to kernels.cupy.philox.linear_regression_tasks (its host mirror)."""
-    cp = _cp()
-    B, N, d = batch, num_context, input_dim
-    tokens = cp.full((B, N + 1, d + 1), np.nan, dtype)
-    targets = cp.full(B, np.nan, dtype)
-    warps = 4
-    kernel("tasks.cu", "draw_tasks", dtype)(
-        (-(-B // warps),), (32 * warps,),
-        cb.draw_tasks_args(seed, step, B, N, d, input_range, weight_scale, tokens, targets),
-        shared_mem=warps * d * 8)
-    return tokens, targets
+# device-drawn tasks and the CUDA-graph trainer (kernels/cupy/graph.py), importable from here
+from kernels.cupy.graph import GraphTrainer, draw_tasks  # noqa: E402,F401

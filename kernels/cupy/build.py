@@ -6,68 +6,19 @@ Everything here is plain Python/NumPy so that CI checks it without a device; ker
 launches with it. Sizes mirror the `*_workspace` / `*_layout` functions of the .cu sources (the
 CPU tests compile those sources with g++ and compare).
 """
-import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.params import param_offsets, param_shapes
+from kernels.cupy.sources import (CUDA_DIR, KERNELS, REAL_TYPES, compile_options,  # noqa: F401
+                                  kernel_signature, name_expressions, real_type, source)
+from kernels.params import pack, param_offsets, unpack  # noqa: F401  (the one packed layout)
 
-CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
-
-# source -> the templated kernels it defines (each instantiated for float and double)
-KERNELS = {
-    "tasks.cu": ("draw_tasks",),
-    "model_step.cu": ("model_step",),
-    "block.cu": ("block_forward", "block_backward"),
-    "adam.cu": ("adam_sumsq", "adam_apply"),
-}
-REAL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 SMEM_DEFAULT = 48 * 1024  # dynamic shared memory per block without the opt-in attribute
 SMEM_LIMIT = 96 * 1024  # with it (the launcher sets it above SMEM_DEFAULT): fits sm_80 .. sm_90,
 #                         leaving room for the kernels' few KB of static shared memory
 MAX_WARPS_PER_BLOCK = 8  # the kernels' static scratch holds 256 threads
 TARGET_WARPS = 1024  # ~8 resident warps on each of ~132 SMs: tasks per warp = ceil(B / this)
-
-
-def source(name):
-    """The text of kernels/cupy/cuda/`name` with its local #include "x.cuh" headers inlined (once each),
-    so that the text handed to NVRTC (and CuPy's compile cache key) is the whole program."""
-    if name not in KERNELS:
-        raise ValueError(f"name: expected one of {sorted(KERNELS)}, got {name!r}")
-    return _inline(name, set())
-
-
-def _inline(name, seen):
-    with open(os.path.join(CUDA_DIR, name)) as f:
-        text = f.read()
-    out = []
-    for line in text.splitlines():
-        m = re.match(r'\s*#include "([\w.]+)"', line)
-        if m:
-            if m.group(1) not in seen:
-                seen.add(m.group(1))
-                out.append(_inline(m.group(1), seen))
-        elif line.strip() != "#pragma once":
-            out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def compile_options(arch=None):
-    """NVRTC options as CuPy's RawModule passes them (it adds -arch=sm_XX and -ftz=true itself)."""
-    return ("-std=c++17",) + ((f"-arch=sm_{arch}", "-ftz=true") if arch is not None else ())
-
-
-def name_expressions(src_name, dtypes=(np.float32, np.float64)):
-    return [f"{k}<{REAL_TYPES[np.dtype(dt)]}>" for k in KERNELS[src_name] for dt in dtypes]
-
-
-def real_type(dtype):
-    dt = np.dtype(dtype)
-    if dt not in REAL_TYPES:
-        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
-    return REAL_TYPES[dt]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,24 +202,11 @@ def adam_launch(n):
 
 
 # ----------------------------------------------------------------------------------------------
-# the packed parameter vector: refimpl.params.param_shapes order
+# the packed parameter vector (kernels/params.py pack/unpack): refimpl.params.param_shapes order
 def set_offset(cfg, p):
     """Offset of parameter set p (`layer{p}.` prefix): its entries are contiguous."""
     offs, _ = param_offsets(cfg)
     return min(o for name, (o, _) in offs.items() if name.startswith(f"layer{p}."))
-
-
-def pack(params, cfg, xp=np):
-    """dict -> one vector in param_shapes order (xp: numpy or cupy)."""
-    return xp.concatenate([xp.ravel(params[name]) for name in param_shapes(cfg)])
-
-
-def unpack(vector, cfg):
-    """One vector -> dict of views, in param_shapes order."""
-    offs, n = param_offsets(cfg)
-    if vector.shape != (n,):
-        raise ValueError(f"vector: expected shape ({n},) for this config, got {vector.shape}")
-    return {name: vector[o:o + int(np.prod(s))].reshape(s) for name, (o, s) in offs.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,24 +258,6 @@ def adam_sumsq_args(n, g, block_sums):
 def adam_apply_args(n, params, m, v, g, block_sums, step, ticket, norm_out, adam_cfg):
     return (I32(n), params, m, v, g, block_sums, step, ticket, norm_out, F64(adam_cfg.lr),
             F64(adam_cfg.b1), F64(adam_cfg.b2), F64(adam_cfg.eps), F64(adam_cfg.grad_clip))
-
-
-# ----------------------------------------------------------------------------------------------
-def kernel_signature(src, kernel_name):
-    """[(C type, name)] of the parameters of `kernel_name` in kernels/cupy/cuda/`src`, macros expanded,
-    `const` and `__restrict__` dropped (pointer types end in '*')."""
-    text = source(src)
-    for name, body in re.findall(r"#define (\w+_ARGS)\s*\\\n((?:.*\\\n)*.*)\n", text):
-        text = text.replace(name, body.replace("\\\n", " "))
-    text = re.sub(r"//[^\n]*", "", text)
-    m = re.search(r"__global__ void " + kernel_name + r"\s*\((.*?)\)\s*\{", text, re.S)
-    if m is None:
-        raise ValueError(f"kernel_name: {kernel_name!r} is not a kernel of {src}")
-    params = []
-    for p in m.group(1).split(","):
-        p = p.replace("__restrict__", "").replace("const ", "").split()
-        params.append((" ".join(p[:-1]) + ("*" if p[-1].startswith("*") else ""), p[-1].lstrip("*")))
-    return params
 
 
 # ----------------------------------------------------------------------------------------------

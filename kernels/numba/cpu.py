@@ -14,14 +14,12 @@ Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks 
                        (model_backward); forward + MSE gradient + backward (loss_and_grads,
                        train_step). One kernel, so Numba compiles the per-task code once per dtype.
     reduce_rows        parameter gradients: sum of the per-chunk rows in chunk order
-    adam_kernel        global-norm clipping and Adam on the flat parameter vector
+    adam_kernel        global-norm clipping and Adam on the flat parameter vector (kernels/numba/adam.py)
 Determinism: a chunk's tasks accumulate into the chunk's own gradient row in task order, and rows
 are summed in chunk order; chunks are fixed by B alone (not by the thread count), so every run
 gives the same bits. model_forward keeps no activations: model_backward recomputes them per task
 (cheaper than storing (B, L, ...) caches).
 """
-import math
-
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
@@ -34,10 +32,11 @@ from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
 from kernels.numba import lsa as numba_lsa
+from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
-from kernels.numba.layout import (I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan,
-                           param_offsets)
+from kernels.numba.layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan
 from kernels.numba.model import task_backward, task_forward, task_loss_backward
+from kernels.params import pack, pack_like, unpack, unpack_like
 
 name = "numba-cpu"
 MAX_CHUNKS = 64  # per-chunk gradient rows; B / MAX_CHUNKS tasks per chunk (at least 1)
@@ -123,31 +122,7 @@ def sum_squares(g):
     return acc
 
 
-@njit(cache=True)
-def adam_kernel(p, g, m, v, hyper):
-    """Adam in place on flat vectors; hyper (dtype): b1, 1-b1, b2, 1-b2, bc1, bc2, eps, lr, clip factor."""
-    for i in range(p.shape[0]):
-        gi = g[i] * hyper[8]
-        m[i] = hyper[0] * m[i] + hyper[1] * gi
-        v[i] = hyper[2] * v[i] + hyper[3] * (gi * gi)
-        step = (m[i] / hyper[4]) / (np.sqrt(v[i] / hyper[5]) + hyper[6])
-        p[i] = p[i] - hyper[7] * step
-
-
 # ----------------------------------------------------------------------------------------------
-def pack(params, cfg):
-    """Flat vector in param_shapes order (refimpl.params.flatten)."""
-    offs, total = param_offsets(cfg)
-    first = params[next(iter(offs))]
-    return np.concatenate([np.ravel(params[n]) for n in offs]).astype(first.dtype, copy=False)
-
-
-def unpack(vector, cfg):
-    """{name: view of `vector`} in param_shapes order."""
-    offs, _ = param_offsets(cfg)
-    return {n: vector[o:o + math.prod(s)].reshape(s) for n, (o, s) in offs.items()}
-
-
 class _Plan:
     """Everything a kernel needs for one (cfg, T, B, dtype), built once and reused."""
 
@@ -244,34 +219,11 @@ def loss_and_grads(params, tokens, y, cfg):
     return loss, per_layer, unpack(g, cfg)
 
 
-def adam_hyper(adam_cfg, t, norm, dtype):
-    """The Adam scalars in the parameters' dtype, as refimpl.optim computes them; the last one is the
-    global-norm clipping factor (exactly 1 when not clipping: g * 1 = g)."""
-    bc1, bc2 = 1.0 - adam_cfg.b1**t, 1.0 - adam_cfg.b2**t
-    c = adam_cfg.grad_clip
-    factor = c / norm if (c > 0 and norm > c) else 1.0
-    return np.array([adam_cfg.b1, 1.0 - adam_cfg.b1, adam_cfg.b2, 1.0 - adam_cfg.b2, bc1, bc2,
-                     adam_cfg.eps, adam_cfg.lr, factor], dtype=dtype)
-
-
 def adam_flat(pv, g, m, v, t, adam_cfg: AdamConfig):
     """In-place Adam with global-norm clipping on flat vectors; returns the norm before clipping."""
     norm = float(np.sqrt(sum_squares(g)))
-    adam_kernel(pv, g, m, v, adam_hyper(adam_cfg, t, norm, pv.dtype))
+    adam_kernel(pv, g, m, v, adam_hyper(adam_cfg, t, pv.dtype, clip_factor(adam_cfg, norm)))
     return norm
-
-
-def _flat_like(arrays, like, dtype):
-    return np.concatenate([np.ravel(arrays[k]) for k in like]).astype(dtype, copy=False)
-
-
-def _split_like(vector, like):
-    """{name: view of vector} with the names and shapes of `like` (in its order)."""
-    out, i = {}, 0
-    for k, a in like.items():
-        out[k] = vector[i:i + a.size].reshape(a.shape)
-        i += a.size
-    return out
 
 
 def adam_update(params, grads, state, adam_cfg: AdamConfig):
@@ -281,14 +233,14 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
     for k, g in grads.items():
         check_array(f"grads[{k!r}]", g, shape=params[k].shape)
     dtype = next(iter(params.values())).dtype
-    pv = _flat_like(params, params, dtype).copy()
-    g = _flat_like(grads, params, dtype)
-    m = _flat_like(state["m"], params, dtype).copy()
-    v = _flat_like(state["v"], params, dtype).copy()
+    pv = pack_like(params, params).astype(dtype, copy=False).copy()
+    g = pack_like(grads, params).astype(dtype, copy=False)
+    m = pack_like(state["m"], params).astype(dtype, copy=False).copy()
+    v = pack_like(state["v"], params).astype(dtype, copy=False).copy()
     t = state["t"] + 1
     norm = adam_flat(pv, g, m, v, t, adam_cfg)
-    new_state = {"t": t, "m": _split_like(m, params), "v": _split_like(v, params)}
-    return _split_like(pv, params), new_state, norm
+    new_state = {"t": t, "m": unpack_like(m, params), "v": unpack_like(v, params)}
+    return unpack_like(pv, params), new_state, norm
 
 
 def train_step(params, state, tokens, y, cfg, adam_cfg):

@@ -8,22 +8,10 @@ Parameters and the Adam moments live in one flat device vector each; the {name: 
 backend hands out are `DeviceParams`, whose values are views of that vector, so a training step
 does no packing and no host round trip except the scalar loss it returns.
 
-Kernels (launch shapes):
-    task_kernel       one thread per task (blocks of TPB threads): the per-task forward/backward of
-                      kernels/numba/model.py (the very functions numba-cpu runs), each task writing
-                      its own gradient row G[b] (B, P) and workspace; no atomics
-    reduce_kernel     column sums of a (R, P) row block in groups of GROUP rows, each group summed in
-                      row order; applied until one row is left: a fixed-order tree (deterministic)
-    norm_kernel       one block of NORM_TPB threads: strided partial sums then a shared-memory tree,
-                      float64 (the global gradient norm), and the clipping factor
-    adam_kernel       one thread per parameter: clipping, then Adam
-Under NUMBA_ENABLE_CUDASIM=1 the simulator cannot pass its arrays to the compiled per-task
-functions, so task_kernel there unwraps them to NumPy; every other kernel runs as written.
+Kernels: kernels/numba/gpu_kernels.py (launch shapes there).
 """
-import math
-
 import numpy as np
-from numba import cuda, float64
+from numba import cuda
 
 from refimpl.config import AdamConfig
 from refimpl.model import check_tokens
@@ -31,127 +19,22 @@ from refimpl.params import check_params, param_shapes
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array
 
-from kernels.numba.layout import (I_NP, I_W_SIZE, build_constants, build_layout, cached_plan, build_posenc,
-                           param_offsets)
+from kernels.numba.adam import adam_hyper
+from kernels.numba.gpu_kernels import (GROUP, MODE_BACKWARD, MODE_FORWARD, MODE_LOSS, NORM_TPB, TPB,
+                                       simulated, kernels)
+from kernels.numba.layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan
+from kernels.params import pack, pack_like, unpack, unpack_like
 
 name = "numba-cuda"
-TPB = 64  # threads per block for task_kernel (one task per thread)
-GROUP = 32  # rows summed per thread in one reduction pass
-NORM_TPB = 256
-
-MODE_FORWARD, MODE_BACKWARD, MODE_LOSS = 0, 1, 2
 
 
 def availability():
     try:
         if cuda.is_available():
-            return True, "Numba CUDA kernels on " + ("the simulator" if _simulated() else "a GPU")
+            return True, "Numba CUDA kernels on " + ("the simulator" if simulated() else "a GPU")
         return False, "no CUDA GPU / driver found"
     except Exception as e:  # a broken driver install can fail in many ways
         return False, f"CUDA check failed: {type(e).__name__}: {e}"
-
-
-def _simulated():
-    from numba.cuda import config
-    return bool(config.ENABLE_CUDASIM)
-
-
-# ----------------------------------------------------------------------------------------------
-_KERNELS = {}
-
-
-def kernels():
-    """Build the kernels on first use (no work at import). Returns a dict of launchable kernels."""
-    if _KERNELS:
-        return _KERNELS
-    from kernels.numba.model import task_backward, task_forward, task_loss_backward
-
-    def task_body(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
-        W, NP = ii[I_W_SIZE], ii[I_NP]
-        w0, g0 = b * W, b * NP
-        if mode != MODE_FORWARD:
-            for j in range(NP):
-                G[g0 + j] = cst[0]
-        if mode == MODE_FORWARD:
-            task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
-        elif mode == MODE_BACKWARD:
-            task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd)
-            task_backward(b, dr, pv, ii, lay, cst, ws, w0, G, g0, 1, dtok)
-        else:
-            task_loss_backward(tok, y, b, pv, ii, lay, cst, pe, ws, w0, rd, dr, G, g0, 0, dtok)
-            for l in range(rd.shape[0]):
-                e = rd[l, b] - y[b]
-                sqe[b * rd.shape[0] + l] = e * e
-
-    if _simulated():
-        def unwrap(a):
-            return a._item._ary if hasattr(a, "_item") else a
-
-        @cuda.jit
-        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
-            b = cuda.grid(1)
-            if b < tok.shape[0]:
-                task_body(b, mode, *[unwrap(a) for a in (tok, y, dr, pv, ii, lay, cst, pe, ws, rd,
-                                                         G, sqe, dtok)])
-    else:
-        task_device = cuda.jit(device=True)(task_body)
-
-        @cuda.jit
-        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
-            b = cuda.grid(1)
-            if b < tok.shape[0]:
-                task_device(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok)
-
-    @cuda.jit
-    def reduce_kernel(G, rows, cols, group, out):
-        """out[g, j] = sum_{r in group g, in order} G[r, j]; G and out flat, row length cols."""
-        j = cuda.grid(1)
-        g = cuda.blockIdx.y
-        if j < cols:
-            r0 = g * group
-            s = G[r0 * cols + j]
-            for r in range(r0 + 1, min(rows, r0 + group)):
-                s += G[r * cols + j]
-            out[g * cols + j] = s
-
-    @cuda.jit
-    def norm_kernel(g, max_norm, out, factor):
-        """out[0] = sum g^2 (float64; thread i sums i, i + NORM_TPB, ... in order, then a tree);
-        factor[0] = max_norm / ||g|| when ||g|| > max_norm > 0, else 1 (in g's dtype)."""
-        buf = cuda.shared.array(NORM_TPB, float64)
-        i = cuda.threadIdx.x
-        s = 0.0
-        for k in range(i, g.shape[0], NORM_TPB):
-            s += float64(g[k]) * float64(g[k])
-        buf[i] = s
-        cuda.syncthreads()
-        step = NORM_TPB // 2
-        while step > 0:
-            if i < step:
-                buf[i] += buf[i + step]
-            cuda.syncthreads()
-            step //= 2
-        if i == 0:
-            out[0] = buf[0]
-            norm = math.sqrt(buf[0])
-            if max_norm > 0 and norm > max_norm:
-                factor[0] = max_norm / norm
-            else:
-                factor[0] = 1.0
-
-    @cuda.jit
-    def adam_kernel(p, g, m, v, hyper, factor):
-        """hyper (dtype): b1, 1-b1, b2, 1-b2, bc1, bc2, eps, lr; g is scaled by factor[0] first."""
-        i = cuda.grid(1)
-        if i < p.shape[0]:
-            gi = g[i] * factor[0]
-            m[i] = hyper[0] * m[i] + hyper[1] * gi
-            v[i] = hyper[2] * v[i] + hyper[3] * (gi * gi)
-            step = (m[i] / hyper[4]) / (math.sqrt(v[i] / hyper[5]) + hyper[6])
-            p[i] = p[i] - hyper[7] * step
-
-    _KERNELS.update(task=task_kernel, reduce=reduce_kernel, norm=norm_kernel, adam=adam_kernel)
-    return _KERNELS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,48 +61,37 @@ def to_numpy(x):
     return x.copy_to_host() if _is_device(x) else np.asarray(x)
 
 
-def _views(flat, cfg):
-    """DeviceParams of views into the flat device vector, in param_shapes order."""
-    out = DeviceParams()
-    offs, _ = param_offsets(cfg)
-    for n, (o, shape) in offs.items():
-        out[n] = flat[o:o + int(np.prod(shape))].reshape(shape)
+def _device_params(views, flat):
+    out = DeviceParams(views)
     out.flat = flat
     return out
 
 
+def _views(flat, cfg):
+    """DeviceParams of views into the flat device vector, in param_shapes order."""
+    return _device_params(unpack(flat, cfg), flat)
+
+
 def _flat(params, cfg):
     """The flat device vector of a parameter dict (no copy for DeviceParams in param order)."""
-    names = list(param_shapes(cfg))
-    if isinstance(params, DeviceParams) and params.flat is not None and list(params) == names:
+    if isinstance(params, DeviceParams) and params.flat is not None and list(params) == list(param_shapes(cfg)):
         return params.flat
     host = {k: to_numpy(v) for k, v in params.items()}
     check_params(host, cfg)
-    return cuda.to_device(np.concatenate([host[n].ravel() for n in names]))
+    return cuda.to_device(pack(host, cfg))
 
 
 def init_params(cfg, rng, dtype=np.float64):
     """The oracle's numbers (same generator draws), moved to the device."""
-    host = _oracle_init_params(cfg, rng, dtype)
-    return _views(cuda.to_device(np.concatenate([host[n].ravel() for n in param_shapes(cfg)])), cfg)
+    return _views(cuda.to_device(pack(_oracle_init_params(cfg, rng, dtype), cfg)), cfg)
 
 
 def adam_init(params):
     if isinstance(params, DeviceParams) and params.flat is not None:
-        m = cuda.device_array_like(params.flat)
-        v = cuda.device_array_like(params.flat)
         zeros = np.zeros(params.flat.shape, params.flat.dtype)
-        m.copy_to_device(zeros)
-        v.copy_to_device(zeros)
-        mv = []
-        for flat in (m, v):
-            d, o = DeviceParams(), 0
-            for k, a in params.items():
-                d[k] = flat[o:o + a.size].reshape(a.shape)
-                o += a.size
-            d.flat = flat
-            mv.append(d)
-        return {"t": 0, "m": mv[0], "v": mv[1]}
+        m, v = cuda.to_device(zeros), cuda.to_device(zeros)
+        return {"t": 0, "m": _device_params(unpack_like(m, params), m),
+                "v": _device_params(unpack_like(v, params), v)}
     return {"t": 0, "m": {k: asarray(np.zeros(a.shape, a.dtype)) for k, a in params.items()},
             "v": {k: asarray(np.zeros(a.shape, a.dtype)) for k, a in params.items()}}
 
@@ -341,19 +213,12 @@ def loss_and_grads(params, tokens, y, cfg):
     return per_layer[-1], per_layer, _views(g, cfg)
 
 
-def adam_hyper(adam_cfg, t, dtype):
-    bc1, bc2 = 1.0 - adam_cfg.b1**t, 1.0 - adam_cfg.b2**t
-    return np.array([adam_cfg.b1, 1.0 - adam_cfg.b1, adam_cfg.b2, 1.0 - adam_cfg.b2, bc1, bc2,
-                     adam_cfg.eps, adam_cfg.lr], dtype=dtype)
-
-
 def _adam_flat(pv, g, m, v, t, adam_cfg: AdamConfig, sumsq, factor):
     """In place on device vectors: global-norm clipping, Adam. Leaves sum g^2 in sumsq[0]."""
     ks = kernels()
     ks["norm"][1, NORM_TPB](g, float(adam_cfg.grad_clip), sumsq, factor)
-    hyper = cuda.to_device(adam_hyper(adam_cfg, t, pv.dtype))
     n = pv.shape[0]
-    ks["adam"][-(-n // 128), 128](pv, g, m, v, hyper, factor)
+    ks["adam"][-(-n // 128), 128](pv, g, m, v, adam_hyper(adam_cfg, t, pv.dtype), factor)
 
 
 def _copy(flat):
@@ -367,21 +232,14 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
     if set(grads) != set(params):
         raise ValueError(f"grads: names {sorted(set(grads) ^ set(params))} do not match params")
     like = {k: to_numpy(v) for k, v in params.items()}
-    cat = lambda d: cuda.to_device(np.concatenate([to_numpy(d[k]).ravel() for k in like]))  # noqa: E731
+    cat = lambda d: cuda.to_device(pack_like({k: to_numpy(d[k]) for k in like}, like))  # noqa: E731
     pv, g, m, v = cat(params), cat(grads), cat(state["m"]), cat(state["v"])
     dtype = pv.dtype
     sumsq, factor = cuda.device_array(1, np.float64), cuda.device_array(1, dtype)
     t = state["t"] + 1
     _adam_flat(pv, g, m, v, t, adam_cfg, sumsq, factor)
     norm = float(np.sqrt(sumsq.copy_to_host()[0]))
-
-    def split(flat):
-        d, o = DeviceParams(), 0
-        for k, a in like.items():
-            d[k] = flat[o:o + a.size].reshape(a.shape)
-            o += a.size
-        d.flat = flat
-        return d
+    split = lambda flat: _device_params(unpack_like(flat, like), flat)  # noqa: E731
     return split(pv), {"t": t, "m": split(m), "v": split(v)}, norm
 
 

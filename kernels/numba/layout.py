@@ -5,14 +5,16 @@ The flat parameter vector follows `refimpl.params.param_shapes(cfg)` order (the 
 `refimpl.params.flatten`), so packing and unpacking are a concatenation and a split.
 
 Arrays built here (all int64 except `cst`):
-    ii   (NUM_II,)       sizes, flags and workspace offsets, indexed by the I_* names below
-    lay  (L, NUM_LAY)    per application l: flags and parameter offsets (-1 when absent), Y_* names
+    ii   (NUM_II,)       TaskLayout: sizes, flags and workspace offsets, indexed by the I_* names
+    lay  (L, NUM_LAY)    LayerLayout per application l: flags and parameter offsets, Y_* names
     cst  (NUM_CONSTS,)   constants in the data's dtype, kernels.numba.ops.C_* names
     pe   (T, PW)         the sinusoidal table (concatenated or added), or (T, 1) zeros when unused
 Workspace of one task (ws, 1-D): the front end's buffers, then one block per application
 (the layer's input x, the LayerNorm caches, Q, K, V, K^T V or P, O, u and z of the
 query-row attention, ...), then backward scratch.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from refimpl.layers import GELU_C, LN_EPS, sinusoidal_encoding
@@ -21,33 +23,119 @@ from refimpl.params import param_offsets  # noqa: F401  (re-exported for the Num
 from kernels.numba.ops import (C_CLIP, C_GELU_A, C_GELU_C, C_HALF, C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF,
                         C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
 
-II_NAMES = (
+class TaskLayout(NamedTuple):
+    """The entries of `ii`, in order: sizes, flags, parameter offsets, workspace offsets."""
     # sizes
-    "T", "DIN", "DF", "D", "S", "H", "K", "F", "E", "FI", "L", "PW",
+    T: int  # tokens per task
+    DIN: int  # token width D_in
+    DF: int  # width after the optional concatenated encoding
+    D: int  # model width
+    S: int  # keys (T, or T - 1 without the query)
+    H: int  # heads
+    K: int  # key size
+    F: int  # MLP hidden width (0: no MLP)
+    E: int  # embedding width (0: no embedding)
+    FI: int  # input-MLP hidden width (0: none)
+    L: int  # applications (read-outs)
+    PW: int  # width of the positional-encoding table
     # flags
-    "POS", "MLP", "LN2", "YUP", "CAUSAL", "CLIP", "EMB", "IMLP",
-    # front-end parameter offsets
-    "P_EMB", "P_IW1", "P_IB1", "P_IW2", "P_IB2",
+    POS: int  # POS_CODES of cfg.pos_enc
+    MLP: int
+    LN2: int
+    YUP: int
+    CAUSAL: int
+    CLIP: int
+    EMB: int
+    IMLP: int
+    # front-end parameter offsets (-1 when absent)
+    P_EMB: int
+    P_IW1: int
+    P_IB1: int
+    P_IW2: int
+    P_IB2: int
     # workspace offsets of the front end
-    "W_XF", "W_XE", "W_IH", "W_IG", "W_X0",
+    W_XF: int
+    W_XE: int
+    W_IH: int
+    W_IG: int
+    W_X0: int
     # per-application block: base, stride, and offsets inside a block
-    "W_LAYER", "W_LSTRIDE", "B_X", "B_XH1", "B_R1", "B_AIN", "B_Q", "B_KT", "B_V", "B_PK", "B_O",
-    "B_XM", "B_XC", "B_XH2", "B_R2", "B_MIN", "B_MH", "B_MG", "B_U", "B_Z",
+    W_LAYER: int
+    W_LSTRIDE: int
+    B_X: int
+    B_XH1: int
+    B_R1: int
+    B_AIN: int
+    B_Q: int
+    B_KT: int
+    B_V: int
+    B_PK: int
+    B_O: int
+    B_XM: int
+    B_XC: int
+    B_XH2: int
+    B_R2: int
+    B_MIN: int
+    B_MH: int
+    B_MG: int
+    B_U: int
+    B_Z: int
     # backward scratch and the total size
-    "W_DX", "W_DA", "W_DO", "W_DQ", "W_DK", "W_DV", "W_DP", "W_DH", "W_DT", "W_DU", "W_DW", "W_DG", "W_SIZE",
+    W_DX: int
+    W_DA: int
+    W_DO: int
+    W_DQ: int
+    W_DK: int
+    W_DV: int
+    W_DP: int
+    W_DH: int
+    W_DT: int
+    W_DU: int
+    W_DW: int
+    W_DG: int
+    W_SIZE: int
     # number of parameters
-    "NP",
-)
-for _i, _n in enumerate(II_NAMES):
-    globals()["I_" + _n] = _i
+    NP: int
+
+
+# indices into ii (the kernels read ii[I_name]); tests/kernels/test_numba_layout.py checks them
+# against TaskLayout's field order
+(I_T, I_DIN, I_DF, I_D, I_S, I_H, I_K, I_F, I_E, I_FI, I_L, I_PW,
+ I_POS, I_MLP, I_LN2, I_YUP, I_CAUSAL, I_CLIP, I_EMB, I_IMLP,
+ I_P_EMB, I_P_IW1, I_P_IB1, I_P_IW2, I_P_IB2,
+ I_W_XF, I_W_XE, I_W_IH, I_W_IG, I_W_X0,
+ I_W_LAYER, I_W_LSTRIDE, I_B_X, I_B_XH1, I_B_R1, I_B_AIN, I_B_Q, I_B_KT, I_B_V, I_B_PK, I_B_O,
+ I_B_XM, I_B_XC, I_B_XH2, I_B_R2, I_B_MIN, I_B_MH, I_B_MG, I_B_U, I_B_Z,
+ I_W_DX, I_W_DA, I_W_DO, I_W_DQ, I_W_DK, I_W_DV, I_W_DP, I_W_DH, I_W_DT, I_W_DU, I_W_DW, I_W_DG,
+ I_W_SIZE, I_NP) = range(64)
+II_NAMES = TaskLayout._fields
 NUM_II = len(II_NAMES)
 
 POS_CODES = {"none": 0, "add": 1, "concat": 2}
 
-LAY_NAMES = ("LN1", "SOFTMAX", "LN1S", "LN1O", "WQ", "WK", "WV", "WP", "LN2S", "LN2O",
-             "W1", "B1", "W2", "B2")
-for _i, _n in enumerate(LAY_NAMES):
-    globals()["Y_" + _n] = _i
+
+class LayerLayout(NamedTuple):
+    """The columns of `lay` for one application: flags, then parameter offsets (-1 when absent)."""
+    LN1: int  # LayerNorm before attention
+    SOFTMAX: int  # softmax (1) or linear (0) attention
+    LN1S: int
+    LN1O: int
+    WQ: int
+    WK: int
+    WV: int
+    WP: int
+    LN2S: int
+    LN2O: int
+    W1: int
+    B1: int
+    W2: int
+    B2: int
+
+
+# columns of lay (the kernels read lay[l, Y_name]), in LayerLayout's field order
+(Y_LN1, Y_SOFTMAX, Y_LN1S, Y_LN1O, Y_WQ, Y_WK, Y_WV, Y_WP, Y_LN2S, Y_LN2O,
+ Y_W1, Y_B1, Y_W2, Y_B2) = range(14)
+LAY_NAMES = LayerLayout._fields
 NUM_LAY = len(LAY_NAMES)
 
 
@@ -83,7 +171,7 @@ def build_layout(cfg, num_tokens):
                        ("B_Q", T * HK), ("B_KT", S * HK), ("B_V", S * HK), ("B_PK", PK),
                        ("B_O", T * HK), ("B_XM", T * D), ("B_XC", T * D), ("B_XH2", T * D),
                        ("B_R2", T), ("B_MIN", T * D), ("B_MH", T * max(F, 1)), ("B_MG", T * max(F, 1)),
-                       ("B_U", H * D), ("B_Z", H * D)):  # u_h, z_h of kernels/numba/query_attn.py
+                       ("B_U", H * D), ("B_Z", H * D)):  # u_h, z_h of kernels/numba/query_lsa.py
         v[name], b = b, b + size
     v["W_LAYER"], v["W_LSTRIDE"] = w, b
     w += (cfg.num_layers + 1) * b  # block L holds the final residual stream in B_X
@@ -95,7 +183,7 @@ def build_layout(cfg, num_tokens):
                      ("W_DW", H * D), ("W_DG", H * D)):
         v[name], w = w, w + size
     v["W_SIZE"] = w
-    ii = np.array([v[n] for n in II_NAMES], dtype=np.int64)
+    ii = np.array(TaskLayout(**v), dtype=np.int64)
     lay = np.full((cfg.num_layers, NUM_LAY), -1, dtype=np.int64)
     for l in range(cfg.num_layers):
         p = f"layer{cfg.param_layer(l)}"

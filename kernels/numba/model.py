@@ -12,7 +12,7 @@ where every token is a query, and (Q^h K^h^T) V^h where only one is (the cheaper
 Only the query token of the last block reaches a read-out, so the last block computes queries,
 outputs, clipping and MLP for that row alone, and its backward starts from that one row: the same
 numbers as the oracle's full computation. Linear attention there never forms keys and values
-(kernels/numba/query_attn.py); softmax attention still does, for every key token.
+(kernels/numba/query_lsa.py); softmax attention still does, for every key token.
 """
 from numba import njit
 
@@ -26,7 +26,7 @@ from kernels.numba.layout import (I_B_AIN, I_B_KT, I_B_MG, I_B_MH, I_B_MIN, I_B_
                            Y_WK, Y_WP, Y_WQ, Y_WV)
 from kernels.numba.ops import (C_CLIP, C_INV_B, C_LAM, C_SQRT_K, C_ZERO, copy, fill, layernorm_bwd,
                         layernorm_fwd, mlp_bwd, mlp_fwd, mm_nn, mm_nt, mm_tn)
-from kernels.numba.query_attn import query_attention_backward, query_attention_forward
+from kernels.numba.query_lsa import query_lsa_backward, query_lsa_forward
 import math
 
 POS_ADD, POS_CONCAT = 1, 2
@@ -38,8 +38,8 @@ def block_base(ii, w0, l):
 
 
 @njit(cache=True)
-def query_only_attention(l, q0, ii, lay):
-    """Linear attention read out at the query row alone: kernels/numba/query_attn.py (rank one)."""
+def uses_query_lsa(l, q0, ii, lay):
+    """Linear attention read out at the query row alone: kernels/numba/query_lsa.py (rank one)."""
     return lay[l, Y_SOFTMAX] == 0 and q0 == ii[I_T] - 1
 
 
@@ -76,8 +76,9 @@ def front_forward(tok, b, pv, ii, cst, pe, ws, w0):
 
 
 @njit(cache=True)
-def attention_forward(l, q0, pv, ii, lay, cst, ws, base, out, o0):
-    """out (T, D) = concat_h(softmax-or-linear attention) @ W_p, from AIN; caches Q, K, V, P|KV, O.
+def layer_attention_forward(l, q0, pv, ii, lay, cst, ws, base, out, o0):
+    """Layer l's attention, refimpl.attention.softmax_attention_forward or lsa_forward by
+    lay[l, Y_SOFTMAX]: out (T, D) = concat_h(attention) @ W_p, from AIN; caches Q, K, V, P|KV, O.
     Only query rows q0..T-1 are computed (keys and values always use all S key tokens)."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
     HK, nr = H * K, T - q0
@@ -140,10 +141,10 @@ def layer_forward(l, q0, pv, ii, lay, cst, ws, w0):
                       ws, base + ii[I_B_R1], ws, ain, cst)
     else:
         copy(ws, x, ws, ain, T * D)
-    if query_only_attention(l, q0, ii, lay):
-        query_attention_forward(l, pv, ii, lay, cst, ws, base, ws, tmp)
+    if uses_query_lsa(l, q0, ii, lay):
+        query_lsa_forward(l, pv, ii, lay, cst, ws, base, ws, tmp)
     else:
-        attention_forward(l, q0, pv, ii, lay, cst, ws, base, ws, tmp)
+        layer_attention_forward(l, q0, pv, ii, lay, cst, ws, base, ws, tmp)
     for t in range(q0, T):
         for j in range(D):
             i = t * D + j
@@ -186,8 +187,9 @@ def task_forward(tok, b, pv, ii, lay, cst, pe, ws, w0, rd):
 
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True)
-def attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
-    """From da (W_DA rows q0..T-1; the rows above are zero) to the weight gradients and, if
+def layer_attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
+    """softmax_attention_backward or lsa_backward of layer l (layer_attention_forward's caches):
+    from da (W_DA rows q0..T-1; the rows above are zero) to the weight gradients and, if
     need_dain, dAIN into W_DU (T, D)."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
     HK, nr = H * K, T - q0
@@ -199,7 +201,7 @@ def attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
     mm_tn(ws, o + qo, HK, ws, da + qd, D, G, g0 + lay[l, Y_WP], D, HK, nr, D, 1, cst)  # dW_p += O^T da
     mm_nt(ws, da + qd, D, pv, lay[l, Y_WP], D, ws, do + qo, HK, nr, D, HK, 0, cst)  # dO = da W_p^T
     softmax = lay[l, Y_SOFTMAX] == 1
-    if softmax or q0 > 0:  # the scores path of attention_forward
+    if softmax or q0 > 0:  # the scores path of layer_attention_forward
         for h in range(H):
             p, dph = pk + h * T * S, dp + h * T * S  # (T, S)
             hk = h * K
@@ -271,10 +273,10 @@ def layer_backward(l, q0, pv, ii, lay, cst, ws, w0, G, g0, need_dx):
                 ws[da + i] = lam * ws[dx + i]
     # d(attention input) is needed below layer 0, for the front end or dtokens, and for LN1's grads
     need_dain = 1 if (l > 0 or need_dx == 1 or lay[l, Y_LN1] == 1) else 0
-    if query_only_attention(l, q0, ii, lay):
-        query_attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
+    if uses_query_lsa(l, q0, ii, lay):
+        query_lsa_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
     else:
-        attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
+        layer_attention_backward(l, q0, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain)
     if need_dain == 1:
         if lay[l, Y_LN1] == 1:
             layernorm_bwd(ws, du, T, D, pv, lay[l, Y_LN1S], ws, base + ii[I_B_XH1], ws,

@@ -46,13 +46,14 @@ PTX_SCRIPT = textwrap.dedent("""
     # Device functions ask the current device for its compute capability; there is none here.
     dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
     import kernels.numba.gpu as nc
+    from kernels.numba.adam import AdamHyper
     ks = nc.kernels()
     f64 = nt.Array(nt.float64, 1, "C")
     for f, with_task in ((nt.float32, True), (nt.float64, False)):
         a1, a2, a3 = nt.Array(f, 1, "C"), nt.Array(f, 2, "C"), nt.Array(f, 3, "C")
         i1, i2 = nt.Array(nt.int64, 1, "C"), nt.Array(nt.int64, 2, "C")
         sigs = {"reduce": (a1, nt.int64, nt.int64, nt.int64, a1), "norm": (a1, nt.float64, f64, a1),
-                "adam": (a1, a1, a1, a1, a1, a1)}
+                "adam": (a1, a1, a1, a1, nt.NamedUniTuple(f, 9, AdamHyper), a1)}
         if with_task:
             sigs["task"] = (nt.int64, a3, a1, a2, a1, i1, i2, a1, a2, a1, a2, a1, a1, a3)
         assert set(sigs) <= set(ks), sorted(ks)

@@ -21,7 +21,7 @@ from kernels.numba.ops import C_ZERO, fill, mm_nn, mm_nt, mm_tn
 
 
 @njit(cache=True)
-def query_attention_forward(l, pv, ii, lay, cst, ws, base, out, o0):
+def query_lsa_forward(l, pv, ii, lay, cst, ws, base, out, o0):
     """out[T-1] (D,) = concat_h o_h @ W_p; caches q (B_Q row T-1), a_h (B_PK row T-1 of head h),
     u_h (B_U) and z_h (B_Z), o (B_O row T-1)."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
@@ -41,7 +41,7 @@ def query_attention_forward(l, pv, ii, lay, cst, ws, base, out, o0):
 
 
 @njit(cache=True)
-def query_attention_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
+def query_lsa_backward(l, pv, ii, lay, cst, ws, w0, base, G, g0, need_dain):
     """From da (W_DA row T-1) to the weight gradients (accumulated into G) and, if need_dain,
     dAIN (T, D) into W_DU (rows S..T-2 zero: tokens that are neither keys nor the query)."""
     T, S, D, H, K = ii[I_T], ii[I_S], ii[I_D], ii[I_H], ii[I_K]
