@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 from refimpl.config import ModelConfig
+from tests.conftest import model_configs
 from iclgd.interop.convert import (flatten_tree, from_haiku, from_torch_state_dict, load_tree, save_tree,
                              to_haiku, to_torch_state_dict)
 from refimpl.params import init_params, load_params, save_params
 
-CONFIGS = {
-    "deep_ln_mlp": ModelConfig(token_dim=4, num_layers=3, num_heads=2, key_size=3, layernorm=True,
-                               mlp=True),
-    "tied_ln_mlp": ModelConfig(token_dim=4, num_layers=2, weight_tied=True, key_size=5,
-                               layernorm=True, mlp=True),
-    "deep_pre_ln": ModelConfig(token_dim=4, num_layers=2, key_size=3, layernorm=True, ln_placement="pre"),
-    "sine": ModelConfig(token_dim=2, num_layers=1, key_size=4, embed_dim=6, input_mlp=True),
-}
+CONFIGS = model_configs("deep_ln_mlp", "tied_ln_mlp", "deep_pre_ln", "sine")
 
 
 def random_params(cfg, rng):

@@ -10,17 +10,13 @@ import numpy as np
 import pytest
 
 from iclgd.cli import main
-from refimpl.config import ModelConfig, config_to_dict
+from refimpl.config import config_to_dict
+from tests.conftest import model_configs
 from iclgd.interop.crosscheck import crosscheck_file
 from iclgd.interop.exchange import export_oracle, load_exchange
 from refimpl.params import init_params
 
-CONFIGS = {
-    "deep_lsa": ModelConfig(token_dim=4, num_layers=2, num_heads=2, key_size=3, init_scale=2.0),
-    "tied_softmax_ln_mlp": ModelConfig(token_dim=4, num_layers=2, weight_tied=True, num_heads=2,
-                                       key_size=3, attention="softmax", layernorm=True, mlp=True,
-                                       init_scale=2.0),
-}
+CONFIGS = model_configs("deep_lsa", "tied_softmax_ln_mlp")
 
 
 def write_oracle_file(path, cfg, rng, B=5, T=7):

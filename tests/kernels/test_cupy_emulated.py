@@ -63,7 +63,7 @@ def test_block_kernels_write_every_output(cp, be, rng, dtype):
 @pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
 def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name):
-    gpu_tests.test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name, B=24)
+    gpu_tests.test_ten_step_adam_trajectory_matches_oracle(cp, rng, kernels.get_backend(backend), name, B=24)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

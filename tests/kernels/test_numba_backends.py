@@ -9,47 +9,23 @@ uneven: T != D != H*K, two heads, and B not a multiple of the CPU chunk size or 
 numba-cuda runs here when a GPU is present (or under NUMBA_ENABLE_CUDASIM=1, which
 tests/kernels/test_numba_cuda_sim.py sets in a subprocess); otherwise it is skipped with the reason.
 """
-import os
-
 import numpy as np
 import pytest
-from tests.conftest import assert_close_to_oracle
+from tests.conftest import SIMULATED, assert_close_to_oracle, model_configs
 
-from kernels import availability, get_backend
 from refimpl import loss as oracle_loss
 from refimpl import model as oracle_model
 from refimpl import optim as oracle_optim
-from refimpl.config import AdamConfig, ModelConfig
+from refimpl.config import AdamConfig
 from refimpl.params import init_params, params_astype
 
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # name -> (config, tokens per task T). Every option the experiments use appears in some config.
-CONFIGS = {
-    "lsa_deep_2head_clip": (ModelConfig(token_dim=5, num_layers=3, num_heads=2, key_size=3,
-                                        token_clip=0.6, dampening=0.8, init_scale=3.0), 7),
-    "softmax_ln_mlp_causal": (ModelConfig(token_dim=5, num_layers=2, num_heads=2, key_size=4,
-                                          attention="softmax", causal=True, layernorm=True,
-                                          ln_placement="pre", mlp=True, init_scale=2.0), 6),
-    "tied_yupdate_ln_query": (ModelConfig(token_dim=4, num_layers=3, weight_tied=True, key_size=6,
-                                          y_update=True, layernorm=True, include_query=True,
-                                          mlp=True, init_scale=2.0), 5),
-    "front_concat_softmax0": (ModelConfig(token_dim=3, embed_dim=6, input_mlp=True, pos_enc="concat",
-                                          pos_enc_size=4, num_layers=2, first_layer_softmax=True,
-                                          key_size=5, layernorm=True, init_scale=2.0), 7),
-    "posenc_add": (ModelConfig(token_dim=4, embed_dim=5, pos_enc="add", key_size=3, init_scale=2.0), 6),
-}
-BACKENDS = ["numba-cpu", "numba-cuda"]
+CONFIGS = {name: (cfg, T) for (name, cfg), T in zip(
+    model_configs("lsa_deep_2head_clip", "softmax_ln_mlp_causal", "tied_yupdate_ln_query",
+                  "front_concat_softmax0", "posenc_add",
+                  renamed={"lsa_deep_2head_clip": "deep3_2head_clip_damp"}).items(),
+    [7, 6, 5, 7, 6])}
 DTYPES = [np.float64, np.float32]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    ok, reason = availability(request.param)
-    if not ok:
-        pytest.skip(f"{request.param}: {reason}")
-    if request.param == "numba-cpu" and SIMULATED:
-        pytest.skip("numba-cpu is checked in the main process, not under the CUDA simulator")
-    return get_backend(request.param)
 
 
 def batch_for(backend):

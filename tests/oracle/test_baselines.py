@@ -6,6 +6,7 @@ from refimpl import baselines, metrics
 from refimpl.data import linear_regression_tasks
 from refimpl.model import model_backward, model_forward
 from refimpl.loss import mse_backward, mse_forward
+from tests.conftest import TOL
 
 
 def _tasks(rng, B=6, N=7, d=4, r=1.0):
@@ -21,7 +22,7 @@ def test_gd_construction_equals_explicit_gd_with_nonzero_start(rng, steps):
     cfg = baselines.gd_model_config(d, steps)
     readouts, _ = model_forward(baselines.gd_params(d, eta, N, w0), baselines.gd_start_tokens(tokens, w0), cfg)
     expected = baselines.gd_explicit(tokens, eta, steps, w0)  # (L, B)
-    np.testing.assert_allclose(readouts, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(readouts, expected, **TOL["construction_vs_gd"])
     # a wrong start (W_0 ignored in the tokens) must be detected
     wrong, _ = model_forward(baselines.gd_params(d, eta, N, w0), tokens, cfg)
     assert np.max(np.abs(wrong - expected)) > 1e-3
@@ -36,7 +37,7 @@ def test_gdpp_weights_equal_explicit_data_transformation(rng, tied):
     cfg = baselines.gdpp_model_config(d, L, tied)
     readouts, _ = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
     expected = baselines.gdpp_explicit(tokens, np.resize(etas, L), np.resize(gammas, L))
-    np.testing.assert_allclose(readouts, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(readouts, expected, **TOL["construction_vs_gd"])
     # gamma matters after the first layer: gamma = 0 gives plain GD, which differs
     plain = baselines.gdpp_explicit(tokens, np.resize(etas, L), np.zeros(L))
     assert np.max(np.abs(plain[1:] - expected[1:])) > 1e-6
@@ -68,7 +69,7 @@ def test_gdpp_entry_gradients_match_finite_differences(rng, entries):
             up = {**scalars, k: scalars[k] + h * np.eye(L)[p]}
             down = {**scalars, k: scalars[k] - h * np.eye(L)[p]}
             num = (loss(up) - loss(down)) / (2 * h)
-            assert abs(analytic[k][p] - num) <= 1e-7 * max(1.0, abs(num)), (k, p)
+            assert abs(analytic[k][p] - num) <= TOL["finite_difference"]["rtol"] * max(1.0, abs(num)), (k, p)
     # the last set's x entries move nothing that reaches the read-out
     assert analytic["p_x"][-1] == 0
 
@@ -85,8 +86,8 @@ def test_gdpp_entries_describe_the_gdpp_of_their_effective_eta_and_gamma(rng):
     etas, gammas = baselines.gdpp_entries_effective(scalars, N)
     out, _ = model_forward(baselines.gdpp_entries_params(d, scalars), tokens, cfg)
     ref, _ = model_forward(baselines.gdpp_params(d, etas, gammas, N), tokens, cfg)
-    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(out, baselines.gdpp_explicit(tokens, etas, gammas), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out, ref, **TOL["gdpp_vs_explicit"])
+    np.testing.assert_allclose(out, baselines.gdpp_explicit(tokens, etas, gammas), **TOL["gdpp_vs_explicit"])
 
 
 def test_closed_form_eta_within_one_grid_step_of_grid_optimum():
@@ -108,16 +109,16 @@ def test_gd_sensitivity_is_the_one_step_weights(rng):
     d, N, eta = 4, 7, 1.7
     sens = metrics.query_sensitivity(baselines.gd_params(d, eta, N), tokens, baselines.gd_model_config(d, 1))
     W1 = (eta / N) * np.einsum("bnd,bn->bd", tokens[:, :-1, :-1], tokens[:, :-1, -1])
-    np.testing.assert_allclose(sens, W1, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sens, W1, **TOL["sensitivity_vs_weights"])
 
 
 def test_alignment_of_a_model_with_itself_and_with_a_scaled_copy(rng):
     pred, sens = rng.standard_normal(5), rng.standard_normal((5, 3))
     same = metrics.alignment(pred, sens, pred, sens)
     assert same["preds_diff"] == 0 and same["model_diff"] == 0
-    assert abs(same["model_cos"] - 1) < 1e-7  # 1e-8 is added to the norms (SPEC 5)
+    assert abs(same["model_cos"] - 1) < TOL["cosine_of_parallel"]["atol"]
     flipped = metrics.alignment(pred, sens, -pred, -2 * sens)
-    assert abs(flipped["model_cos"] + 1) < 1e-7
+    assert abs(flipped["model_cos"] + 1) < TOL["cosine_of_parallel"]["atol"]
     np.testing.assert_allclose(flipped["model_diff"], np.mean(3 * np.linalg.norm(sens, axis=1)))
 
 
@@ -128,11 +129,11 @@ def test_interpolation_undoes_the_scale_ambiguity(rng):
     gd = baselines.gd_params(d, 1.3, N)
     scaled = dict(gd, **{"layer0.attn.W_q": c * gd["layer0.attn.W_q"], "layer0.attn.W_p": gd["layer0.attn.W_p"] / c})
     interp, m = metrics.interpolated_params(scaled, gd, d)
-    assert abs(m - c) < 1e-14
+    assert abs(m - c) < TOL["rescaling_undone_float64"]["atol"]
     A, M = metrics.layer_products(interp)
     A_gd, M_gd = metrics.layer_products(gd)
-    np.testing.assert_allclose(A, A_gd, atol=1e-14)
-    np.testing.assert_allclose(M, M_gd, atol=1e-14)
+    np.testing.assert_allclose(A, A_gd, **TOL["rescaling_undone_float64"])
+    np.testing.assert_allclose(M, M_gd, **TOL["rescaling_undone_float64"])
 
 
 @pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
@@ -149,8 +150,8 @@ def test_gdpp_fit_through_numba_cpu_follows_the_oracle_fit(entries):
     fast = fit_gdpp(task, gdpp, TrainConfig(), 3, 4, False, 2.0, backend=get_backend("numba-cpu"))
     assert ref[2] is None and fast[2] is None  # no evaluation set, no fit curve
     assert np.any(np.abs(ref[0][:-1] - 2.0) > 1e-3)  # the fit moved the scalars
-    np.testing.assert_allclose(fast[0], ref[0], rtol=1e-10)
-    np.testing.assert_allclose(fast[1], ref[1], rtol=1e-10)
+    np.testing.assert_allclose(fast[0], ref[0], **TOL["gdpp_fit_fast_vs_reference"])
+    np.testing.assert_allclose(fast[1], ref[1], **TOL["gdpp_fit_fast_vs_reference"])
 
 
 def test_gdpp_config_rejects_unknown_entries():
