@@ -74,7 +74,7 @@ def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
             "warmup": warmup, "final_loss": float(loss)}
 
 
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default=",".join(backend_names()))
     ap.add_argument("--cases", default=",".join(CASES))
@@ -86,13 +86,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0,
                     help="Numba threads for numba-cpu (0 = Numba's default, one per core)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    # before any timing: the oracle's step depends on both (glibc keeps freed memory; one BLAS thread)
-    settings = runtime.tune_for_small_matrices()
-    if args.threads:
-        import numba
-        numba.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    return ap.parse_args(argv)
+
+
+def time_all(args):
+    """One result per (backend, case, dtype); an unavailable backend gives one entry with its reason."""
     results = []
     for name in args.backends.split(","):
         ok, reason = availability(name)
@@ -110,6 +108,11 @@ def main(argv=None):
                 results.append(r)
                 print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms  "
                       f"(train_step alone {r['train_step_only_median_s'] * 1e3:9.3f} ms)", flush=True)
+    return results
+
+
+def speedups_vs_numpy(results):
+    """{backend/case/dtype: numpy's median step time / this backend's}."""
     speedups = {}
     for r in results:
         if r.get("backend") not in (None, "numpy") and "step_median_s" in r:
@@ -118,6 +121,32 @@ def main(argv=None):
             if base:
                 speedups[f"{r['backend']}/{r['case']}/{r['dtype']}"] = (
                     base[0]["step_median_s"] / r["step_median_s"])
+    return speedups
+
+
+def numba_versions():
+    """Numba's thread count and numba-cuda's version (or why it is missing)."""
+    out = {}
+    try:
+        import numba
+        out["numba_threading_layer_threads"] = numba.get_num_threads()
+        from importlib.metadata import version
+        out["numba-cuda"] = version("numba-cuda")
+    except Exception as e:  # numba-cuda is optional
+        out["numba-cuda"] = f"not installed ({type(e).__name__})"
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # before any timing: the oracle's step depends on both (glibc keeps freed memory; one BLAS thread)
+    settings = runtime.tune_for_small_matrices()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    results = time_all(args)
+    speedups = speedups_vs_numpy(results)
     out = {
         "benchmark": "one training step: fresh batch + forward + backward + Adam",
         "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
@@ -133,13 +162,7 @@ def main(argv=None):
         "results": results,
         "speedup_vs_numpy_step_median": speedups,
     }
-    try:
-        import numba
-        out["versions"]["numba_threading_layer_threads"] = numba.get_num_threads()
-        from importlib.metadata import version
-        out["versions"]["numba-cuda"] = version("numba-cuda")
-    except Exception as e:  # numba-cuda is optional
-        out["versions"]["numba-cuda"] = f"not installed ({type(e).__name__})"
+    out["versions"].update(numba_versions())
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

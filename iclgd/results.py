@@ -2,7 +2,8 @@
 
 Keys (every experiment): experiment, figure, config (the full resolved config), seeds, backend,
 versions, quick, runtime_s, steps_run, curves ({"step": [...], name: [...]} or one such dict per
-model variant), final ({name: number}, or per variant), per_seed (the same per seed), notes.
+model variant), final ({name: number}, or per variant), per_seed (the same per seed), notes. Runs since the Adam settings are recorded also hold
+resolved ({"adam": AdamConfig as a dict}, per variant for fig3): lr and grad_clip as used.
 Written atomically: a temporary file in the same folder, then a rename.
 """
 import json

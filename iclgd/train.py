@@ -16,6 +16,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -28,21 +29,40 @@ from iclgd.runtime import tune_for_small_matrices
 class TrainConfig:
     steps: int = 5000  # 5 000 one layer / weight-tied, 50 000 deep (SPEC 3)
     batch: int = 2048  # tasks per step (SPEC 3)
-    lr: float = 0.0  # Adam learning rate; 0 = SPEC 3 rule: 1e-3 if L <= 3 else 5e-4
+    lr: Optional[float] = None  # Adam learning rate; None = SPEC 3 rule: 1e-3 if L <= 3 else 5e-4
     b1: float = 0.9  # Adam beta1
     b2: float = 0.98  # Adam beta2
     eps: float = 1e-8  # Adam epsilon
-    grad_clip: float = -1.0  # global-norm clip; < 0 = SPEC 3 rule: 0.001 if L <= 2 else 10; 0 = off
+    grad_clip: Optional[float] = None  # global-norm clip; None = SPEC 3 rule: 0.001 if L <= 2 else 10; 0 = off
     eval_every: int = 100  # evaluation period in steps (SPEC 3)
     checkpoint_every: int = 1000  # checkpoint period in steps
     fixed_tasks: int = 0  # 0 = online batches; P > 0 = a fixed training set of P tasks, cycled
 
+    def __post_init__(self):
+        # lr and grad_clip: None (the SPEC 3 rule) or a number, kept as a float (`--set` parses
+        # an untyped field as JSON, so `train.grad_clip=0` arrives as the integer 0)
+        for name, lowest in (("lr", "> 0"), ("grad_clip", ">= 0")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"train.{name}: expected a number or null (SPEC 3 rule), got {value!r}")
+            if not (value > 0 if lowest == "> 0" else value >= 0):
+                raise ValueError(f"train.{name}: expected a number {lowest} or null (SPEC 3 rule), got {value!r}")
+            object.__setattr__(self, name, float(value))
+
 
 def paper_adam(train: TrainConfig, num_layers):
-    """AdamConfig of SPEC 3 for an L-layer linear-regression model, unless the config sets it."""
-    lr = train.lr if train.lr > 0 else (1e-3 if num_layers <= 3 else 5e-4)
-    clip = train.grad_clip if train.grad_clip >= 0 else (0.001 if num_layers <= 2 else 10.0)
+    """AdamConfig of SPEC 3 for an L-layer linear-regression model, unless the config sets it:
+    lr = 1e-3 if L <= 3 else 5e-4, grad_clip = 0.001 if L <= 2 else 10 (0 = off)."""
+    lr = train.lr if train.lr is not None else (1e-3 if num_layers <= 3 else 5e-4)
+    clip = train.grad_clip if train.grad_clip is not None else (0.001 if num_layers <= 2 else 10.0)
     return AdamConfig(lr=lr, b1=train.b1, b2=train.b2, eps=train.eps, grad_clip=clip)
+
+
+def resolved_adam(train: TrainConfig, num_layers):
+    """The Adam settings paper_adam resolves for L layers, as a dict for results.json."""
+    return config_to_dict(paper_adam(train, num_layers))
 
 
 def paper_token_clip(num_layers):

@@ -10,7 +10,7 @@ import numpy as np
 from refimpl import baselines, metrics
 from refimpl.config import ModelConfig, TaskConfig
 from refimpl.tasks import TaskSource, eval_tasks
-from iclgd.train import paper_token_clip, train
+from iclgd.train import paper_token_clip, resolved_adam, train
 
 
 def eval_set_and_gd_eta(task: TaskConfig, **kw):
@@ -33,6 +33,21 @@ def lsa_config(task: TaskConfig, num_layers=1, tied=False, **kw):
     D = task.input_dim + 1
     return ModelConfig(token_dim=D, key_size=D, num_layers=num_layers, weight_tied=tied,
                        token_clip=paper_token_clip(num_layers), **kw)
+
+
+def one_layer_against_gd(task: TaskConfig):
+    """The evaluation set (B, T, D) / (B,), the grid's eta, the one-step GD reference (params,
+    config, metrics.Reference), the one-layer LSA config and its evaluator against GD."""
+    tokens, targets, eta = eval_set_and_gd_eta(task)
+    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta)
+    cfg_tf = lsa_config(task)
+    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    return tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate
+
+
+def resolved_settings(train_cfg, num_layers=1):
+    """results.json's `resolved` entry: the Adam settings (lr, clip, ...) the training used."""
+    return {"adam": resolved_adam(train_cfg, num_layers)}
 
 
 def make_evaluator(cfg, tokens, targets, refs):

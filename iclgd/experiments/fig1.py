@@ -18,7 +18,7 @@ from refimpl import baselines, metrics
 from refimpl.model import model_forward
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
-from iclgd.experiments.common import eval_set_and_gd_eta, lsa_config, mean_over_seeds, train_model
+from iclgd.experiments.common import eval_set_and_gd_eta, lsa_config, mean_over_seeds, resolved_settings, train_model
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,42 @@ def gd_unstable(tokens, step_over_n):
     return step_over_n * lam_max > 2.0
 
 
+def _at_dampening(cfg, params, entry, tf, gd, curves, rep, unstable, tokens, targets, backend):
+    """At the reported dampening: fill `curves` with TF, GD and two diagnostics; return `final`.
+    rep: the repeated-layer configs (TF, GD); tf, gd: their summaries; unstable: (B,) GD-unstable tasks."""
+    d, N = cfg.task.input_dim, cfg.task.num_context
+    rep_tf, rep_gd = rep
+    curves.update({k: entry[k] for k in ("loss_tf", "loss_gd", "median_tf", "median_gd")})
+    curves.update({"loss_tf_stable": tf["mean_stable"], "loss_gd_stable": gd["mean_stable"]})
+    # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
+    A, M = metrics.layer_products(params)
+    eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
+    gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets, backend), targets,
+                    ~unstable)
+    curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
+    # diagnostic: the other choice for the untrained label row of W_q
+    other = repeated_layer_params(params, not cfg.query_reads_label)
+    tf_other = summary(repeated_losses(other, rep_tf, tokens, targets, backend), targets, ~unstable)
+    curves.update({"loss_tf_other_row": tf_other["mean"], "median_tf_other_row": tf_other["median"]})
+    final = {"tf_eta_over_n": eta_tf / N,
+             "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
+             "median_rel_dev_to_49": max_rel_dev(tf["median"], gd["median"], 49),
+             "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),
+             "mean_rel_dev_to_20_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 20),
+             "mean_rel_dev_to_49_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 49),
+             "mean_rel_dev_to_20_other_row": max_rel_dev(tf_other["mean"], gd["mean"], 20),
+             "median_rel_dev_to_49_other_row": max_rel_dev(tf_other["median"], gd["median"], 49),
+             "query_label_row_norm": float(np.linalg.norm(params["layer0.attn.W_q"][-1])),
+             "loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
+             "loss_tf_10": tf["mean"][min(9, cfg.repeats - 1)],
+             "loss_gd_10": gd["mean"][min(9, cfg.repeats - 1)],
+             "loss_tf_last": tf["mean"][-1], "loss_gd_last": gd["mean"][-1],
+             "median_tf_last": tf["median"][-1], "median_gd_last": gd["median"][-1],
+             "diverged_tf": tf["diverged"], "diverged_gd": gd["diverged"],
+             "unstable_gd": entry["unstable_gd"]}
+    return final
+
+
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
@@ -119,41 +155,16 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                      "diverged_tf": tf["diverged"], "diverged_gd": gd["diverged"],
                      "unstable_gd": int(unstable.sum())}
             if lam == cfg.dampening:
-                curves.update({k: entry[k] for k in ("loss_tf", "loss_gd", "median_tf", "median_gd")})
-                curves.update({"loss_tf_stable": tf["mean_stable"], "loss_gd_stable": gd["mean_stable"]})
-                # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
-                A, M = metrics.layer_products(res.params)
-                eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
-                gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets, backend), targets,
-                                ~unstable)
-                curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})
-                # diagnostic: the other choice for the untrained label row of W_q
-                other = repeated_layer_params(res.params, not cfg.query_reads_label)
-                tf_other = summary(repeated_losses(other, rep_tf, tokens, targets, backend), targets, ~unstable)
-                curves.update({"loss_tf_other_row": tf_other["mean"], "median_tf_other_row": tf_other["median"]})
-                final = {"tf_eta_over_n": eta_tf / N,
-                         "mean_rel_dev_to_20": max_rel_dev(tf["mean"], gd["mean"], 20),
-                         "median_rel_dev_to_49": max_rel_dev(tf["median"], gd["median"], 49),
-                         "median_rel_dev_to_49_tf_eta": max_rel_dev(tf["median"], gd_tf["median"], 49),
-                         "mean_rel_dev_to_20_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 20),
-                         "mean_rel_dev_to_49_stable": max_rel_dev(tf["mean_stable"], gd["mean_stable"], 49),
-                         "mean_rel_dev_to_20_other_row": max_rel_dev(tf_other["mean"], gd["mean"], 20),
-                         "median_rel_dev_to_49_other_row": max_rel_dev(tf_other["median"], gd["median"], 49),
-                         "query_label_row_norm": float(np.linalg.norm(res.params["layer0.attn.W_q"][-1])),
-                         "loss_tf_1": tf["mean"][0], "loss_gd_1": gd["mean"][0],
-                         "loss_tf_10": tf["mean"][min(9, cfg.repeats - 1)],
-                         "loss_gd_10": gd["mean"][min(9, cfg.repeats - 1)],
-                         "loss_tf_last": tf["mean"][-1], "loss_gd_last": gd["mean"][-1],
-                         "median_tf_last": tf["median"][-1], "median_gd_last": gd["median"][-1],
-                         "diverged_tf": tf["diverged"], "diverged_gd": gd["diverged"],
-                         "unstable_gd": entry["unstable_gd"]}
+                final = _at_dampening(cfg, res.params, entry, tf, gd, curves, (rep_tf, rep_gd), unstable,
+                                      tokens, targets, backend)
             if lam in cfg.sweep:
                 sweep.append(entry)
         per_seed.append({"seed": seed, "final": final, "curves": curves, "sweep": sweep})
     final = mean_over_seeds([s["final"] for s in per_seed])
     final.update({"gd_eta": eta, "eval_tasks": int(targets.shape[0])})
     return {"final": final, "curves": mean_over_seeds([s["curves"] for s in per_seed]),
-            "per_seed": per_seed, "steps_run": steps_run, "runtime_s": time.perf_counter() - start,
+            "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
+            "runtime_s": time.perf_counter() - start,
             "notes": "curves: loss after k applications (step k = 1 .. repeats); diverged_*: tasks whose "
                      "loss after the last application exceeds 10 x the mean loss of predicting 0; unstable_gd: "
                      "tasks with lambda (eta/N) lambda_max(X^T X) > 2, on which GD diverges. *_rel_dev_to_K: max over "

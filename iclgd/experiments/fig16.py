@@ -9,7 +9,7 @@ from refimpl import metrics
 from refimpl.tasks import TaskSource
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
-from iclgd.experiments.common import eval_set_and_gd_eta, one_step_gd_reference, lsa_config, make_evaluator, mean_over_seeds, train_model
+from iclgd.experiments.common import mean_over_seeds, one_layer_against_gd, resolved_settings, train_model
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,7 @@ QUICK = {"train.steps": "300", "train.eval_every": "100", "task.eval_tasks": "10
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
-    tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
-    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta)
-    cfg_tf = lsa_config(task)
-    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task)  # (B, T, D), (B,)
     per_seed, steps_run = [], 0
     for seed in seeds:
         finals, curves = {}, {}
@@ -49,6 +46,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     return {"final": {n: mean_over_seeds([s["final"][n] for s in per_seed]) for n in names},
             "curves": {n: mean_over_seeds([s["curves"][n] for s in per_seed]) for n in names},
             "per_seed": per_seed, "steps_run": steps_run, "gd_eta": eta,
+            "resolved": resolved_settings(cfg.train),
             "runtime_s": time.perf_counter() - start,
             "notes": "final and curves hold one entry per training-set size BN; loss_tf and the "
                      "alignment use fresh evaluation tasks, loss_train_* the fixed training set."}

@@ -13,7 +13,7 @@ import numpy as np
 from refimpl import baselines, metrics
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
-from iclgd.experiments.common import eval_set_and_gd_eta, one_step_gd_reference, lsa_config, make_evaluator, mean_over_seeds, train_model
+from iclgd.experiments.common import mean_over_seeds, one_layer_against_gd, resolved_settings, train_model
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
-    tokens, targets, eta = eval_set_and_gd_eta(task)  # (B, T, D), (B,), eta
-    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta)
-    cfg_tf = lsa_config(task)
-    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task)  # (B, T, D), (B,)
     per_seed, steps_run = [], 0
     for seed in seeds:
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
@@ -56,7 +53,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                   "gd_eta_closed_form_exact": baselines.closed_form_eta_uniform(d, N, task.input_range)})
     A_gd, M_gd = metrics.layer_products(gd)
     return {"final": final, "curves": mean_over_seeds([s["curves"] for s in per_seed]),
-            "per_seed": per_seed, "steps_run": steps_run,
+            "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
             "weights_gd": {"W_KQ": A_gd, "W_PV": M_gd},
             "runtime_s": time.perf_counter() - start,
             "notes": "gd_eta: grid optimum on the evaluation set; gd_eta_closed_form: N E tr S / E tr S^2 "

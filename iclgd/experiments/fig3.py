@@ -16,7 +16,7 @@ import numpy as np
 
 from refimpl import baselines, metrics
 from refimpl.tasks import eval_tasks
-from iclgd.train import TrainConfig, paper_adam, paper_token_clip
+from iclgd.train import TrainConfig, paper_adam, paper_token_clip, resolved_adam
 from refimpl.config import TaskConfig
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, train_model
@@ -126,7 +126,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         per_seed.append({"seed": seed, "final": finals, "curves": curves})
     final = {name: mean_over_seeds([s["final"][name] for s in per_seed]) for name, *_ in variants(cfg)}
     curves = {name: mean_over_seeds([s["curves"][name] for s in per_seed]) for name, *_ in variants(cfg)}
-    return {"final": final, "curves": curves, "per_seed": per_seed, "steps_run": steps_run,
+    resolved = {"adam": {name: resolved_adam(cfg.train, L) for name, L, *_ in variants(cfg)}}
+    return {"final": final, "curves": curves, "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved,
             "loss_zero": float(0.5 * np.mean(targets**2)), "runtime_s": time.perf_counter() - start,
             "notes": "final and curves hold one entry per variant (tiedL, deepL); *_layers: loss after "
                      "each layer / GD step; GD is plain GD (no token clipping); GD++ and the TF clip "

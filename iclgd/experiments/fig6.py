@@ -18,7 +18,7 @@ from refimpl.tasks import eval_tasks, other_law_tasks
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
-from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, train_model
+from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, resolved_settings, train_model
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             "curves": mean_over_seeds([s["curves"] for s in per_seed]),
             "ood": {"alpha": {k: v for k, v in grids.items()}, "k": list(range(N + 1)),
                     **mean_over_seeds([s["ood"] for s in per_seed])},
-            "per_seed": per_seed, "steps_run": steps_run, "runtime_s": time.perf_counter() - start,
+            "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
+            "runtime_s": time.perf_counter() - start,
             "notes": "ood[family][model]: mean loss over the evaluation set at each ood.alpha[family] "
                      "(None = diverged); ood.distractors[model][i]: loss with ood.k[i] distractor labels. "
                      "GD++ with one layer trains eta only (gamma acts after the read-out's input). "
