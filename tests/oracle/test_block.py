@@ -138,6 +138,19 @@ def test_block_reads_and_returns_only_its_parameter_set(rng):
     assert sorted(grads) == sorted(k for k in param_shapes(cfg) if k.startswith("layer1."))
 
 
+def record_attention_input_grad(monkeypatch):
+    """A list that receives the input_grad flag of every linear-attention backward call."""
+    forward, backward = block.ATTENTION["linear"]
+    seen = []
+
+    def recording_backward(dout, cache, input_grad=True):
+        seen.append(input_grad)
+        return backward(dout, cache, input_grad)
+
+    monkeypatch.setitem(block.ATTENTION, "linear", (forward, recording_backward))
+    return seen
+
+
 @pytest.mark.parametrize("layernorm", [False, True])
 def test_input_grad_false_skips_only_what_nobody_needs(layernorm, rng, monkeypatch):
     """input_grad=False: dH is None, the parameter gradients are bitwise those of input_grad=True, and
@@ -148,14 +161,7 @@ def test_input_grad_false_skips_only_what_nobody_needs(layernorm, rng, monkeypat
     H = rng.standard_normal((B, T, 5))
     dout = rng.standard_normal(H.shape)
     _, cache = block_forward(H, params, cfg, 0)
-    forward, backward = block.ATTENTION["linear"]
-    asked = []
-
-    def recording_backward(dout, cache, input_grad=True):
-        asked.append(input_grad)
-        return backward(dout, cache, input_grad)
-
-    monkeypatch.setitem(block.ATTENTION, "linear", (forward, recording_backward))
+    asked = record_attention_input_grad(monkeypatch)
     dH_full, g_full = block_backward(dout, cache)
     dH_none, g_none = block_backward(dout, cache, input_grad=False)
     assert dH_full.shape == H.shape and dH_none is None
@@ -174,14 +180,7 @@ def test_training_backward_skips_the_first_attention_input_gradient(name, asked,
     cfg = LOOP_CONFIGS[name]
     params = random_model_params(cfg, rng)
     _, cache = model_forward(params, rng.standard_normal((B, T, cfg.token_dim)), cfg)
-    forward, backward = block.ATTENTION["linear"]
-    seen = []
-
-    def recording_backward(dout, cache, input_grad=True):
-        seen.append(input_grad)
-        return backward(dout, cache, input_grad)
-
-    monkeypatch.setitem(block.ATTENTION, "linear", (forward, recording_backward))
+    seen = record_attention_input_grad(monkeypatch)
     dtokens, _ = model_backward(rng.standard_normal((cfg.num_layers, B)), cache, input_grad=False)
     assert dtokens is None
     assert seen == asked
