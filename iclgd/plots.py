@@ -21,7 +21,9 @@ def _save(fig, out_dir, name, title):
     for ext in ("png", "pdf"):
         path = os.path.join(out_dir, f"{name}.{ext}")
         tmp = os.path.join(out_dir, f".{name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        # No creation date in the PDF: re-plotting the same results.json gives the same bytes.
+        metadata = {"CreationDate": None} if ext == "pdf" else None
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=metadata)
         os.replace(tmp, path)
         paths.append(path)
     _plt().close(fig)

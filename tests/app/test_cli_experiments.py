@@ -3,6 +3,7 @@ training, resumption through the command line, clear errors for bad input."""
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +67,19 @@ def test_plot_rerenders_from_results_alone_without_training(fig2_dir, tmp_path, 
     assert _run(["plot", tmp_path]) == 0
     assert sorted(os.listdir(tmp_path)) == ["fig2.pdf", "fig2.png", "results.json"]
     assert os.path.getsize(tmp_path / "fig2.png") > 1000
+
+
+def test_replotting_writes_the_same_bytes(fig2_dir, tmp_path, monkeypatch):
+    """A re-plot of the same results.json gives byte-identical PNG and PDF files, also a second
+    later (a PDF creation date would differ), so re-plotting a committed figure changes nothing."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    shutil.copy(os.path.join(fig2_dir, "results.json"), tmp_path / "results.json")
+    assert _run(["plot", tmp_path]) == 0
+    first = {ext: (tmp_path / f"fig2.{ext}").read_bytes() for ext in ("png", "pdf")}
+    time.sleep(1.1)
+    assert _run(["plot", tmp_path]) == 0
+    for ext, data in first.items():
+        assert (tmp_path / f"fig2.{ext}").read_bytes() == data, ext
 
 
 def test_run_resume_reaches_the_uninterrupted_final_state(tmp_path):
