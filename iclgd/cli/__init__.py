@@ -6,6 +6,9 @@ import sys
 
 from iclgd import __version__
 
+DESCRIPTION = ("Reproduce 'Transformers learn in-context by gradient descent' with a float64 NumPy oracle "
+               "and fast CPU/GPU backends. `iclgd COMMAND --help` explains each command.")
+
 # command -> (module, one-line help)
 COMMANDS = {
     "info": ("iclgd.cli.info", "versions, and which backends are available (and why not)"),
@@ -19,7 +22,7 @@ COMMANDS = {
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="iclgd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="iclgd", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"iclgd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -6,7 +6,9 @@ def add_arguments(parser):
     parser.add_argument("experiment", help="experiment name (see `iclgd list`)")
     parser.add_argument("--out", default=None, help="output folder (default results/EXPERIMENT)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds: 0 .. K-1 (default 1)")
-    parser.add_argument("--backend", default="numpy", help="training backend (default numpy)")
+    from kernels import backend_names
+    parser.add_argument("--backend", default="numpy", choices=backend_names(), metavar="NAME",
+                        help=f"training backend: {', '.join(backend_names())} (default numpy)")
     parser.add_argument("--quick", action="store_true", help="small settings that finish in seconds")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -43,3 +43,16 @@ def test_gradcheck_exit_status_is_1_when_a_check_fails(monkeypatch, capsys):
     monkeypatch.setattr(gradcheck, "TOLERANCE", 0.0)  # nothing passes a zero tolerance
     assert main(["gradcheck"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_help_is_whole_sentences_and_run_lists_the_backends():
+    from kernels import backend_names
+    top = subprocess.run([sys.executable, "-m", "iclgd", "--help"], capture_output=True, text=True, check=False)
+    assert top.returncode == 0, top.stderr
+    description = top.stdout.split("\n\n")[1].strip()
+    assert description.endswith("."), description
+    bad = subprocess.run([sys.executable, "-m", "iclgd", "run", "fig2", "--backend", "nope"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    line = bad.stderr.strip().splitlines()[-1]
+    assert "--backend" in line and "'nope'" in line and all(name in line for name in backend_names())
