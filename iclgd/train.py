@@ -39,8 +39,8 @@ class TrainConfig:
     fixed_tasks: int = 0  # 0 = online batches; P > 0 = a fixed training set of P tasks, cycled
 
     def __post_init__(self):
-        # lr and grad_clip: None (the SPEC 3 rule) or a number, kept as a float (`--set` parses
-        # an untyped field as JSON, so `train.grad_clip=0` arrives as the integer 0)
+        # lr and grad_clip: None (the SPEC 3 rule) or a number (`--set train.lr=0.002` parses it as
+        # a float, `--set train.lr=null` as None: refimpl.config reads the Optional[float] type)
         for name, lowest in (("lr", "> 0"), ("grad_clip", ">= 0")):
             value = getattr(self, name)
             if value is None:
@@ -49,7 +49,6 @@ class TrainConfig:
                 raise ValueError(f"train.{name}: expected a number or null (SPEC 3 rule), got {value!r}")
             if not (value > 0 if lowest == "> 0" else value >= 0):
                 raise ValueError(f"train.{name}: expected a number {lowest} or null (SPEC 3 rule), got {value!r}")
-            object.__setattr__(self, name, float(value))
 
 
 def paper_adam(train: TrainConfig, num_layers):

@@ -6,6 +6,8 @@ with the list of valid ones.
 """
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass
 
 ATTENTION_KINDS = ("linear", "softmax")
@@ -118,7 +120,25 @@ class TaskConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-def _parse_value(text, current, key):
+def _optional_scalar(declared):
+    """X for a field declared Optional[X] (X | None) with X a bool, int, float or str; else None."""
+    args = typing.get_args(declared)
+    if typing.get_origin(declared) in (typing.Union, types.UnionType) and len(args) == 2 \
+            and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        if inner in (bool, int, float, str):
+            return inner
+    return None
+
+
+def _parse_value(text, current, key, declared=None):
+    """`text` as the field's type: that of its current value, or X for a field declared Optional[X]
+    (then "null" / "none" is None and anything else an X, whatever the current value)."""
+    inner = _optional_scalar(declared)
+    if inner is not None:
+        if text.strip().lower() in ("null", "none"):
+            return None
+        return _parse_value(text, inner(), key)  # inner(): False, 0, 0.0 or "", typed like X
     if isinstance(current, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -187,7 +207,8 @@ def _apply_one(config, full_key, parts, text):
     else:
         if len(parts) > 1:
             raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
-        value = text if not isinstance(text, str) else _parse_value(text, current, full_key)
+        declared = typing.get_type_hints(type(config)).get(parts[0])
+        value = text if not isinstance(text, str) else _parse_value(text, current, full_key, declared)
     return dataclasses.replace(config, **{parts[0]: value})
 
 

@@ -131,3 +131,21 @@ def test_cli_rejects_unknown_options(capsys):
     with pytest.raises(SystemExit):
         main(["no-such-command"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_overrides_of_an_optional_number_follow_its_declared_type():
+    """A field declared Optional[float] parses "null" as None and any number as a float, also when
+    its current value is a float (back to null) or None (to a number); other text is an error."""
+    import dataclasses
+    from typing import Optional
+
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        rate: Optional[float] = None
+        count: Optional[int] = 3
+
+    assert type(apply_overrides(Section(), ["rate=0"]).rate) is float
+    assert apply_overrides(Section(rate=0.5), ["rate=null"]).rate is None
+    assert apply_overrides(Section(), ["count=none"]).count is None and apply_overrides(Section(count=None), ["count=7"]).count == 7
+    with pytest.raises(ValueError, match="rate: expected a number"):
+        apply_overrides(Section(), ["rate=fast"])
