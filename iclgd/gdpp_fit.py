@@ -99,11 +99,10 @@ def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, pr
             params = baselines.gdpp_params(task.input_dim, etas, gammas, task.num_context)
             curve["step"].append(step)
             curve["loss_gdpp"].append(metrics.losses(params, *eval_set, cfg)[0])
-    etas, gammas = train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim,
-                                        task.num_context, num_layers, tied, eta0, steps, adam,
-                                        token_clip=paper_token_clip(num_layers), progress=progress,
-                                        desc=f"GD++ L={num_layers} seed {seed}",
-                                        grads_fn=None if backend is None else host_loss_and_grads(backend),
-                                        entries=gdpp.entries, callback=callback,
-                                        callback_every=check_positive_int("gdpp.eval_every", gdpp.eval_every))
+    etas, gammas = train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim, task.num_context,
+                              num_layers, tied, eta0, steps, adam, token_clip=paper_token_clip(num_layers),
+                              progress=progress, desc=f"GD++ L={num_layers} seed {seed}",
+                              grads_fn=None if backend is None else host_loss_and_grads(backend),
+                              entries=gdpp.entries, callback=callback,
+                              callback_every=check_positive_int("gdpp.eval_every", gdpp.eval_every))
     return etas, gammas, curve

@@ -29,12 +29,12 @@ def unpack(vector, cfg):
     return {n: vector[o:o + math.prod(s)].reshape(s) for n, (o, s) in offs.items()}
 
 
-def pack_like(arrays, like, xp=np):
-    """{name: array} -> one vector, in the order of the names of `like` (a dict or sequence), in
-    the dtype of the first of them."""
+def pack_like(arrays, like, xp=np, dtype=None):
+    """{name: array} -> one new vector, in the order of the names of `like` (a dict or sequence),
+    in `dtype` (default: the dtype of the first of them)."""
     names = list(like)
-    return xp.concatenate([xp.ravel(arrays[n]) for n in names]).astype(arrays[names[0]].dtype,
-                                                                        copy=False)
+    dtype = arrays[names[0]].dtype if dtype is None else dtype
+    return xp.concatenate([xp.ravel(arrays[n]) for n in names]).astype(dtype, copy=False)
 
 
 def unpack_like(vector, like):

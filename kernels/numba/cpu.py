@@ -233,10 +233,7 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
     for k, g in grads.items():
         check_array(f"grads[{k!r}]", g, shape=params[k].shape)
     dtype = next(iter(params.values())).dtype
-    pv = pack_like(params, params).astype(dtype, copy=False).copy()
-    g = pack_like(grads, params).astype(dtype, copy=False)
-    m = pack_like(state["m"], params).astype(dtype, copy=False).copy()
-    v = pack_like(state["v"], params).astype(dtype, copy=False).copy()
+    pv, g, m, v = (pack_like(d, params, dtype=dtype) for d in (params, grads, state["m"], state["v"]))
     t = state["t"] + 1
     norm = adam_flat(pv, g, m, v, t, adam_cfg)
     new_state = {"t": t, "m": unpack_like(m, params), "v": unpack_like(v, params)}
@@ -247,8 +244,7 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     """One optimiser step on a given batch: fused forward, backward and Adam. (params, state, loss)."""
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
-    pv = pack(params, cfg).copy()
-    m, v = pack(state["m"], cfg).copy(), pack(state["v"], cfg).copy()
+    pv, m, v = pack(params, cfg), pack(state["m"], cfg), pack(state["v"], cfg)  # new vectors: updated in place
     loss, _, g = _loss_grads_flat(pv, tok, y, cfg)
     t = state["t"] + 1
     adam_flat(pv, g, m, v, t, adam_cfg)
