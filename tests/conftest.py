@@ -69,7 +69,6 @@ def tolerance(name, dtype):
     return TOL[f"{name}_{np.dtype(dtype).name}"]
 
 
-
 def backend_tolerance(dtype, reduction_size=1):
     """(rtol, atol) for comparing a backend's result with the float64 oracle on the same inputs."""
     if np.dtype(dtype) == np.float64:
