@@ -18,10 +18,11 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.layers import GELU_C, LN_EPS, sinusoidal_encoding
-from refimpl.params import param_offsets  # noqa: F401  (re-exported for the Numba backends)
+from refimpl.params import param_offsets
 
 from kernels.numba.ops import (C_CLIP, C_GELU_A, C_GELU_C, C_HALF, C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF,
-                        C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
+                               C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
+
 
 class TaskLayout(NamedTuple):
     """The entries of `ii`, in order: sizes, flags, parameter offsets, workspace offsets."""
@@ -180,7 +181,7 @@ def build_layout(cfg, num_tokens):
     for name, size in (("W_DX", T * W), ("W_DA", T * W), ("W_DO", T * HK), ("W_DQ", T * HK),
                        ("W_DK", S * HK), ("W_DV", S * HK), ("W_DP", PK),
                        ("W_DH", T * max(F, FI, 1)), ("W_DT", T * W), ("W_DU", T * W),
-                     ("W_DW", H * D), ("W_DG", H * D)):
+                       ("W_DW", H * D), ("W_DG", H * D)):
         v[name], w = w, w + size
     v["W_SIZE"] = w
     ii = np.array(TaskLayout(**v), dtype=np.int64)
