@@ -1,7 +1,8 @@
 """The `cupy` backend: the oracle's functions on a CUDA GPU, float64 and float32.
 
 Two paths, same numbers:
-- fused (this module's loss_and_grads, adam_update, train_step, GraphTrainer): the RawKernels of
+- fused (this module's loss_and_grads, adam_update, train_step; GraphTrainer and draw_tasks in
+  kernels/cupy/graph.py): the RawKernels of
   kernels/cupy/cuda/*.cu. A model of attention layers only (the paper's LSA; softmax layers too) takes
   ONE launch per training step (model_step.cu: forward, backward, deterministic reduction over tasks,
   clipping and Adam); models with LayerNorm / MLP run one fused launch per layer and direction
@@ -263,6 +264,3 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     new_state = {"t": state["t"] + 1, "m": cb.unpack(m, cfg), "v": cb.unpack(v, cfg)}
     return cb.unpack(vec, cfg), new_state, buf.stats[cfg.num_layers - 1]
 
-
-# device-drawn tasks and the CUDA-graph trainer (kernels/cupy/graph.py), importable from here
-from kernels.cupy.graph import GraphTrainer, draw_tasks  # noqa: E402,F401

@@ -6,6 +6,7 @@ import pytest
 import kernels
 from tests.conftest import TOL, assert_close_to_oracle, model_configs, tolerance
 from kernels.cupy import build as cb
+from kernels.cupy import graph
 from kernels.cupy import philox
 from refimpl.config import AdamConfig
 from refimpl.loss import loss_and_grads
@@ -185,7 +186,7 @@ def test_fused_adam_update_matches_oracle(cp, backend, rng, dtype):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_device_tasks_equal_host_mirror(cp, backend, dtype):
-    tok, tgt = backend.draw_tasks(2**33 + 5, 17, 333, 9, 7, 1.3, 0.7, dtype)
+    tok, tgt = graph.draw_tasks(2**33 + 5, 17, 333, 9, 7, 1.3, 0.7, dtype)
     ref_tok, ref_tgt = philox.linear_regression_tasks(2**33 + 5, 17, 333, 9, 7, 1.3, 0.7, dtype)
     np.testing.assert_array_equal(cp.asnumpy(tok)[..., :-1], ref_tok[..., :-1])  # exact inputs
     tol = tolerance("device_libm_labels", dtype)  # labels: device log/sin/cos vs glibc
@@ -195,7 +196,7 @@ def test_device_tasks_equal_host_mirror(cp, backend, dtype):
 
 def test_device_tasks_moments_and_determinism(cp, backend):
     B, N, d, r, s = 1 << 15, 10, 10, 1.0, 1.0
-    tok, tgt = backend.draw_tasks(7, 0, B, N, d, r, s, np.float64)
+    tok, tgt = graph.draw_tasks(7, 0, B, N, d, r, s, np.float64)
     x = cp.asnumpy(tok)[..., :d]
     n = x.size
     assert abs(x.mean()) < 5 * np.sqrt(r**2 / 12 / n)
@@ -203,8 +204,8 @@ def test_device_tasks_moments_and_determinism(cp, backend):
     # y_q = w . x_q with w ~ N(0, s^2 I): E y_q^2 = s^2 d r^2 / 12
     yq = cp.asnumpy(tgt)
     assert abs(np.mean(yq**2) / (s**2 * d * r**2 / 12) - 1) < 0.05
-    again, _ = backend.draw_tasks(7, 0, B, N, d, r, s, np.float64)
-    other, _ = backend.draw_tasks(7, 1, B, N, d, r, s, np.float64)
+    again, _ = graph.draw_tasks(7, 0, B, N, d, r, s, np.float64)
+    other, _ = graph.draw_tasks(7, 1, B, N, d, r, s, np.float64)
     assert cp.array_equal(tok, again) and not cp.array_equal(tok, other)
 
 
@@ -217,8 +218,8 @@ def test_graph_replay_equals_eager_launches_and_host_training(cp, backend, rng, 
     params = init_params(cfg, rng, np.float64)
     runs = {}
     for use_graph in (True, False):
-        tr = backend.GraphTrainer(params, cfg, adam_cfg, batch=batch, seed=3, dtype=np.float64,
-                             use_graph=use_graph)
+        tr = graph.GraphTrainer(params, cfg, adam_cfg, batch=batch, seed=3, dtype=np.float64,
+                               use_graph=use_graph)
         log = tr.run(steps, log_every=5)
         runs[use_graph] = (tr.params(), log, tr.adam_state()["t"])
     for k in params:
