@@ -22,7 +22,7 @@ TOL = {
     "float64_reordered": dict(rtol=1e-14),
     "float64_reordered_near_zero": dict(rtol=1e-14, atol=1e-14),
     # float64, undoing the W_Q -> c W_Q, W_P -> W_P / c ambiguity gives GD's layer back (m = c, its
-    # products A and M): exact algebra up to rounding of entries of order one
+    # products W_KQ and W_PV): exact algebra up to rounding of entries of order one
     "rescaling_undone_float64": dict(atol=1e-14),
     # SPEC 5: the constructed transformer's read-outs equal one GD step; chains of O(100) products
     "construction_vs_gd": dict(rtol=0, atol=1e-12),

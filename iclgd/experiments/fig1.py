@@ -100,9 +100,9 @@ def _at_dampening(cfg, params, entry, tf, gd, curves, rep, unstable, tokens, tar
     rep_tf, rep_gd = rep
     curves.update({k: entry[k] for k in ("loss_tf", "loss_gd", "median_tf", "median_gd")})
     curves.update({"loss_tf_stable": tf["mean_stable"], "loss_gd_stable": gd["mean_stable"]})
-    # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag A) M[d, d]
-    A, M = metrics.layer_products(params)
-    eta_tf = -N * float(np.mean(np.diag(A)[:d]) * M[d, d])
+    # diagnostic: GD at the trained layer's own step size eta_TF = -N mean(diag W_KQ) W_PV[d, d]
+    W_KQ, W_PV = metrics.layer_products(params)  # (D, D) each
+    eta_tf = -N * float(np.mean(np.diag(W_KQ)[:d]) * W_PV[d, d])
     gd_tf = summary(repeated_losses(baselines.gd_params(d, eta_tf, N), rep_gd, tokens, targets, backend), targets,
                     ~unstable)
     curves.update({"loss_gd_tf_eta": gd_tf["mean"], "median_gd_tf_eta": gd_tf["median"]})

@@ -37,24 +37,24 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         steps_run += res.steps_run
         final = evaluate(res.params)
         interp, m = metrics.interpolated_params(res.params, gd, d)
-        A, M = metrics.layer_products(res.params)
+        W_KQ, W_PV = metrics.layer_products(res.params)  # (D, D) each
         final.update({
             "loss_gd": ref.loss,
             "loss_interp": metrics.losses(interp, tokens, targets, gd_cfg)[0],
             "loss_zero": float(0.5 * np.mean(targets**2)),
             "interp_scale_m": m,
-            "kq_pv_diag": float(np.mean(np.diag(A)[:d]) * M[d, d]),  # ~ -eta/N for GD
+            "kq_pv_diag": float(np.mean(np.diag(W_KQ)[:d]) * W_PV[d, d]),  # ~ -eta/N for GD
         })
         per_seed.append({"seed": seed, "final": final, "curves": res.curves,
-                         "weights": {"W_KQ": A, "W_PV": M}})
+                         "weights": {"W_KQ": W_KQ, "W_PV": W_PV}})
     final = mean_over_seeds([s["final"] for s in per_seed])
     final.update({"gd_eta": eta, "gd_eta_over_n": eta / N,
                   "gd_eta_closed_form": baselines.closed_form_eta(tokens),
                   "gd_eta_closed_form_exact": baselines.closed_form_eta_uniform(d, N, task.input_range)})
-    A_gd, M_gd = metrics.layer_products(gd)
+    W_KQ_gd, W_PV_gd = metrics.layer_products(gd)
     return {"final": final, "curves": mean_over_seeds([s["curves"] for s in per_seed]),
             "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
-            "weights_gd": {"W_KQ": A_gd, "W_PV": M_gd},
+            "weights_gd": {"W_KQ": W_KQ_gd, "W_PV": W_PV_gd},
             "runtime_s": time.perf_counter() - start,
             "notes": "gd_eta: grid optimum on the evaluation set; gd_eta_closed_form: N E tr S / E tr S^2 "
                      "on the evaluation set (_exact: in expectation for the uniform law)."}

@@ -130,10 +130,10 @@ def test_interpolation_undoes_the_scale_ambiguity(rng):
     scaled = dict(gd, **{"layer0.attn.W_q": c * gd["layer0.attn.W_q"], "layer0.attn.W_p": gd["layer0.attn.W_p"] / c})
     interp, m = metrics.interpolated_params(scaled, gd, d)
     assert abs(m - c) < TOL["rescaling_undone_float64"]["atol"]
-    A, M = metrics.layer_products(interp)
-    A_gd, M_gd = metrics.layer_products(gd)
-    np.testing.assert_allclose(A, A_gd, **TOL["rescaling_undone_float64"])
-    np.testing.assert_allclose(M, M_gd, **TOL["rescaling_undone_float64"])
+    W_KQ, W_PV = metrics.layer_products(interp)
+    W_KQ_gd, W_PV_gd = metrics.layer_products(gd)
+    np.testing.assert_allclose(W_KQ, W_KQ_gd, **TOL["rescaling_undone_float64"])
+    np.testing.assert_allclose(W_PV, W_PV_gd, **TOL["rescaling_undone_float64"])
 
 
 @pytest.mark.parametrize("entries", sorted(baselines.GDPP_ENTRIES))
