@@ -28,7 +28,7 @@ setup(
         # numba-cuda runs its kernels under the simulator and compiles them to PTX with NVVM.
         # numba-cuda is in maintenance mode: pinned. 0.30.4 with the cu12 extra (NVVM, NVRTC) leaves
         # numba 0.68.1 / llvmlite 0.50 / numpy untouched (checked with pip install --dry-run).
-        "test": ["pytest>=7", "cuda-bindings>=12.6,<13", "nvidia-cuda-nvrtc-cu12",
+        "test": ["pytest>=7", "hypothesis>=6.100", "cuda-bindings>=12.6,<13", "nvidia-cuda-nvrtc-cu12",
                  "numba-cuda[cu12]==0.30.4"],
         "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda[cu12]==0.30.4"],
         "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
