@@ -17,7 +17,7 @@ import numpy as np
 
 from . import attention, layers
 from .params import params_under
-from .validate import array_module
+from .validate import array_module, check_upstream
 
 ATTENTION = {
     "linear": (attention.lsa_forward, attention.lsa_backward),
@@ -62,13 +62,14 @@ def block_forward(H, params, cfg, layer):
         a = a * array_module(a).asarray(y_update_mask(a.shape[-1], a.dtype))  # (B, T, D): x part frozen
     H = H + lam * a  # (B, T, D)
     if cfg.token_clip > 0:
-        H, cache["clip"] = layers.clip_forward(H, cfg.token_clip)  # (B, T, D)
+        H, (cache["clip"], _) = layers.clip_forward(H, cfg.token_clip)  # (B, T, D); the bare mask
     if cfg.mlp:
         m_in = H  # (B, T, D)
         if cfg.layernorm:
             m_in, cache["ln2"] = layers.layernorm_forward(H, **params_under(params, p + ".ln2"))  # (B, T, D)
         m, cache["mlp"] = layers.mlp_forward(m_in, **params_under(params, p + ".mlp"))  # (B, T, D)
         H = H + lam * m  # (B, T, D)
+    cache["out_shape"], cache["dtype"] = H.shape, H.dtype  # what block_backward's dH must be
     return H, cache
 
 
@@ -80,6 +81,7 @@ def block_backward(dH, cache, input_grad=True):
     parameters need it. Steps in the reverse order of block_forward.
     """
     cfg, p = cache["cfg"], cache["prefix"]
+    check_upstream("dH", dH, cache["out_shape"], cache["dtype"])
     lam = cfg.dampening
     grads = {}
     if "mlp" in cache:
@@ -90,7 +92,7 @@ def block_backward(dH, cache, input_grad=True):
             grads.update(_named(p + ".ln2", g))
         dH = dH + dm_in  # residual + MLP branch
     if "clip" in cache:
-        dH, _ = layers.clip_backward(dH, cache["clip"])  # (B, T, D)
+        dH, _ = layers.clip_backward(dH, (cache["clip"], cache["dtype"]))  # (B, T, D)
     da = lam * dH  # (B, T, D)
     if cfg.y_update:
         da = da * array_module(da).asarray(y_update_mask(da.shape[-1], da.dtype))

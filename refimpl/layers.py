@@ -3,6 +3,8 @@
 Every operation is a pair of pure functions:
     op_forward(x, params...) -> (out, cache)
     op_backward(dout, cache) -> (dx, {param name: gradient})
+Every backward checks its dout like a forward input: exactly the forward output's shape and dtype,
+finite (refimpl.validate.check_upstream).
 Shape legend: B tasks, T tokens, D width (in), F width (out). Inputs may carry any number of
 leading axes; the maps act on the last axis. All arithmetic stays in the inputs' dtype.
 """
@@ -10,7 +12,7 @@ import math
 
 import numpy as np
 
-from .validate import array_module, check_array, check_same_dtype
+from .validate import array_module, check_array, check_same_dtype, check_upstream
 
 LN_EPS = 1e-5  # SPEC 2.3: LayerNorm eps
 GELU_C = math.sqrt(2.0 / math.pi)  # tanh approximation constant (a Python float: keeps float32 float32)
@@ -41,6 +43,7 @@ def linear_forward(x, W, b=None):
 
 def linear_backward(dout, cache):
     x, W, has_bias = cache
+    check_upstream("dout", dout, x.shape[:-1] + W.shape[1:], x.dtype)  # out: (..., F)
     dx = dout @ W.T  # (..., D)
     x2 = x.reshape(-1, x.shape[-1])  # (M, D)
     d2 = dout.reshape(-1, dout.shape[-1])  # (M, F)
@@ -68,6 +71,7 @@ def layernorm_forward(x, scale, offset):
 
 def layernorm_backward(dout, cache):
     xhat, rstd, scale = cache
+    check_upstream("dout", dout, xhat.shape, xhat.dtype)  # out: (..., D)
     grads = {"scale": _sum_leading(dout * xhat), "offset": _sum_leading(dout)}
     dxhat = dout * scale  # (..., D)
     # d/dx of (x - mean) * rstd: the mean and the variance both depend on every x of the row
@@ -87,6 +91,7 @@ def gelu_forward(x):
 
 def gelu_backward(dout, cache):
     x, t = cache
+    check_upstream("dout", dout, x.shape, x.dtype)
     du_dx = GELU_C * (1.0 + 3 * 0.044715 * x**2)
     dgelu = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx
     return dout * dgelu, {}
@@ -102,7 +107,7 @@ def mlp_forward(x, W1, b1, W2, b2):
 
 
 def mlp_backward(dout, cache):
-    c1, cg, c2 = cache
+    c1, cg, c2 = cache  # dout is checked by linear_backward: the second linear's output is the MLP's
     da, g2 = linear_backward(dout, c2)
     dh, _ = gelu_backward(da, cg)
     dx, g1 = linear_backward(dh, c1)
@@ -128,32 +133,41 @@ def posenc_concat_forward(x, size):
     B, T, _ = x.shape
     pe = array_module(x).asarray(sinusoidal_encoding(T, size, x.dtype))  # (T, P)
     pe = np.broadcast_to(pe, (B, T, size))  # (B, T, P)
-    return np.concatenate([pe, x], axis=-1), size
+    out = np.concatenate([pe, x], axis=-1)  # (B, T, P + D)
+    return out, (size, out.shape, out.dtype)
 
 
 def posenc_concat_backward(dout, cache):
-    size = cache
+    size, shape, dtype = cache
+    check_upstream("dout", dout, shape, dtype)  # (B, T, P + D)
     return dout[..., size:], {}
 
 
 def posenc_add_forward(x):
     check_array("x", x, ndim=3)
-    return x + array_module(x).asarray(sinusoidal_encoding(x.shape[1], x.shape[2], x.dtype)), None
+    out = x + array_module(x).asarray(sinusoidal_encoding(x.shape[1], x.shape[2], x.dtype))  # (B, T, D)
+    return out, (out.shape, out.dtype)
 
 
 def posenc_add_backward(dout, cache):
+    shape, dtype = cache
+    check_upstream("dout", dout, shape, dtype)  # (B, T, D)
     return dout, {}
 
 
 # ----------------------------------------------------------------------------------------------
 # token clipping: H <- clip(H, -c, c); the gradient passes only where the value was inside
 def clip_forward(x, c):
+    """Cache: (inside (..., D) bool, the output's dtype). x may hold inf: clipping bounds it."""
+    check_array("x", x, finite=False)
     if not c > 0:
         raise ValueError(f"c: expected a clipping bound > 0, got {c!r}")
     inside = np.abs(x) <= c
-    return np.clip(x, -c, c), inside
+    out = np.clip(x, -c, c)
+    return out, (inside, out.dtype)
 
 
 def clip_backward(dout, cache):
-    inside = cache
+    inside, dtype = cache
+    check_upstream("dout", dout, inside.shape, dtype)
     return dout * inside, {}

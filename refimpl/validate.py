@@ -33,10 +33,29 @@ def check_array(name, x, ndim=None, shape=None, finite=True):
         if len(shape) != x.ndim or any(s is not None and s != a for s, a in zip(shape, x.shape)):
             want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
-    if finite and not np.all(np.isfinite(x)):
+    if finite:
+        _check_finite(name, x)
+    return x
+
+
+def _check_finite(name, x):
+    if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{name}: contains {bad} NaN or inf value(s)")
-    return x
+
+
+def check_upstream(name, dout, shape, dtype):
+    """Check the upstream gradient of a backward against its forward's output.
+
+    ``dout`` must be a float32/float64 ndarray (or CuPy array) of exactly ``shape`` and exactly
+    ``dtype`` (no silent upcast of a float32 gradient into a float64 forward, nor the reverse),
+    with no NaN or inf. Returns ``dout`` unchanged.
+    """
+    check_array(name, dout, shape=tuple(shape), finite=False)
+    if dout.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the forward's), got {dout.dtype}")
+    _check_finite(name, dout)
+    return dout
 
 
 def check_same_dtype(**arrays):
