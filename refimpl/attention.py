@@ -12,7 +12,7 @@ Out:     concat_h(A^h V^h) @ W_p; every token is a query and is updated.
 """
 import numpy as np
 
-from .validate import array_module, check_array, check_same_dtype, check_positive_int
+from .validate import array_module, check_array, check_same_dtype, check_positive_int, check_upstream
 
 PARAM_NAMES = ("W_q", "W_k", "W_v", "W_p")
 
@@ -96,7 +96,10 @@ def _output_forward(A, V, W_p):
 
 
 def _output_backward(dout, A, cache):
-    """Through out = concat_h(A^h V^h) W_p: returns (dA (B, nh, T, N), dV (B, nh, N, K), dW_p)."""
+    """Through out = concat_h(A^h V^h) W_p: returns (dA (B, nh, T, N), dV (B, nh, N, K), dW_p).
+
+    First checks dout like an input: the output has H's shape (B, T, D) and dtype."""
+    check_upstream("dout", dout, cache["H"].shape, cache["H"].dtype)
     O, V = cache["O"], cache["V"]
     dW_p = O.reshape(-1, O.shape[-1]).T @ dout.reshape(-1, dout.shape[-1])  # (nh*K, D)
     dO = _split_heads(_dense(dout, cache["params"]["W_p"].T), cache["num_heads"])  # (B, nh, T, K)
