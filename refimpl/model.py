@@ -15,7 +15,7 @@ from . import layers
 from .block import block_backward, block_forward
 from .config import ModelConfig
 from .params import check_params, params_under
-from .validate import array_module, check_array, check_same_dtype
+from .validate import array_module, check_array, check_same_dtype, check_upstream
 
 
 def _add_grads(grads, sub):
@@ -40,9 +40,16 @@ def check_tokens(tokens, cfg: ModelConfig, name="tokens"):
 
 # ----------------------------------------------------------------------------------------------
 # front end (SPEC 2.5): tokens (B, T, D_in) -> H (B, T, D); the cache lists the steps taken
+class FrontCache(list):
+    """The front end's steps [(kind, op cache), ...] in forward order (empty, hence false, when the
+    model has none), with out_shape and dtype: those of its output H, which front_backward's dH has."""
+    out_shape = None
+    dtype = None
+
+
 def front_forward(tokens, params, cfg: ModelConfig):
     """tokens (B, T, D_in) -> (H (B, T, D), cache): the optional stages in SPEC 2.5's order."""
-    cache = []
+    cache = FrontCache()
     H = tokens  # (B, T, D_in)
     if cfg.pos_enc == "concat":
         H, c = layers.posenc_concat_forward(H, cfg.pos_enc_size)  # (B, T, P + D_in)
@@ -57,11 +64,13 @@ def front_forward(tokens, params, cfg: ModelConfig):
     if cfg.pos_enc == "add":
         H, c = layers.posenc_add_forward(H)  # (B, T, D)
         cache.append(("posenc_add", c))
+    cache.out_shape, cache.dtype = H.shape, H.dtype
     return H, cache
 
 
 def front_backward(dH, cache):
     """dH (B, T, D) -> (dtokens (B, T, D_in), {name: gradient}), the stages in reverse."""
+    check_upstream("dH", dH, cache.out_shape, cache.dtype)
     grads = {}
     for kind, c in reversed(cache):
         if kind == "input_mlp":
@@ -94,6 +103,7 @@ def model_forward(params, tokens, cfg: ModelConfig):
         cache["layers"].append(lc)
     cache["H_shape"] = H.shape
     cache["dtype"] = H.dtype
+    cache["readout_dtype"] = readouts.dtype  # what model_backward's dreadouts must be
     return readouts, cache
 
 
@@ -105,7 +115,7 @@ def model_backward(dreadouts, cache, input_grad=True):
     """
     cfg = cache["cfg"]
     L, B = cfg.num_layers, cache["H_shape"][0]
-    check_array("dreadouts", dreadouts, shape=(L, B))
+    check_upstream("dreadouts", dreadouts, (L, B), cache["readout_dtype"])
     grads = {}
     dH = array_module(dreadouts).zeros(cache["H_shape"], dtype=cache["dtype"])  # (B, T, D)
     for l in reversed(range(L)):
