@@ -13,6 +13,7 @@ from refimpl import baselines, metrics
 from refimpl.baselines import (gdpp_entries_effective, gdpp_entries_init, gdpp_entries_params,
                                gdpp_entry_grads, gdpp_model_config)
 from refimpl.config import AdamConfig
+from refimpl.fieldcheck import check_fields
 from refimpl.loss import loss_and_grads
 from refimpl.optim import adam_init, adam_update
 from refimpl.tasks import TaskSource
@@ -31,6 +32,8 @@ class GDPPConfig:
     entries: str = "wv_wp"  # what Adam trains (baselines.GDPP_ENTRIES): diagonals of W_V and W_P (paper's code) or "wp"
 
     def __post_init__(self):
+        check_fields(self, "gdpp", {"steps_tied": ">= 1", "steps_deep": ">= 1", "batch": ">= 1", "lr": "> 0",
+                                    "b2": "[0, 1)", "eval_every": ">= 1"})
         if self.entries not in baselines.GDPP_ENTRIES:
             raise ValueError(f"gdpp.entries: expected one of {sorted(baselines.GDPP_ENTRIES)}, got {self.entries!r}")
 

@@ -10,6 +10,8 @@ import types
 import typing
 from dataclasses import dataclass
 
+from .fieldcheck import check_fields
+
 ATTENTION_KINDS = ("linear", "softmax")
 LN_PLACEMENTS = ("public", "pre")
 POS_ENCODINGS = ("none", "add", "concat")
@@ -73,6 +75,8 @@ def check_model_config(cfg):
     def bad(field, want):
         raise ValueError(f"ModelConfig.{field}: expected {want}, got {getattr(cfg, field)!r}")
 
+    check_fields(cfg, "ModelConfig")  # strict types: the JSON string "false" is no bool
+
     for field in ("token_dim", "num_layers", "num_heads", "key_size", "mlp_widening"):
         v = getattr(cfg, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -107,6 +111,15 @@ class AdamConfig:
     eps: float = 1e-8
     grad_clip: float = 0.001  # global-norm clip c: 0.001 if L <= 2 else 10; 0 = off
 
+    def __post_init__(self):
+        check_fields(self, "adam", ADAM_RULES)
+
+
+# b1 = 1 or b2 = 1 would make Adam's bias correction 1 - b^t zero
+ADAM_RULES = {"lr": "> 0", "b1": "[0, 1)", "b2": "[0, 1)", "eps": "> 0", "grad_clip": ">= 0"}
+# the most numbers a batch or the evaluation set may hold: 2^27 float64 = 1 GiB of tokens
+MAX_TOKEN_NUMBERS = 2**27
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -117,6 +130,26 @@ class TaskConfig:
     distractors: int = 0  # context labels replaced by N(0, 1) draws in training and evaluation
     eval_tasks: int = 10000  # size of the fixed evaluation set (paper: 10 000)
     eval_seed: int = 2023  # seed of the evaluation set's Generator (independent of training seeds)
+
+    def __post_init__(self):
+        check_fields(self, "task", TASK_RULES)
+        if self.distractors > self.num_context:
+            raise ValueError(f"task.distractors: expected an integer in [0, num_context = "
+                             f"{self.num_context}], got {self.distractors}")
+        check_token_numbers("task.eval_tasks", self.eval_tasks, self)
+
+
+TASK_RULES = {"input_dim": ">= 1", "num_context": ">= 1", "input_range": "> 0", "weight_scale": "> 0",
+              "distractors": ">= 0", "eval_tasks": ">= 1", "eval_seed": ">= 0"}
+
+
+def check_token_numbers(key, tasks, task):
+    """`tasks` tasks of `task`'s shape hold at most MAX_TOKEN_NUMBERS numbers (else MemoryError
+    far away): tasks * (N + 1) * (d + 1) <= 2^27."""
+    per_task = (task.num_context + 1) * (task.input_dim + 1)
+    if tasks * per_task > MAX_TOKEN_NUMBERS:
+        raise ValueError(f"{key}: expected an integer <= {MAX_TOKEN_NUMBERS // per_task} (at most "
+                         f"{MAX_TOKEN_NUMBERS} token numbers of {per_task} per task), got {tasks}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,29 +220,33 @@ def apply_overrides(config, overrides):
             k, v = item.split("=", 1)
             pairs[k.strip()] = v.strip()
         overrides = pairs
-    for key, text in overrides.items():
-        config = _apply_one(config, key, key.split("."), text)
-    return config
+    return _apply_group(config, [(key, key.split("."), text) for key, text in overrides.items()])
 
 
-def _apply_one(config, full_key, parts, text):
+def _apply_group(config, items):
+    """Apply [(full key, remaining parts, text)] to `config` with ONE dataclasses.replace per
+    section, so that a config's checks see all its overrides together, in any order."""
     names = [f.name for f in dataclasses.fields(config)]
-    done = full_key.split(".")[:len(full_key.split(".")) - len(parts)]  # the sections already entered
-    prefix = "".join(p + "." for p in done)
-    if parts[0] not in names:
-        raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
-    current = getattr(config, parts[0])
-    if dataclasses.is_dataclass(current):
-        if len(parts) == 1:
-            raise ValueError(f"config key {full_key!r} names a section; valid keys: "
-                             f"{', '.join(valid_keys(current, full_key + '.'))}")
-        value = _apply_one(current, full_key, parts[1:], text)
-    else:
+    changes, nested = {}, {}
+    for full_key, parts, text in items:
+        done = full_key.split(".")[:len(full_key.split(".")) - len(parts)]  # the sections already entered
+        prefix = "".join(p + "." for p in done)
+        if parts[0] not in names:
+            raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
+        current = getattr(config, parts[0])
+        if dataclasses.is_dataclass(current):
+            if len(parts) == 1:
+                raise ValueError(f"config key {full_key!r} names a section; valid keys: "
+                                 f"{', '.join(valid_keys(current, full_key + '.'))}")
+            nested.setdefault(parts[0], []).append((full_key, parts[1:], text))
+            continue
         if len(parts) > 1:
             raise ValueError(f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys(config, prefix))}")
         declared = typing.get_type_hints(type(config)).get(parts[0])
-        value = text if not isinstance(text, str) else _parse_value(text, current, full_key, declared)
-    return dataclasses.replace(config, **{parts[0]: value})
+        changes[parts[0]] = text if not isinstance(text, str) else _parse_value(text, current, full_key, declared)
+    for name, sub in nested.items():
+        changes[name] = _apply_group(getattr(config, name), sub)
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def config_to_dict(config):

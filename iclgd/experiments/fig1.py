@@ -18,6 +18,7 @@ from refimpl import baselines, metrics
 from refimpl.model import model_forward
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
+from refimpl.fieldcheck import check_fields, check_items
 from iclgd.experiments.common import eval_set_and_gd_eta, lsa_config, mean_over_seeds, resolved_settings, train_model
 
 
@@ -29,6 +30,10 @@ class Config:
     dampening: float = 0.75  # lambda of figure 1 (paper: 0.75)
     sweep: tuple = (0.25, 0.5, 0.75, 1.0)  # lambdas of figure 10
     query_reads_label: bool = False  # paper A.6: the repeated update is y + lambda P V K^T W_Q x_test (x only)
+
+    def __post_init__(self):
+        check_fields(self, "", {"repeats": ">= 1", "dampening": "> 0"})
+        check_items("sweep", self.sweep, float, "> 0")
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",

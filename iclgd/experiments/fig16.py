@@ -9,6 +9,7 @@ from refimpl import metrics
 from refimpl.tasks import TaskSource
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
+from refimpl.fieldcheck import check_fields, check_items
 from iclgd.experiments.common import mean_over_seeds, one_layer_against_gd, resolved_settings, train_model
 
 
@@ -17,6 +18,10 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # steps, Adam; batch/fixed_tasks set per size
     sizes: tuple = (16, 64, 256, 1024, 2048)  # B: tasks in the fixed training set
+
+    def __post_init__(self):
+        check_fields(self, "")
+        check_items("sizes", self.sizes, int, ">= 1")
 
 
 QUICK = {"train.steps": "300", "train.eval_every": "100", "task.eval_tasks": "1000",

@@ -17,6 +17,7 @@ from refimpl import baselines, metrics
 from refimpl.tasks import eval_tasks, other_law_tasks
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
+from refimpl.fieldcheck import check_fields, check_items
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, resolved_settings, train_model
 
@@ -29,6 +30,17 @@ class Config:
     input_grid: tuple = (0.5, 2.0, 0.03)  # start, stop, step of the input scale (SPEC 1.2)
     weight_grid: tuple = (0.5, 5.0, 0.1)  # start, stop, step of the weight scale (SPEC 1.2)
     law_grid: tuple = (0.5, 5.0, 0.1)  # start, stop, step of alpha for the other input laws
+
+    def __post_init__(self):
+        check_fields(self, "")
+        for key in ("input_grid", "weight_grid", "law_grid"):
+            start, stop, step = check_items(key, getattr(self, key), float, "> 0", length=3)
+            if not stop >= start or (stop - start) / step > MAX_GRID_POINTS:
+                raise ValueError(f"{key}: expected [start, stop, step] with start <= stop and at most "
+                                 f"{MAX_GRID_POINTS} steps, got {list(getattr(self, key))!r}")
+
+
+MAX_GRID_POINTS = 10_000
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",
