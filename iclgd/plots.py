@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from refimpl.atomic import atomic_write
+
 
 def _plt():
     import matplotlib
@@ -20,11 +22,10 @@ def _save(fig, out_dir, name, title):
     paths = []
     for ext in ("png", "pdf"):
         path = os.path.join(out_dir, f"{name}.{ext}")
-        tmp = os.path.join(out_dir, f".{name}.tmp.{ext}")
         # No creation date in the PDF: re-plotting the same results.json gives the same bytes.
         metadata = {"CreationDate": None} if ext == "pdf" else None
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:  # a unique temporary name: two writers never collide
+            fig.savefig(f, format=ext, dpi=110, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     _plt().close(fig)
     return paths
@@ -175,10 +176,30 @@ def plot_fig16(r, out_dir):
     return _save(fig, out_dir, "fig16", f"fixed training sets (seeds {r['seeds']})")
 
 
+def plot_diverged(r, out_dir):
+    """A diverged run: whatever curves it recorded before it stopped, and where it stopped."""
+    plt = _plt()
+    d, c = r["diverged"], r.get("curves") or {}
+    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4))
+    drawn = [k for k in ("loss_tf", "train_loss") if k in c and np.isfinite(_arr(c[k])).any()]
+    for k in drawn:
+        ax.plot(_arr(c["step"]), np.abs(_arr(c[k])), label=k)
+    ax.axvline(d["step"], color="tab:red", ls="--", label=f"diverged: {d.get('reason', d['tensor'])}")
+    ax.set(xlabel="training step", ylabel="loss", yscale="log" if drawn else "linear")
+    if not drawn:
+        ax.text(0.5, 0.5, "no evaluation recorded before the divergence", ha="center",
+                transform=ax.transAxes)
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, r["experiment"], f"DIVERGED at step {d['step']} ({d['model_tag']}, seed "
+                 f"{d['seed']}); last good checkpoint at step {d['checkpoint_step']}")
+
+
 def plot_results(results, out_dir):
     name = results["experiment"]
     if name not in PLOTTERS:
         raise ValueError(f"results['experiment']: no plot for {name!r}; known: {sorted(PLOTTERS)}")
+    if results.get("status", "complete") == "diverged":
+        return plot_diverged(results, out_dir)
     return PLOTTERS[name](results, out_dir)
 
 

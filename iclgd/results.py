@@ -4,12 +4,16 @@ Keys (every experiment): experiment, figure, config (the full resolved config), 
 versions, quick, runtime_s, steps_run, curves ({"step": [...], name: [...]} or one such dict per
 model variant), final ({name: number}, or per variant), per_seed (the same per seed), notes. Runs since the Adam settings are recorded also hold
 resolved ({"adam": AdamConfig as a dict}, per variant for fig3): lr and grad_clip as used.
-Written atomically: a temporary file in the same folder, then a rename.
+status: "complete", or "diverged" with `diverged` = {step, tensor, model_tag, seed, checkpoint,
+checkpoint_step} and the curves up to there (files written before status existed are complete).
+Written atomically (refimpl.atomic): a unique temporary file in the same folder, fsync, a rename.
 """
 import json
 import os
 
 import numpy as np
+
+from refimpl.atomic import atomic_write
 
 RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("experiment", "figure", "config", "seeds", "backend", "versions", "quick",
@@ -31,19 +35,24 @@ def _jsonable(x):
     return x
 
 
-def write_results(out_dir, results):
+def read_status(path):
+    """The status of the results file at `path`: "complete", "diverged", or None if unreadable/absent."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("status", "complete")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_results(out_dir, results, name=RESULTS_FILE):
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ValueError(f"results: missing key(s) {missing}; required: {list(REQUIRED_KEYS)}")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, RESULTS_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(results), f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path = os.path.join(out_dir, name)
+    text = json.dumps(_jsonable(results), indent=1) + "\n"  # serialised before the file is touched
+    with atomic_write(path, "w") as f:
+        f.write(text)
     return path
 
 

@@ -12,8 +12,10 @@ leaving the Generator in the same state), else the oracle's. A checkpoint holds 
 carries, so resuming from it continues the same sequence of batches and updates: the final
 parameters equal those of an uninterrupted run bit for bit.
 """
-import json
+import copy
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,8 +23,13 @@ from typing import Optional
 import numpy as np
 
 from refimpl.config import AdamConfig, ModelConfig, config_to_dict
+from refimpl.fieldcheck import check_fields
 from refimpl.params import init_params
+from iclgd.checkpoint import load_checkpoint, save_checkpoint
 from iclgd.runtime import tune_for_small_matrices
+
+
+MAX_BATCH = 2**20  # tasks per step: a bound that stops a typo before a MemoryError
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,12 @@ class TrainConfig:
     def __post_init__(self):
         # lr and grad_clip: None (the SPEC 3 rule) or a number (`--set train.lr=0.002` parses it as
         # a float, `--set train.lr=null` as None: refimpl.config reads the Optional[float] type)
-        for name, lowest in (("lr", "> 0"), ("grad_clip", ">= 0")):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"train.{name}: expected a number or null (SPEC 3 rule), got {value!r}")
-            if not (value > 0 if lowest == "> 0" else value >= 0):
-                raise ValueError(f"train.{name}: expected a number {lowest} or null (SPEC 3 rule), got {value!r}")
+        check_fields(self, "train", TRAIN_RULES)
+
+
+TRAIN_RULES = {"steps": ">= 1", "batch": f"[1, {MAX_BATCH}]", "lr": "> 0", "b1": "[0, 1)",
+               "b2": "[0, 1)", "eps": "> 0", "grad_clip": ">= 0", "eval_every": ">= 1",
+               "checkpoint_every": ">= 1", "fixed_tasks": ">= 0"}
 
 
 def paper_adam(train: TrainConfig, num_layers):
@@ -85,34 +90,70 @@ def _device(backend, tree):
     return {k: backend.asarray(v) for k, v in tree.items()}
 
 
-def save_checkpoint(path, params, state, rng, curves, step, backend, cfg):
-    """Write everything the loop carries to `path` (.npz) atomically: temp file, then rename."""
-    arrays = {f"param/{k}": v for k, v in _host(backend, params).items()}
-    arrays.update({f"adam_m/{k}": v for k, v in _host(backend, state["m"]).items()})
-    arrays.update({f"adam_v/{k}": v for k, v in _host(backend, state["v"]).items()})
-    meta = {"step": int(step), "adam_t": int(state["t"]), "rng": rng.bit_generator.state,
-            "curves": curves, "model_config": config_to_dict(cfg)}
-    arrays["meta"] = np.array(json.dumps(meta))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# a finite loss this many times above the first step's (or above this many, whichever is larger)
+# has blown up as surely as an inf: the run stops there too
+BLOWUP_FACTOR = 1e8
 
 
-def load_checkpoint(path, rng, backend, cfg):
-    """(params, state, curves, step) from `path`; the Generator's state is restored in place."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        if meta["model_config"] != config_to_dict(cfg):
-            raise ValueError(f"checkpoint {path}: its model config differs from this run's; "
-                             f"expected {config_to_dict(cfg)}, got {meta['model_config']}")
-        part = {pre: {k[len(pre) + 1:]: data[k] for k in data.files if k.startswith(pre + "/")}
-                for pre in ("param", "adam_m", "adam_v")}
-    rng.bit_generator.state = meta["rng"]
-    state = {"t": meta["adam_t"], "m": _device(backend, part["adam_m"]), "v": _device(backend, part["adam_v"])}
-    return _device(backend, part["param"]), state, meta["curves"], meta["step"]
+class Diverged(Exception):
+    """Training met a non-finite loss, gradient norm or parameter, or a loss that blew up."""
+
+    def __init__(self, step, tensor, reason, curves, checkpoint, checkpoint_step, model_tag=None, seed=None):
+        self.step, self.tensor, self.reason, self.curves = step, tensor, reason, curves
+        self.checkpoint, self.checkpoint_step = checkpoint, checkpoint_step
+        self.model_tag, self.seed = model_tag, seed
+        where = (f"the last good checkpoint is {checkpoint} (step {checkpoint_step})"
+                 if checkpoint_step else "no checkpoint was written before it")
+        super().__init__(f"diverged at step {step}{f' ({model_tag}, seed {seed})' if model_tag else ''}: "
+                         f"{reason}; {where}. Lower train.lr (or set train.grad_clip) and start over with --force")
+
+
+def divergence(loss, grad_norm, params, backend, first_loss):
+    """None, or (tensor, reason) for the first sign of divergence in a step: a non-finite loss,
+    gradient norm or parameter (one scalar per tensor, sum(v * 0): 0 when finite, NaN otherwise, no
+    overflow), or a loss above BLOWUP_FACTOR * max(first_loss, 1)."""
+    loss = float(loss)
+    if not math.isfinite(loss):
+        return "loss", f"the loss is {loss}"
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        return "gradient norm", f"the gradient norm is {float(grad_norm)}"
+    for name, v in params.items():
+        if not math.isfinite(float(backend.to_numpy((v * 0).sum()))):
+            return f"params[{name!r}]", f"params[{name!r}] holds NaN or inf"
+    if first_loss is not None and loss > BLOWUP_FACTOR * max(first_loss, 1.0):
+        return "loss", f"the loss {loss:.3g} is over {BLOWUP_FACTOR:g} times the first step's {first_loss:.3g}"
+    return None
+
+
+class _Checkpoints:
+    """Checkpoints written one step late: the snapshot of step s is written once step s + 1's loss
+    shows that its parameters have not blown up, so a divergence never overwrites the last good
+    checkpoint. flush() writes the pending snapshot at once (after the last step, on Ctrl-C)."""
+
+    def __init__(self, path, identity, backend, saved_step):
+        self.path, self.identity, self.backend = path, identity, backend
+        self.saved_step, self.pending = saved_step, None
+
+    def snapshot(self, params, state, rng, curves, step):
+        b = self.backend
+        host_state = {"t": state["t"], "m": _host(b, state["m"]), "v": _host(b, state["v"])}
+        self.pending = (_host(b, params), host_state, rng.bit_generator.state, copy.deepcopy(curves), step)
+
+    def flush(self):
+        if self.pending is not None:
+            save_checkpoint(self.path, *self.pending, self.identity)
+            self.saved_step, self.pending = self.pending[-1], None
+
+
+def _resume(checkpoint, identity, rng, backend, desc):
+    """(params, state, curves, step) from the checkpoint, or None (with a message) when there is none."""
+    if not os.path.exists(checkpoint):
+        print(f"resume: no checkpoint at {checkpoint}; starting {desc} fresh", file=sys.stderr)
+        return None
+    params, state, rng_state, curves, step = load_checkpoint(checkpoint, identity)
+    rng.bit_generator.state = rng_state
+    state = {"t": state["t"], "m": _device(backend, state["m"]), "v": _device(backend, state["v"])}
+    return _device(backend, params), state, curves, step
 
 
 def _record(curves, step, values):
@@ -122,11 +163,14 @@ def _record(curves, step, values):
 
 
 def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evaluate=None,
-          checkpoint=None, resume=False, progress=True, desc="train"):
+          checkpoint=None, resume=False, progress=True, desc="train", identity=None):
     """Train `cfg` with Adam (paper_adam) on batches from `source`; see the module docstring.
 
     backend: a module of `kernels` (get_backend(name)). evaluate(host params) -> {name: float}.
     checkpoint: path of the checkpoint file (None: no checkpoints); resume: start from it if present.
+    identity: the run's resolved setup, saved in the checkpoint and compared on resume (default: the
+    model and training configs, the seed and the backend). Every step is checked for a non-finite
+    loss, gradient norm or parameter: Diverged is raised there, and no diverged state is saved.
     """
     tune_for_small_matrices()
     from tqdm import tqdm
@@ -135,29 +179,46 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     rng = np.random.default_rng(seed)
     params = _device(backend, init_params(cfg, rng))
     state = backend.adam_init(params)
-    curves, step = {}, 0
-    if resume and checkpoint and os.path.exists(checkpoint):
-        params, state, curves, step = load_checkpoint(checkpoint, rng, backend, cfg)
+    curves, step, saved_step = {}, 0, 0
+    if identity is None:
+        identity = {"model": config_to_dict(cfg), "train": config_to_dict(train_cfg), "seed": seed,
+                    "backend": backend.name}
+    resumed = _resume(checkpoint, identity, rng, backend, desc) if resume and checkpoint else None
+    if resumed is not None:
+        params, state, curves, step = resumed
+        saved_step = step
     if step > train_cfg.steps:
         raise ValueError(f"train.steps: the checkpoint is at step {step}, beyond steps = {train_cfg.steps}")
     if step == 0 and evaluate is not None:
         _record(curves, 0, {**evaluate(_host(backend, params)), "train_loss": None})
     draw = getattr(backend, "linear_regression_tasks", None)  # same bits as refimpl.data's
-    first = step
+    first, first_loss = step, None
+    saver = _Checkpoints(checkpoint, identity, backend, saved_step)
     bar = tqdm(total=train_cfg.steps, initial=step, desc=desc, disable=not progress,
                mininterval=5.0, dynamic_ncols=True)
-    while step < train_cfg.steps:
-        tokens, targets = source.next_batch(rng, step, draw=draw)
-        params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
-                                                 backend.asarray(targets), cfg, adam)
-        step += 1
-        bar.update(1)
-        if evaluate is not None and (step % train_cfg.eval_every == 0 or step == train_cfg.steps):
-            values = evaluate(_host(backend, params))
-            values["train_loss"] = float(loss)
-            _record(curves, step, values)
-            bar.set_postfix(loss=f"{values.get('loss_tf', float(loss)):.4f}")
-        if checkpoint and (step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps):
-            save_checkpoint(checkpoint, params, state, rng, curves, step, backend, cfg)
-    bar.close()
+    try:
+        while step < train_cfg.steps:
+            tokens, targets = source.next_batch(rng, step, draw=draw)
+            params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
+                                                     backend.asarray(targets), cfg, adam)
+            step += 1
+            bad = divergence(loss, state.get("grad_norm"), params, backend, first_loss)
+            if bad is not None:
+                raise Diverged(step, *bad, curves, checkpoint, saver.saved_step, identity.get("model_tag"), seed)
+            saver.flush()  # the pending snapshot's parameters just gave a sane loss
+            first_loss = float(loss) if first_loss is None else first_loss
+            bar.update(1)
+            if evaluate is not None and (step % train_cfg.eval_every == 0 or step == train_cfg.steps):
+                values = evaluate(_host(backend, params))
+                values["train_loss"] = float(loss)
+                _record(curves, step, values)
+                bar.set_postfix(loss=f"{values.get('loss_tf', float(loss)):.4f}")
+            if checkpoint and (step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps):
+                saver.snapshot(params, state, rng, curves, step)
+        saver.flush()
+    except KeyboardInterrupt:
+        saver.flush()  # its parameters are finite; only the next loss was not seen yet
+        raise
+    finally:
+        bar.close()
     return TrainResult(_host(backend, params), curves, step - first, time.perf_counter() - start)

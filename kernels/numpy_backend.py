@@ -30,5 +30,5 @@ def adam_update(params, grads, state, adam_cfg):
 def train_step(params, state, tokens, y, cfg, adam_cfg):
     """One optimiser step on a given batch: forward, backward, Adam. Returns (params, state, loss)."""
     loss, _, grads = loss_and_grads(params, tokens, y, cfg)
-    params, state, _ = adam_update(params, grads, state, adam_cfg)
-    return params, state, loss
+    params, state, norm = adam_update(params, grads, state, adam_cfg)
+    return params, {**state, "grad_norm": norm}, loss

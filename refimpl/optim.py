@@ -19,7 +19,21 @@ def adam_init(params):
 
 
 def global_norm(grads):
-    return float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+    """sqrt(sum of g^2) over all gradients, in float64. Where the plain sum of squares overflows but
+    every gradient is finite (entries above ~1e154), the norm is taken of g / max|g| and scaled back,
+    so that clipping still applies instead of an inf norm zeroing the update."""
+    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+    return norm if np.isfinite(norm) else scaled_norm(list(grads.values()))
+
+
+def scaled_norm(arrays):
+    """The 2-norm of all entries of `arrays` without overflow: max|g| * ||g / max|g|||; NaN or inf
+    when an entry is (the divergence checks name it)."""
+    big = max(float(np.max(np.abs(np.asarray(a, dtype=np.float64)), initial=0.0)) for a in arrays)
+    if not np.isfinite(big) or big == 0.0:
+        return big
+    return big * float(np.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64) / big)))
+                                    for a in arrays)))
 
 
 def clip_by_global_norm(grads, max_norm):

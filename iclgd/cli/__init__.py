@@ -1,8 +1,16 @@
 """Command line: `iclgd COMMAND ...`. Each command lives in its own module, which provides
-`add_arguments(parser)` and `run(args) -> exit status`; modules are imported only when used."""
+`add_arguments(parser)` and `run(args) -> exit status`; modules are imported only when used.
+
+Exit status (the README's table): 0 ok; 1 a check failed (crosscheck FAIL, gradcheck FAIL, a run
+that diverged); 2 bad input (a flag, a config key or value, a file, an --out in use or holding other
+work, an unwritable folder or a full disk: one line on stderr naming what and what to do); 3 an
+internal error (a bug: the traceback, then one line); 130 interrupted (Ctrl-C).
+"""
 import argparse
+import errno
 import importlib
 import sys
+import traceback
 
 from iclgd import __version__
 
@@ -33,13 +41,34 @@ def build_parser():
     return parser
 
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _os_error_line(e):
+    what = f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what}; free some space, then rerun (`iclgd run` with --resume keeps its checkpoints)"
+    return what
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args._module).run(args)
     except ValueError as e:
         print(f"iclgd {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"iclgd {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"iclgd {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001  a bug: show where, then one line
+        traceback.print_exc()
+        print(f"iclgd {args.command}: internal error ({type(e).__name__}: {e}); please report it with the "
+              f"traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
-"""`iclgd run EXPERIMENT`: train, evaluate, write DIR/results.json and the figure (PNG and PDF)."""
+"""`iclgd run EXPERIMENT`: train, evaluate, write DIR/results.json and the figure (PNG and PDF).
+
+DIR (--out) defaults to runs/EXPERIMENT, a folder git ignores; the committed results/ are written
+only when named. The run holds DIR's lock throughout and refuses a DIR holding another experiment's
+or another config's results, or checkpoints it was not asked to resume (iclgd/rundir.py; --force
+overrides). Ctrl-C stops with the last checkpoints named and the command that resumes them (exit
+130); a divergence writes results.json with "status": "diverged" (exit 1).
+"""
 import os
+import shlex
+import sys
 
 
 def add_arguments(parser):
     parser.add_argument("experiment", help="experiment name (see `iclgd list`)")
-    parser.add_argument("--out", default=None, help="output folder (default results/EXPERIMENT)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default runs/EXPERIMENT; the committed results/EXPERIMENT "
+                             "only when named)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds: 0 .. K-1 (default 1)")
     from kernels import backend_names
     parser.add_argument("--backend", default="numpy", choices=backend_names(), metavar="NAME",
                         help=f"training backend: {', '.join(backend_names())} (default numpy)")
     parser.add_argument("--quick", action="store_true", help="small settings that finish in seconds")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite DIR's results of another experiment or config, and delete its "
+                             "checkpoints when not resuming")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. train.steps=1500 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -27,26 +41,74 @@ def resolve_config(experiment, quick, overrides):
     return mod, apply_overrides(cfg, overrides)
 
 
+def resume_command(args, out):
+    """The command line that continues this run from its checkpoints."""
+    words = ["iclgd", "run", args.experiment, "--out", out, "--resume"]
+    if args.seeds != 1:
+        words += ["--seeds", str(args.seeds)]
+    if args.backend != "numpy":
+        words += ["--backend", args.backend]
+    if args.quick:
+        words.append("--quick")
+    for item in args.overrides:
+        words += ["--set", item]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def run(args):
     from kernels import get_backend
     from refimpl.config import config_to_dict
-    from iclgd.experiments import EXPERIMENTS
-    from iclgd.versions import versions
-    from iclgd.plots import plot_results
-    from iclgd.results import write_results
-    mod, cfg = resolve_config(args.experiment, args.quick, args.overrides)
+    from iclgd import rundir
     if args.seeds < 1:
         raise ValueError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    mod, cfg = resolve_config(args.experiment, args.quick, args.overrides)
     backend = get_backend(args.backend)
-    out = args.out or os.path.join("results", args.experiment)
-    os.makedirs(out, exist_ok=True)
+    out = args.out or rundir.default_out(args.experiment)
+    with rundir.locked(out):
+        rundir.check_out(out, args.experiment, config_to_dict(cfg), args.resume, args.force)
+        try:
+            return _train_and_write(args, mod, cfg, backend, out)
+        except KeyboardInterrupt:
+            saved = rundir.last_checkpoints(out) or "none yet"
+            print(f"iclgd run: interrupted; checkpoints in {os.path.join(out, 'checkpoints')}: {saved}; "
+                  f"continue with: {resume_command(args, out)}", file=sys.stderr)
+            return 130
+
+
+def _train_and_write(args, mod, cfg, backend, out):
+    from iclgd.experiments import EXPERIMENTS
+    from iclgd.train import Diverged
+    from iclgd.versions import versions
+    from refimpl.config import config_to_dict
     seeds = list(range(args.seeds))
-    results = mod.run(cfg, seeds, backend, out, resume=args.resume, progress=not args.no_progress)
-    results.update({"experiment": args.experiment, "figure": EXPERIMENTS[args.experiment][1],
-                    "config": config_to_dict(cfg), "seeds": seeds, "backend": args.backend,
-                    "versions": versions(), "quick": bool(args.quick)})
-    path = write_results(out, results)
-    print(f"wrote {path}")
-    for p in plot_results(results, out):
+    header = {"experiment": args.experiment, "figure": EXPERIMENTS[args.experiment][1],
+              "config": config_to_dict(cfg), "seeds": seeds, "backend": args.backend,
+              "versions": versions(), "quick": bool(args.quick)}
+    try:
+        results = mod.run(cfg, seeds, backend, out, resume=args.resume, progress=not args.no_progress)
+        results.update({**header, "status": "complete"})
+    except Diverged as e:
+        results = diverged_results(header, e)
+        print(f"iclgd run: {e}", file=sys.stderr)
+    for p in write_and_plot(out, results):
         print(f"wrote {p}")
-    return 0
+    return 0 if results["status"] == "complete" else 1
+
+
+def diverged_results(header, e):
+    """results.json of a run stopped by a divergence: where, what, and the curves up to there."""
+    return {**header, "status": "diverged",
+            "diverged": {"step": e.step, "tensor": e.tensor, "reason": e.reason, "model_tag": e.model_tag, "seed": e.seed,
+                         "checkpoint": e.checkpoint, "checkpoint_step": e.checkpoint_step},
+            "curves": e.curves, "final": {}, "per_seed": [], "steps_run": e.step, "runtime_s": None,
+            "notes": "the run stopped at a non-finite value; final and per_seed are empty"}
+
+
+def write_and_plot(out, results):
+    """Write results.json and the figure; a diverged run never replaces complete results: it is
+    written beside them as results.diverged.json, unplotted. The paths written."""
+    from iclgd.plots import plot_results
+    from iclgd.results import RESULTS_FILE, read_status, write_results
+    if results["status"] != "complete" and read_status(os.path.join(out, RESULTS_FILE)) == "complete":
+        return [write_results(out, results, name="results.diverged.json")]
+    return [write_results(out, results), *plot_results(results, out)]

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from refimpl import baselines, metrics
-from refimpl.config import ModelConfig, TaskConfig
+from refimpl.config import ModelConfig, TaskConfig, config_to_dict
 from refimpl.tasks import TaskSource, eval_tasks
 from iclgd.train import paper_token_clip, resolved_adam, train
 
@@ -77,8 +77,16 @@ def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, pro
     train_cfg = exp_cfg.train if train_cfg is None else train_cfg
     source = TaskSource(exp_cfg.task, min(train_cfg.batch, train_cfg.fixed_tasks or train_cfg.batch),
                         fixed_tasks=train_cfg.fixed_tasks, fixed_seed=seed + 10_000)
+    identity = {"experiment": experiment_name(exp_cfg), "model_tag": tag, "seed": seed, "backend": backend.name,
+                "config": config_to_dict(exp_cfg), "model": config_to_dict(cfg),
+                "train": config_to_dict(train_cfg)}
     return train(cfg, train_cfg, source, seed, backend, evaluate=evaluate, checkpoint=ckpt,
-                 resume=resume, progress=progress, desc=f"{tag} seed {seed}")
+                 resume=resume, progress=progress, desc=f"{tag} seed {seed}", identity=identity)
+
+
+def experiment_name(exp_cfg):
+    """The experiment an experiment's Config belongs to: its module's name (fig2 ...)."""
+    return type(exp_cfg).__module__.rsplit(".", 1)[-1]
 
 
 def mean_over_seeds(dicts):

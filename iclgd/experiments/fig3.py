@@ -9,6 +9,7 @@ eval_every steps, and the per-layer losses of all three at the end.
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from refimpl import baselines, metrics
 from refimpl.tasks import eval_tasks
 from iclgd.train import TrainConfig, paper_adam, paper_token_clip, resolved_adam
 from refimpl.config import TaskConfig
+from refimpl.atomic import atomic_write
+from refimpl.fieldcheck import check_fields, check_items
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, train_model
 
@@ -31,6 +34,15 @@ class Config:
     deep_steps: tuple = (50000,)  # training steps of the deep models (SPEC 3: 50 000): one for all, or one per depth
     gdpp: GDPPConfig = field(default_factory=GDPPConfig)
     workers: int = 1  # variants trained in parallel processes (results do not depend on it)
+
+    def __post_init__(self):
+        check_fields(self, "", {"tied_layers": ">= 0", "workers": ">= 1"})
+        if self.deep_layers:
+            check_items("deep_layers", self.deep_layers, int, ">= 1")
+        check_items("deep_steps", self.deep_steps, int, ">= 1")
+        variants(self)  # deep_steps: one entry, or one per depth
+        if not self.deep_layers and not self.tied_layers:
+            raise ValueError("deep_layers: expected at least one depth when tied_layers = 0, got []")
 
 
 QUICK = {"train.steps": "200", "train.batch": "256", "train.eval_every": "100",
@@ -84,16 +96,19 @@ def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, eval_set, reuse, progres
            "layers": L, "tied": tied, "grad_clip": paper_adam(cfg.train, L).grad_clip}
     path = os.path.join(out_dir, "checkpoints", f"gdpp_{name}_seed{seed}.json") if out_dir else None
     if reuse and path and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved["key"] == json.loads(json.dumps(key)):
-            return np.array(saved["etas"]), np.array(saved["gammas"]), saved["fit"]
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["key"] == json.loads(json.dumps(key)):
+                return np.array(saved["etas"]), np.array(saved["gammas"]), saved["fit"]
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a cache: refit rather than fail
+            print(f"GD++ fit {path}: unreadable ({type(e).__name__}); fitting again", file=sys.stderr)
     etas, gammas, fit = fit_gdpp(cfg.task, cfg.gdpp, cfg.train, seed, L, tied, eta, progress, backend, eval_set)
     if out_dir:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"key": key, "etas": etas.tolist(), "gammas": gammas.tolist(), "fit": fit}, f)
-        os.replace(path + ".tmp", path)
+        text = json.dumps({"key": key, "etas": etas.tolist(), "gammas": gammas.tolist(), "fit": fit})
+        with atomic_write(path, "w") as f:
+            f.write(text)
     return etas, gammas, fit
 
 

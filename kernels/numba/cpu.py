@@ -26,7 +26,7 @@ from numba import njit, prange, set_parallel_chunksize
 from refimpl.config import AdamConfig
 from refimpl.loss import mse_backward, mse_forward  # noqa: F401  (the same (B,) arithmetic)
 from refimpl.model import check_tokens
-from refimpl.optim import adam_init  # noqa: F401
+from refimpl.optim import adam_init, scaled_norm  # noqa: F401  (adam_init: the same zeros)
 from refimpl.params import check_params
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
@@ -222,6 +222,8 @@ def loss_and_grads(params, tokens, y, cfg):
 def adam_flat(pv, g, m, v, t, adam_cfg: AdamConfig):
     """In-place Adam with global-norm clipping on flat vectors; returns the norm before clipping."""
     norm = float(np.sqrt(sum_squares(g)))
+    if not np.isfinite(norm):
+        norm = scaled_norm([g])  # the sum of squares overflowed: refimpl.optim.global_norm's fallback
     adam_kernel(pv, g, m, v, adam_hyper(adam_cfg, t, pv.dtype, clip_factor(adam_cfg, norm)))
     return norm
 
@@ -247,8 +249,8 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     pv, m, v = pack(params, cfg), pack(state["m"], cfg), pack(state["v"], cfg)  # new vectors: updated in place
     loss, _, g = _loss_grads_flat(pv, tok, y, cfg)
     t = state["t"] + 1
-    adam_flat(pv, g, m, v, t, adam_cfg)
-    return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg)}, loss
+    norm = adam_flat(pv, g, m, v, t, adam_cfg)
+    return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):

@@ -254,7 +254,10 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     pl = plan(cfg, tok.shape[1], tok.shape[0], pv.dtype)
     t = state["t"] + 1
     _adam_flat(pv, g, m, v, t, adam_cfg, pl.sumsq, pl.factor)
-    return _views(pv, cfg), {"t": t, "m": _views(m, cfg), "v": _views(v, cfg)}, per_layer[-1]
+    # the norm as the device computed it (inf where its sum of squares overflowed): the training
+    # loop's divergence check reads it, so an overflow stops the run instead of zeroing the update
+    norm = float(np.sqrt(pl.sumsq.copy_to_host()[0]))
+    return _views(pv, cfg), {"t": t, "m": _views(m, cfg), "v": _views(v, cfg), "grad_norm": norm}, per_layer[-1]
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):

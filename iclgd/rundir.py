@@ -1,0 +1,119 @@
+"""The output folder of `iclgd run`: one run at a time, one experiment and config per folder.
+
+    default              runs/EXPERIMENT (ignored by git); the committed results/ only on request
+    lock                 DIR/.iclgd.lock, an exclusive flock held for the whole run, the holder's
+                         PID written in it: a second run on DIR is refused with that PID (the
+                         kernel drops the lock when the holder dies, even by kill -9)
+    results.json there   of another experiment, or of another config (keys other than those a
+                         resume may change): refused unless --force
+    checkpoints there    a fresh run (no --resume) over them is refused unless --force; with
+                         --force they are deleted first, so no stale one is resumed later
+"""
+import contextlib
+import json
+import os
+
+from iclgd.checkpoint import RESUMABLE, flatten, read_meta
+from iclgd.results import RESULTS_FILE
+
+LOCK_FILE = ".iclgd.lock"
+CHECKPOINTS = "checkpoints"
+
+
+def default_out(experiment):
+    return os.path.join("runs", experiment)
+
+
+@contextlib.contextmanager
+def locked(out):
+    """Hold DIR's lock for the block; ValueError naming the holder's PID when another run has it."""
+    import fcntl
+    prepare(out)
+    path = os.path.join(out, LOCK_FILE)
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ValueError(f"--out {out}: in use by another run (PID {holder}); wait for it to finish "
+                             f"or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing drops the lock
+
+
+def prepare(out):
+    """Create DIR (and its parents); a one-line error when it is a file or cannot be written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: expected a folder, got a file")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
+
+
+def checkpoint_files(out):
+    folder = os.path.join(out, CHECKPOINTS)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.endswith((".npz", ".json")) and not n.startswith("."))
+
+
+def check_out(out, experiment, config, resume, force):
+    """Refuse (ValueError) an --out that holds another run's work; see the module docstring."""
+    _check_results(out, experiment, config, force)
+    npz = [p for p in checkpoint_files(out) if p.endswith(".npz")]
+    if resume or not checkpoint_files(out):
+        return
+    if not force:
+        steps = ", ".join(f"{os.path.basename(p)} at step {_step(p)}" for p in npz) or "GD++ fits"
+        raise ValueError(f"--out {out}: holds checkpoints ({steps}); pass --resume to continue them, or "
+                         f"--force to delete them and start over")
+    for p in checkpoint_files(out):
+        os.remove(p)
+
+
+def _step(path):
+    try:
+        return read_meta(path)["step"]
+    except ValueError:
+        return "? (unreadable)"
+
+
+def _check_results(out, experiment, config, force):
+    path = os.path.join(out, RESULTS_FILE)
+    if force or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        old_experiment, old_config = old["experiment"], old["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--out {out}: its {RESULTS_FILE} is unreadable ({type(e).__name__}); choose "
+                         f"another --out, or pass --force to overwrite it") from None
+    if old_experiment != experiment:
+        raise ValueError(f"--out {out}: holds results of experiment {old_experiment!r}, not "
+                         f"{experiment!r}; choose another --out, or pass --force to overwrite them")
+    a = flatten(json.loads(json.dumps(old_config)))
+    b = flatten(json.loads(json.dumps(config)))
+    may_change = {k.split(".", 1)[1] for k in RESUMABLE if k.startswith("config.")}
+    diffs = [f"{k}: there {a.get(k, '(absent)')!r}, this run {b.get(k, '(absent)')!r}"
+             for k in sorted(set(a) | set(b)) if k not in may_change and a.get(k) != b.get(k)]
+    if diffs:
+        raise ValueError(f"--out {out}: holds {experiment} results of another config ({'; '.join(diffs)}); "
+                         f"choose another --out, or pass --force to overwrite them")
+
+
+def last_checkpoints(out):
+    """'lsa1_seed0.npz at step 300, ...' for the interruption message; '' when there are none."""
+    return ", ".join(f"{os.path.basename(p)} at step {_step(p)}"
+                     for p in checkpoint_files(out) if p.endswith(".npz"))
