@@ -172,7 +172,7 @@ def test_a_file_that_is_not_npz_is_an_error(tmp_path, capsys):
     path = tmp_path / "x.npz"
     path.write_text("not an archive")
     assert main(["crosscheck", str(path)]) == 2
-    assert "exchange format" in capsys.readouterr().err
+    assert "not an .npz archive" in capsys.readouterr().err
 
 
 def test_config_json_names_every_field(tmp_path, rng):
