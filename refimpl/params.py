@@ -140,15 +140,20 @@ def unflatten(vector, like):
 
 
 def save_params(path, params, cfg: ModelConfig | None = None):
-    """Write parameters (and the config as JSON under '__config__') to an .npz file."""
+    """Write parameters (and the config as JSON under '__config__') to an .npz file, atomically:
+    a reader sees the old file or the whole new one; a failed write leaves the old file as it was
+    and no temporary file.
+    As numpy.savez, '.npz' is appended to a name without it; returns the path written."""
     import json
+    from .atomic import atomic_save
     from .config import config_to_dict
     extra = {"__config__": np.array(json.dumps(config_to_dict(cfg)))} if cfg is not None else {}
-    np.savez(path, **params, **extra)
+    path = str(path) if str(path).endswith(".npz") else f"{path}.npz"
+    return atomic_save(path, lambda f: np.savez(f, **params, **extra))
 
 
 def load_params(path):
-    """Read (params, cfg or None) written by save_params."""
+    """Read (params, cfg or None) written by save_params, from exactly `path` (no suffix added)."""
     import json
     from .config import config_from_dict
     with np.load(path, allow_pickle=False) as data:

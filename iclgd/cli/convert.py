@@ -7,13 +7,23 @@ Formats and files:
     torch   .npz or .pkl of the state_dict; .pt/.pth through torch (if installed)
 The config comes from an iclgd input file, else from --config (a JSON object of ModelConfig fields;
 fields left out take their defaults) and --set key=value overrides.
+
+Pickles (.pkl and torch's .pt/.pth) can run code when loaded. By default a .pkl is read by a
+restricted unpickler that admits only containers and NumPy arrays, and a .pt/.pth by
+torch.load(weights_only=True); any other global in the file is an error naming it, and nothing in
+the file runs. --trust-pickle reads them with plain pickle / torch.load(weights_only=False), for
+files you trust (a pickle of JAX arrays, say). Every output is written atomically; an .npz name
+without the suffix gets '.npz' appended (for --to iclgd, and for .npz outputs), and the line
+printed names the file written.
 """
 import json
-import pickle
+import re
+import warnings
 
+from refimpl.atomic import atomic_save
 from refimpl.config import ModelConfig, apply_overrides, config_from_dict
-from iclgd.interop.convert import (from_haiku, from_torch_state_dict, load_tree, save_tree, to_haiku,
-                      to_torch_state_dict)
+from iclgd.interop.convert import (from_haiku, from_torch_state_dict, load_tree, save_pickle,
+                                   save_tree, to_haiku, to_torch_state_dict)
 from refimpl.params import load_params, save_params
 
 FORMATS = ("iclgd", "haiku", "torch")
@@ -29,6 +39,11 @@ def add_arguments(parser):
                         help="config overrides, e.g. num_layers=2 weight_tied=true")
     parser.add_argument("--root", default=None,
                         help="Haiku top module: inferred on input when unique; 'transformer' on output")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="read a pickle input (.pkl, .pt, .pth) with plain pickle / torch.load("
+                             "weights_only=False), which runs any code the file names; only for a "
+                             "file you trust. Without it, a pickle may hold only containers and "
+                             "NumPy arrays (torch: tensors) and anything else is refused unrun")
 
 
 def _config(args, from_file=None):
@@ -53,40 +68,61 @@ def read(args):
         return params, _config(args, cfg)
     cfg = _config(args)
     if args.source == "haiku":
-        return from_haiku(load_tree(args.input), cfg, root=args.root), cfg
+        return from_haiku(load_tree(args.input, args.trust_pickle), cfg, root=args.root), cfg
     if _is_torch_file(args.input):
-        import torch
-        state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
+        state_dict = _torch_load(args.input, args.trust_pickle)
     else:
-        state_dict = load_tree(args.input)
+        state_dict = load_tree(args.input, args.trust_pickle)
     return from_torch_state_dict(state_dict, cfg), cfg
 
 
+def _torch_load(path, trust):
+    """torch.load(weights_only=not trust), its errors as one line naming the refused global."""
+    import pickle
+
+    import torch
+    label = f"IN {path}"
+    try:
+        with warnings.catch_warnings():  # torch warns, over several lines, about old protocols
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found and not trust:
+            raise ValueError(f"{label}: refused to load global '{found.group(1)}' from a pickle "
+                             f"(torch.load with weights_only=True admits only tensors and "
+                             f"containers; pass --trust-pickle for a file you trust)") from None
+        paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.startswith("Check the")]
+        detail = " ".join(paragraphs[-1].split()) if paragraphs else ""
+        hint = "" if trust else "; pass --trust-pickle for a file you trust"
+        raise ValueError(f"{label}: torch.load could not read the file ({type(e).__name__}: "
+                         f"{detail}){hint}") from None
+
+
 def write(args, params, cfg):
+    """Write the output file atomically; returns the path written."""
     if args.target == "iclgd":
-        save_params(args.output, params, cfg)
-        return
+        return save_params(args.output, params, cfg)
     if args.target == "haiku":
         tree = to_haiku(params, cfg, root=args.root or "transformer")
     else:
         tree = to_torch_state_dict(params, cfg)
         if _is_torch_file(args.output):
             import torch
-            torch.save({k: torch.from_numpy(v) for k, v in tree.items()}, args.output)
-            return
+            tensors = {k: torch.from_numpy(v) for k, v in tree.items()}
+            return atomic_save(args.output, lambda f: torch.save(tensors, f))
     if str(args.output).endswith(".npz"):
-        save_tree(args.output, tree)
-    else:
-        with open(args.output, "wb") as f:
-            pickle.dump(tree, f)
+        return save_tree(args.output, tree)
+    return save_pickle(args.output, tree)
 
 
 def run(args):
     try:
         params, cfg = read(args)
-        write(args, params, cfg)
+        written = write(args, params, cfg)
     except OSError as e:
         raise ValueError(f"{e.filename}: {e.strerror}") from None
-    print(f"wrote {args.output} ({args.target}: {len(params)} parameters, "
+    print(f"wrote {written} ({args.target}: {len(params)} parameters, "
           f"{sum(v.size for v in params.values())} numbers)")
     return 0

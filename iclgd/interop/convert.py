@@ -14,7 +14,9 @@ top module, "transformer" in the notebooks, inferred when the tree has one):
     ROOT/emb/w  embed.W;  ROOT/input_mlp/linear/{w,b}  input_mlp.W1, b1;  .../linear_1  W2, b2
 Biases the oracle's model does not have (attention `b`, `emb/b`: the public option use_bias_p) are
 accepted only when zero. MLP biases, absent when the public model ran without them, read as zero.
-A tree may be nested at any depth or flat with '/'-joined keys, in a pickle or an .npz.
+A tree may be nested at any depth or flat with '/'-joined keys, in a pickle or an .npz. Pickles
+are read by a restricted unpickler (containers and NumPy arrays only, safe_pickle.py) unless
+trust_pickle=True.
 
 PyTorch: the state_dict of a module with these attribute names (torch.nn.Linear stores (out, in),
 so every weight is transposed; LayerNorm's weight/bias are our scale/offset; p = 0 when tied):
@@ -25,12 +27,16 @@ so every weight is transposed; LayerNorm's weight/bias are our scale/offset; p =
     blocks.{p}.attn.o_proj.weight                    nn.Linear(H*K, D, bias=False)
     blocks.{p}.ln2.{weight,bias}, blocks.{p}.mlp.fc1.*, blocks.{p}.mlp.fc2.*
 """
+import os
 import pickle
 
 import numpy as np
 
+from refimpl.atomic import atomic_save
 from refimpl.config import ModelConfig
 from refimpl.params import check_params, num_param_sets, param_shapes
+from iclgd.interop.npz_headers import read_npz_headers
+from iclgd.interop.safe_pickle import load_pickle
 
 ATTN_HAIKU = {"query": "W_q", "key": "W_k", "value": "W_v", "linear": "W_p"}
 ATTN_TORCH = {"q_proj": "W_q", "k_proj": "W_k", "v_proj": "W_v", "o_proj": "W_p"}
@@ -201,21 +207,39 @@ def to_torch_state_dict(params, cfg: ModelConfig):
 
 
 # ----------------------------------------------------------------------------------------------
-def load_tree(path):
+def load_tree(path, trust_pickle=False):
     """A parameter tree from an .npz (flat '/'-joined keys) or a pickle (any nesting).
 
-    A pickle runs code when loaded: open only files you trust.
+    A pickle is read by a restricted unpickler that admits only containers and NumPy arrays and
+    refuses any other global (a pickle can run code when loaded, safe_pickle.py);
+    trust_pickle=True reads it with plain pickle, for a file you trust.
     """
+    label = f"IN {path}"
     if str(path).endswith(".npz"):
+        read_npz_headers(path, label)  # a clean error for a non-archive; no object arrays
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    with open(path, "rb") as f:
-        tree = pickle.load(f)
+    if not os.path.isfile(path):
+        raise ValueError(f"{label}: " + ("is a directory, expected a file" if os.path.isdir(path)
+                                         else "no such file"))
+    tree = load_pickle(path, trust=trust_pickle, label=label)
     if not hasattr(tree, "items"):
-        raise ValueError(f"{path}: expected a pickled dict of parameters, got {type(tree).__name__}")
+        raise ValueError(f"{label}: expected a pickled dict of parameters, got {type(tree).__name__}")
     return tree
 
 
+def npz_name(path):
+    """The name numpy.savez writes to: '.npz' appended to a name without it."""
+    return str(path) if str(path).endswith(".npz") else f"{path}.npz"
+
+
 def save_tree(path, tree):
-    """Write a tree as an .npz with flat '/'-joined keys."""
-    np.savez(path, **{k: _to_numpy(k, v) for k, v in flatten_tree(tree).items()})
+    """Write a tree as an .npz with flat '/'-joined keys, atomically ('.npz' appended to a name
+    without it, as numpy.savez does); returns the path written."""
+    arrays = {k: _to_numpy(k, v) for k, v in flatten_tree(tree).items()}
+    return atomic_save(npz_name(path), lambda f: np.savez(f, **arrays))
+
+
+def save_pickle(path, tree):
+    """Write a tree as a pickle, atomically; returns the path written."""
+    return atomic_save(path, lambda f: pickle.dump(tree, f))
