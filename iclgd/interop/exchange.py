@@ -211,7 +211,7 @@ def load_exchange(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             version = _scalar(data, "format_version")
-            if not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) != FORMAT_VERSION:
+            if not np.issubdtype(version.dtype, np.integer) or int(version) != FORMAT_VERSION:
                 raise ValueError(f"format_version: expected {FORMAT_VERSION}, got {version!r}")
             cfg = config_from_json(str(_scalar(data, "config")))
             check_oracle_cost(cfg, headers["tokens"][1])

@@ -67,8 +67,8 @@ def _member_header(archive, info, label):
             raise ValueError(f"{label}: {key}: not a valid .npy header "
                              f"({' '.join(str(e).split())})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind == "V":
-        raise ValueError(f"{label}: {key}: dtype {dtype} is refused (object, structured and void arrays are "
-                         f"never parameters or results; an object array is a pickle)")
+        raise ValueError(f"{label}: {key}: dtype {dtype} is refused (object, structured and void "
+                         f"arrays are never parameters or results; an object array is a pickle)")
     return dtype, tuple(shape)
 
 
