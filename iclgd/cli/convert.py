@@ -17,8 +17,10 @@ without the suffix gets '.npz' appended (for --to iclgd, and for .npz outputs), 
 printed names the file written.
 """
 import json
+import pickle
 import re
 import warnings
+import zipfile
 
 from refimpl.atomic import atomic_save
 from refimpl.config import ModelConfig, apply_overrides, config_from_dict
@@ -120,9 +122,14 @@ def write(args, params, cfg):
 def run(args):
     try:
         params, cfg = read(args)
+    except OSError as e:
+        raise ValueError(f"IN {e.filename or args.input}: {e.strerror or e}") from None
+    except (EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError) as e:  # a malformed archive
+        raise ValueError(f"IN {args.input}: not a readable {args.source} file ({type(e).__name__}: {e})") from None
+    try:
         written = write(args, params, cfg)
     except OSError as e:
-        raise ValueError(f"{e.filename}: {e.strerror}") from None
+        raise ValueError(f"OUT {e.filename or args.output}: {e.strerror or e}") from None
     print(f"wrote {written} ({args.target}: {len(params)} parameters, "
           f"{sum(v.size for v in params.values())} numbers)")
     return 0
