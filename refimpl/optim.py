@@ -22,7 +22,8 @@ def global_norm(grads):
     """sqrt(sum of g^2) over all gradients, in float64. Where the plain sum of squares overflows but
     every gradient is finite (entries above ~1e154), the norm is taken of g / max|g| and scaled back,
     so that clipping still applies instead of an inf norm zeroing the update."""
-    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+    with np.errstate(over="ignore"):  # an overflow is handled below
+        norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
     return norm if np.isfinite(norm) else scaled_norm(list(grads.values()))
 
 
