@@ -60,9 +60,23 @@ def read_results(out_dir):
     path = os.path.join(out_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"DIR: expected a folder holding {RESULTS_FILE}, found none at {path}")
-    with open(path) as f:
-        results = json.load(f)
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON file ({e})") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(results).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; required: {list(REQUIRED_KEYS)}")
     return results
+
+
+def null_finals(results):
+    """The keys of `final` (per variant too) that hold null: a value that was not finite."""
+    final = results.get("final") or {}
+    nested = all(isinstance(v, dict) for v in final.values()) and final
+    groups = final.items() if nested else [(None, final)]
+    return [f"final[{g!r}][{k!r}]" if g else f"final[{k!r}]"
+            for g, values in groups for k, v in values.items() if v is None]

@@ -246,3 +246,24 @@ def test_bad_config_values_are_one_line(tmp_path, override, expect):
     proc = cli("run", "fig3", "--out", "y", "--quick", "--set", override, cwd=tmp_path)
     assert proc.returncode == 2
     assert expect in error_line(proc)
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda r: r["final"].update(loss_gd=None), "final['loss_gd'] null (not finite)"),
+    (lambda r: r["curves"].update(step="abc"), "cannot draw 'fig2' from it"),
+    (lambda r: r.pop("per_seed"), "missing key(s) ['per_seed']"),
+    (None, "not a valid JSON file"),
+])
+def test_plot_of_a_damaged_results_file_is_one_line(done, tmp_path, damage, expect):
+    cwd, out = done
+    r = results(out)
+    (tmp_path / "p").mkdir()
+    if damage is None:
+        (tmp_path / "p" / "results.json").write_text('{"experiment": "fig2", trunc')
+    else:
+        damage(r)
+        (tmp_path / "p" / "results.json").write_text(json.dumps(r))
+    proc = cli("plot", tmp_path / "p", cwd=cwd)
+    assert proc.returncode == 2
+    assert expect in error_line(proc)
+    assert not (tmp_path / "p" / "fig2.png").exists()
