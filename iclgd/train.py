@@ -203,9 +203,10 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
                                                      backend.asarray(targets), cfg, adam)
             step += 1
             bad = divergence(loss, state.get("grad_norm"), params, backend, first_loss)
+            if bad is None or bad[0] != "loss":
+                saver.flush()  # the pending snapshot's parameters just gave a sane loss
             if bad is not None:
                 raise Diverged(step, *bad, curves, checkpoint, saver.saved_step, identity.get("model_tag"), seed)
-            saver.flush()  # the pending snapshot's parameters just gave a sane loss
             first_loss = float(loss) if first_loss is None else first_loss
             bar.update(1)
             if evaluate is not None and (step % train_cfg.eval_every == 0 or step == train_cfg.steps):
