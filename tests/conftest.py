@@ -195,3 +195,19 @@ def model_configs(*names, renamed=None):
     "tied3_yupdate_damped"})."""
     renamed = renamed or {}
     return {name: ModelConfig(**MODELS[renamed.get(name, name)]) for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line in a subprocess (tests of what a user sees: exit status, stdout, stderr)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_subprocess(*argv, cwd=None, prelude=""):
+    """`python -m iclgd ARGV` from this checkout in a subprocess: a CompletedProcess (text).
+    `prelude` is Python run first in that process, to inject a fault (a full disk, say)."""
+    import subprocess
+    import sys
+    code = f"{prelude}\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, env=env, timeout=600)

@@ -12,7 +12,6 @@ import os
 import zipfile
 import zlib
 
-import numpy as np
 from numpy.lib import format as npy_format
 
 HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}

@@ -15,16 +15,14 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import ROOT, cli_subprocess
+
 TINY = ["--quick", "--no-progress", "--set", "task.eval_tasks=200", "--set", "train.batch=64",
         "--set", "train.checkpoint_every=10", "--set", "train.eval_every=10"]
 
 
-def cli(*args, cwd, env=None, prelude=""):
-    """`python -m iclgd ARGS` in a subprocess (prelude: Python run first, to inject a fault)."""
-    code = f"{prelude}\nimport sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})}, timeout=600)
+def cli(*args, cwd, prelude=""):
+    return cli_subprocess(*args, cwd=cwd, prelude=prelude)
 
 
 def error_line(proc):

@@ -10,8 +10,6 @@ non-finite oracle value is a FAIL, never a pass; infinite, NaN or negative toler
 import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 import tracemalloc
 import zipfile
@@ -23,6 +21,7 @@ import pytest
 from iclgd.interop.crosscheck import crosscheck, crosscheck_file
 from iclgd.interop.exchange import MAX_LAYERS, MAX_NUMBERS, export_oracle, load_exchange, save_exchange
 from refimpl.config import ModelConfig, config_to_dict
+from tests.conftest import cli_subprocess
 from refimpl.params import init_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +31,7 @@ TIED = ModelConfig(token_dim=3, num_layers=2, weight_tied=True, key_size=3)
 
 def iclgd(*argv):
     """`python -m iclgd ARGV` from this checkout: (status, stdout, stderr)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "iclgd", *map(str, argv)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
+    done = cli_subprocess(*argv)
     return done.returncode, done.stdout, done.stderr
 
 

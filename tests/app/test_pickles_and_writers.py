@@ -12,8 +12,6 @@ import json
 import os
 import pickle
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from iclgd.cli import main
 from iclgd.interop.convert import flatten_tree, load_tree, save_tree, to_haiku
 from iclgd.interop.exchange import load_exchange, save_exchange
 from refimpl.config import ModelConfig, config_to_dict
+from tests.conftest import cli_subprocess
 from refimpl.params import init_params, load_params, save_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +30,7 @@ CFG = ModelConfig(token_dim=4, num_layers=2, key_size=3, layernorm=True, mlp=Tru
 
 def iclgd(*argv):
     """`python -m iclgd ARGV` from this checkout: (status, stdout, stderr)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "iclgd", *map(str, argv)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
+    done = cli_subprocess(*argv)
     return done.returncode, done.stdout, done.stderr
 
 
