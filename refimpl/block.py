@@ -17,7 +17,7 @@ import numpy as np
 
 from . import attention, layers
 from .params import params_under
-from .validate import array_module, check_upstream
+from .validate import array_module, check_array, check_upstream
 
 ATTENTION = {
     "linear": (attention.lsa_forward, attention.lsa_backward),
@@ -47,6 +47,7 @@ def block_forward(H, params, cfg, layer):
 
     params: the model's flat parameter mapping (only set cfg.param_layer(layer) is read).
     """
+    check_array("H", H, ndim=3)
     p = f"layer{cfg.param_layer(layer)}"
     lam = cfg.dampening
     cache = {"cfg": cfg, "prefix": p}

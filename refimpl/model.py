@@ -49,6 +49,7 @@ class FrontCache(list):
 
 def front_forward(tokens, params, cfg: ModelConfig):
     """tokens (B, T, D_in) -> (H (B, T, D), cache): the optional stages in SPEC 2.5's order."""
+    check_tokens(tokens, cfg)  # with no stage at all, nothing below would look at them
     cache = FrontCache()
     H = tokens  # (B, T, D_in)
     if cfg.pos_enc == "concat":
