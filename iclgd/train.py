@@ -25,6 +25,7 @@ import numpy as np
 from refimpl.config import AdamConfig, ModelConfig, config_to_dict
 from refimpl.fieldcheck import check_fields
 from refimpl.params import init_params
+from refimpl.validate import NonFiniteError
 from iclgd.checkpoint import load_checkpoint, save_checkpoint
 from iclgd.runtime import tune_for_small_matrices
 
@@ -199,10 +200,13 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     try:
         while step < train_cfg.steps:
             tokens, targets = source.next_batch(rng, step, draw=draw)
-            params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
-                                                     backend.asarray(targets), cfg, adam)
+            try:
+                params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
+                                                         backend.asarray(targets), cfg, adam)
+                bad = divergence(loss, state.get("grad_norm"), params, backend, first_loss)
+            except NonFiniteError as e:  # the finite parameters went non-finite inside the step
+                bad = ("loss", f"a value inside the step is not finite ({e})")
             step += 1
-            bad = divergence(loss, state.get("grad_norm"), params, backend, first_loss)
             if bad is None or bad[0] != "loss":
                 saver.flush()  # the pending snapshot's parameters just gave a sane loss
             if bad is not None:

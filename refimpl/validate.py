@@ -18,6 +18,11 @@ def array_module(x):
     return sys.modules["cupy"]
 
 
+class NonFiniteError(ValueError):
+    """An array holds NaN or inf: bad input from a caller, or a diverged computation inside training
+    (iclgd.train tells the two apart by where it is raised)."""
+
+
 def check_array(name, x, ndim=None, shape=None, finite=True):
     """Check that ``x`` is a float32/float64 ndarray of the given rank and shape.
 
@@ -41,7 +46,7 @@ def check_array(name, x, ndim=None, shape=None, finite=True):
 def _check_finite(name, x):
     if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise ValueError(f"{name}: contains {bad} NaN or inf value(s)")
+        raise NonFiniteError(f"{name}: contains {bad} NaN or inf value(s)")
 
 
 def check_upstream(name, dout, shape, dtype):

@@ -163,3 +163,16 @@ def test_results_figures_and_checkpoints_are_written_atomically(tmp_path, monkey
     assert json.loads((tmp_path / "results.json").read_text()) == {}
     assert (tmp_path / "c.npz").read_bytes() == b"old"
     assert not (tmp_path / "fig2.png").exists() and _temp_files(tmp_path) == []
+
+
+def test_a_non_finite_value_inside_the_step_is_a_divergence_not_bad_input(tmp_path):
+    """The oracle's checks raise NonFiniteError (a ValueError) when a forward or backward meets
+    NaN or inf; inside training that is the run diverging, not a caller's bad input."""
+    from refimpl.validate import check_array
+
+    def overflow(p, s, loss):
+        check_array("H", np.array([np.inf]))
+
+    with pytest.raises(Diverged, match="a value inside the step is not finite") as e:
+        run(faulty(get_backend("numpy"), 5, overflow), tmp_path)
+    assert e.value.step == 5 and e.value.checkpoint_step == 2  # step 4's snapshot is not vouched for
