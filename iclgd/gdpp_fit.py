@@ -17,8 +17,8 @@ from refimpl.fieldcheck import check_fields
 from refimpl.loss import loss_and_grads
 from refimpl.optim import adam_init, adam_update
 from refimpl.tasks import TaskSource
-from refimpl.validate import check_positive_int
-from iclgd.train import TrainConfig, paper_adam, paper_token_clip
+from refimpl.validate import NonFiniteError, check_positive_int
+from iclgd.train import Diverged, TrainConfig, paper_adam, paper_token_clip
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,15 @@ def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, step
         if callback is not None and step % callback_every == 0:
             callback(step, *gdpp_entries_effective(scalars, num_context))
         tokens, targets = source.next_batch(rng, step)
-        _, _, grads = grads_fn(gdpp_entries_params(input_dim, scalars), tokens, targets, cfg)
-        scalars, state, _ = adam_update(scalars, gdpp_entry_grads(grads, input_dim, scalars), state, adam_cfg)
+        try:
+            _, _, grads = grads_fn(gdpp_entries_params(input_dim, scalars), tokens, targets, cfg)
+            scalars, state, _ = adam_update(scalars, gdpp_entry_grads(grads, input_dim, scalars), state, adam_cfg)
+            finite = all(np.all(np.isfinite(v)) for v in scalars.values())
+        except NonFiniteError:  # the oracle met NaN or inf inside the step
+            finite = False
+        if not finite:
+            raise Diverged(step + 1, "GD++ entries", f"the {desc} fit's entries are not finite (lower gdpp.lr = "
+                           f"{adam_cfg.lr})", {}, None, 0, desc)
     if callback is not None:
         callback(steps, *gdpp_entries_effective(scalars, num_context))
     return gdpp_entries_effective(scalars, num_context)

@@ -108,6 +108,10 @@ class Diverged(Exception):
         super().__init__(f"diverged at step {step}{f' ({model_tag}, seed {seed})' if model_tag else ''}: "
                          f"{reason}; {where}. Lower train.lr (or set train.grad_clip) and start over with --force")
 
+    def __reduce__(self):  # picklable with its fields (fig3 trains variants in worker processes)
+        return Diverged, (self.step, self.tensor, self.reason, self.curves, self.checkpoint, self.checkpoint_step,
+                          self.model_tag, self.seed)
+
 
 def divergence(loss, grad_norm, params, backend, first_loss):
     """None, or (tensor, reason) for the first sign of divergence in a step: a non-finite loss,

@@ -176,3 +176,20 @@ def test_a_non_finite_value_inside_the_step_is_a_divergence_not_bad_input(tmp_pa
     with pytest.raises(Diverged, match="a value inside the step is not finite") as e:
         run(faulty(get_backend("numpy"), 5, overflow), tmp_path)
     assert e.value.step == 5 and e.value.checkpoint_step == 2  # step 4's snapshot is not vouched for
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_a_diverging_gdpp_fit_stops_with_diverged():
+    from iclgd.gdpp_fit import train_gdpp
+    task = TaskConfig(input_dim=3, num_context=5)
+    with pytest.raises(Diverged, match="GD\\+\\+ L=1 fit's entries are not finite") as e:
+        train_gdpp(TaskSource(task, 16), np.random.default_rng(0), 3, 5, 1, True, 0.1, 50,
+                   AdamConfig(lr=1e300, grad_clip=0.0), desc="GD++ L=1")
+    assert e.value.tensor == "GD++ entries" and e.value.step <= 50
+
+
+def test_diverged_survives_a_worker_process():
+    import pickle
+    e = pickle.loads(pickle.dumps(Diverged(3, "loss", "why", {"step": [0]}, "c.npz", 2, "deep3", 1)))
+    assert (e.step, e.tensor, e.checkpoint_step, e.model_tag, e.seed) == (3, "loss", 2, "deep3", 1)
+    assert "diverged at step 3 (deep3, seed 1): why" in str(e)
