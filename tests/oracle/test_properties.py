@@ -24,8 +24,8 @@ from refimpl.config import ModelConfig
 from refimpl.gradcheck import block_check_params, check_function
 from refimpl.loss import mse_backward, mse_forward
 from refimpl.model import front_backward, front_forward, model_backward, model_forward
-from refimpl.params import init_params
 from tests.conftest import backend_tolerance
+from tests.oracle.test_block import random_model_params
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)
 MODEL_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)
@@ -295,15 +295,6 @@ def model_configs(draw):
     return dataclasses.replace(cfg, layernorm=cfg.layernorm and cfg.model_dim >= 3)
 
 
-def _model_params(cfg, rng):
-    """init_params with LayerNorm scales, offsets and biases moved off 1 and 0 (nothing hides)."""
-    params = init_params(cfg, rng)
-    for name, v in params.items():
-        if name.rsplit(".", 1)[1] in ("scale", "offset", "b1", "b2"):
-            params[name] = v + 0.3 * rng.standard_normal(v.shape)
-    return params
-
-
 def clip_margin(cfg, params, H, layers_=None):
     """min | |x| - c | over every value that token clipping sees in the given layers (inf if none):
     each layer's pre-clip values are the block's output with clipping and the MLP turned off."""
@@ -315,6 +306,22 @@ def clip_margin(cfg, params, H, layers_=None):
         margin = min(margin, float(np.min(np.abs(np.abs(pre) - cfg.token_clip))))
         H, _ = block_forward(H, params, cfg, l)
     return margin
+
+
+def check_stage(forward_fn, backward_fn, input_name, x, params, d, rng):
+    """check_case for a model stage: forward_fn(x, params) -> (out, cache), backward_fn(dout, cache)
+    -> (dx, grads); the upstream gradient is named dH. (The stage's input dtype must match its
+    parameters', so that fault is left to the parameters.)"""
+    def backward(dout, inp):
+        p = {k: v for k, v in inp.items() if k != input_name}
+        dx, grads = backward_fn(dout, forward_fn(inp[input_name], p)[1])
+        return {input_name: dx, **grads}
+
+    def forward(**inp):
+        return forward_fn(inp.pop(input_name), inp)[0]
+
+    faults = [f for f in FAULTS if f != "input_dtype"]
+    check_case((forward, backward), {input_name: x, **params}, d, rng, "dH", faults)
 
 
 def _tokens(cfg, d, rng, B):
@@ -331,38 +338,24 @@ def test_block(d, cfg, B, data):
     H = _tokens(dataclasses.replace(cfg, token_dim=cfg.model_dim), d, rng, B)  # (B, T, D)
     assume(clip_margin(cfg, params, H, [layer]) > CLIP_MARGIN)
 
-    def backward(dout, inp):
-        p = {k: v for k, v in inp.items() if k != "H"}
-        dH, grads = block_backward(dout, block_forward(inp["H"], p, cfg, layer)[1])
-        return {"H": dH, **grads}
-
-    forward = lambda H, **p: block_forward(H, p, cfg, layer)[0]  # noqa: E731
-    faults = [f for f in FAULTS if f != "input_dtype"]
-    check_case((forward, backward), {"H": H, **params}, d, rng, "dH", faults)
+    check_stage(lambda x, p: block_forward(x, p, cfg, layer), block_backward, "H", H, params, d, rng)
 
 
 @MODEL_SETTINGS
 @given(d=draws(MODEL_SCALES), cfg=model_configs(), B=st.integers(1, 3))
 def test_front_end(d, cfg, B):
     rng = np.random.default_rng(d["seed"])
-    params = {k: v for k, v in _model_params(cfg, rng).items() if k.startswith(("embed.", "input_mlp."))}
+    params = {k: v for k, v in random_model_params(cfg, rng).items() if k.startswith(("embed.", "input_mlp."))}
     tokens = _tokens(cfg, d, rng, B)
 
-    def backward(dout, inp):
-        p = {k: v for k, v in inp.items() if k != "tokens"}
-        dtokens, grads = front_backward(dout, front_forward(inp["tokens"], p, cfg)[1])
-        return {"tokens": dtokens, **grads}
-
-    forward = lambda tokens, **p: front_forward(tokens, p, cfg)[0]  # noqa: E731
-    faults = [f for f in FAULTS if f != "input_dtype"]
-    check_case((forward, backward), {"tokens": tokens, **params}, d, rng, "dH", faults)
+    check_stage(lambda x, p: front_forward(x, p, cfg), front_backward, "tokens", tokens, params, d, rng)
 
 
 @MODEL_SETTINGS
 @given(d=draws(MODEL_SCALES), cfg=model_configs(), B=st.integers(1, 3))
 def test_model(d, cfg, B):
     rng = np.random.default_rng(d["seed"])
-    params = _model_params(cfg, rng)
+    params = random_model_params(cfg, rng)
     tokens = _tokens(cfg, d, rng, B)
     assume(clip_margin(cfg, params, front_forward(tokens, params, cfg)[0]) > CLIP_MARGIN)
 
