@@ -1,9 +1,11 @@
 """The output folder of `iclgd run`: one run at a time, one experiment and config per folder.
 
     default              runs/EXPERIMENT (ignored by git); the committed results/ only on request
-    lock                 DIR/.iclgd.lock, an exclusive flock held for the whole run, the holder's
-                         PID written in it: a second run on DIR is refused with that PID (the
-                         kernel drops the lock when the holder dies, even by kill -9)
+    lock                 DIR/.iclgd.lock, an exclusive flock held for the whole run (and by
+                         `iclgd plot`), the holder's PID written in it, removed on release: a
+                         second run on DIR is refused with that PID (the kernel drops the lock
+                         when the holder dies, even by kill -9); its holder deletes temporary
+                         files a killed writer left
     results.json there   of another experiment, or of another config (keys other than those a
                          resume may change): refused unless --force
     checkpoints there    a fresh run (no --resume) over them is refused unless --force; with
@@ -25,39 +27,67 @@ def default_out(experiment):
 
 
 @contextlib.contextmanager
-def locked(out):
-    """Hold DIR's lock for the block; ValueError naming the holder's PID when another run has it."""
-    import fcntl
-    prepare(out)
+def locked(out, arg="--out"):
+    """Hold DIR's lock for the block; ValueError naming the holder's PID when another run has it
+    (`arg`: how the command names the folder). The lock file is removed on release, while still
+    locked; a taker checks that the file it locked is still the one at the path (else retries)."""
+    prepare(out, arg)
     path = os.path.join(out, LOCK_FILE)
-    f = open(path, "a+")
+    f = _take(path, out, arg)
     try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        remove_stale_temporaries(out)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        f.close()  # closing drops the lock
+
+
+def _take(path, out, arg):
+    import fcntl
+    while True:
+        f = open(path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise ValueError(f"--out {out}: in use by another run (PID {holder}); wait for it to finish "
-                             f"or choose another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()  # closing drops the lock
+            f.close()
+            raise ValueError(f"{arg} {out}: in use by another run (PID {holder}); wait for it to finish"
+                             f"{' or choose another --out' if arg == '--out' else ''}") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder removed it as we opened it: take the new one
 
 
-def prepare(out):
+def remove_stale_temporaries(out):
+    """Delete the temporary files (refimpl.atomic's `.NAME.XXXX.tmp`) that a killed writer left in
+    DIR and DIR/checkpoints: safe under the lock, which no other writer of DIR holds."""
+    for folder in (out, os.path.join(out, CHECKPOINTS)):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, name))
+
+
+def prepare(out, arg="--out"):
     """Create DIR (and its parents); a one-line error when it is a file or cannot be written."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: expected a folder, got a file")
+        raise ValueError(f"{arg} {out}: expected a folder, got a file")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        raise ValueError(f"{arg} {out}: cannot create the folder ({e.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: the folder is not writable")
+        raise ValueError(f"{arg} {out}: the folder is not writable")
 
 
 def checkpoint_files(out):

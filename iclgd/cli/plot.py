@@ -6,17 +6,19 @@ def add_arguments(parser):
 
 
 def run(args):
+    from iclgd import rundir
     from iclgd.plots import plot_results
     from iclgd.results import null_finals, read_results
     results = read_results(args.dir)
     if results.get("status", "complete") == "complete" and null_finals(results):
         raise ValueError(f"{args.dir}/results.json: {', '.join(null_finals(results))} null (not finite); "
                          f"the run's numbers are incomplete, rerun it")
-    try:
-        paths = plot_results(results, args.dir)
-    except (KeyError, TypeError, IndexError, ValueError) as e:  # a file not shaped like iclgd run writes it
-        raise ValueError(f"{args.dir}/results.json: cannot draw {results['experiment']!r} from it "
-                         f"({type(e).__name__}: {e}); expected a file written by `iclgd run`") from None
+    with rundir.locked(args.dir, "DIR"):  # not while a run writes the folder
+        try:
+            paths = plot_results(results, args.dir)
+        except (KeyError, TypeError, IndexError, ValueError) as e:  # not shaped as `iclgd run` writes it
+            raise ValueError(f"{args.dir}/results.json: cannot draw {results['experiment']!r} from it "
+                             f"({type(e).__name__}: {e}); expected a file written by `iclgd run`") from None
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -132,13 +132,18 @@ def test_resume_without_checkpoint_says_it_starts_fresh(tmp_path):
     assert "no checkpoint at" in proc.stderr and "fresh" in proc.stderr
 
 
-def test_a_second_run_on_a_locked_folder_is_refused_with_the_holders_pid(tmp_path):
+def test_a_second_run_on_a_locked_folder_is_refused_with_the_holders_pid(done, tmp_path):
     from iclgd import rundir
+    cwd, out = done
     with rundir.locked(str(tmp_path / "busy")):
         proc = cli("run", "fig2", "--out", tmp_path / "busy", *TINY, "--set", "train.steps=10", cwd=tmp_path)
     assert proc.returncode == 2
     assert f"in use by another run (PID {os.getpid()})" in error_line(proc)
     assert not (tmp_path / "busy" / "results.json").exists()
+    with rundir.locked(str(out)):  # nor is a folder re-plotted while a run writes it
+        proc = cli("plot", out, cwd=cwd)
+    assert proc.returncode == 2
+    assert f"DIR {out}: in use by another run (PID {os.getpid()})" in error_line(proc)
 
 
 def test_divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -191,12 +196,13 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
         time.sleep(0.2)
     proc.kill()
     proc.wait()
+    (tmp_path / "k" / "checkpoints" / ".lsa1_seed0.npz.killed.tmp").write_bytes(b"half a checkpoint")
     assert cli(*args, "--out", "k", "--resume", cwd=tmp_path).returncode == 0
     assert cli(*args, "--out", "w", cwd=tmp_path).returncode == 0
     a, b = params_of(ckpt), params_of(tmp_path / "w" / "checkpoints" / "lsa1_seed0.npz")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    assert not [p for p in (tmp_path / "k").rglob("*.tmp")]
+    assert not [p for p in (tmp_path / "k").rglob("*.tmp")]  # what the killed writer left is gone
 
 
 def test_full_disk_is_one_line_and_loses_no_finished_file(done, tmp_path):
