@@ -16,9 +16,11 @@ def _plt():
     return plt
 
 
-def _save(fig, out_dir, name, title):
-    """Title the figure `NAME: title`, write out_dir/NAME.png and .pdf atomically; their paths."""
-    fig.suptitle(f"{name}: {title}", fontsize=10)
+def _save(r, fig, out_dir, name, title):
+    """Title the figure `NAME: title` (marked QUICK for a --quick run of results r), write
+    out_dir/NAME.png and .pdf atomically; their paths."""
+    quick = "QUICK run, reduced settings (not the paper's): " if r.get("quick") else ""
+    fig.suptitle(f"{name}: {quick}{title}", fontsize=10, color="tab:red" if quick else "black")
     paths = []
     for ext in ("png", "pdf"):
         path = os.path.join(out_dir, f"{name}.{ext}")
@@ -65,7 +67,7 @@ def plot_fig2(r, out_dir):
     w = r["per_seed"][0]["weights"]
     prod = np.asarray(w["W_KQ"]) * np.asarray(w["W_PV"])[-1, -1]
     _heat(ax[3], prod, f"W_KQ * W_PV[-1,-1] (diag mean {f['kq_pv_diag']:.3f})")
-    return _save(fig, out_dir, "fig2", f"one LSA layer vs one GD step (eta/N = {f['gd_eta_over_n']:.3f}, "
+    return _save(r, fig, out_dir, "fig2", f"one LSA layer vs one GD step (eta/N = {f['gd_eta_over_n']:.3f}, "
                  f"seeds {r['seeds']}, {r['steps_run']} steps run)")
 
 
@@ -100,7 +102,7 @@ def plot_fig1(r, out_dir):
               title="dampening sweep (figure 10)")
     ax[1].set_ylim(1e-3, 10)
     ax[1].legend(fontsize=8)
-    return _save(fig, out_dir, "fig1", f"repeated LSA layer vs GD (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig1", f"repeated LSA layer vs GD (seeds {r['seeds']})")
 
 
 def plot_fig3(r, out_dir):
@@ -133,7 +135,7 @@ def plot_fig3(r, out_dir):
             g.axhline(f["loss_tf"], color="tab:blue", ls="--", label=f"trained TF ({f['loss_tf']:.4f})")
             g.set(xlabel="Adam step of the GD++ fit", ylabel="loss", yscale="log")
             g.legend(fontsize=8)
-    return _save(fig, out_dir, "fig3", f"multi-layer LSA vs GD and GD++ (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig3", f"multi-layer LSA vs GD and GD++ (seeds {r['seeds']})")
 
 
 def plot_fig6(r, out_dir):
@@ -152,7 +154,7 @@ def plot_fig6(r, out_dir):
         ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
     ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
     ax[3].legend(fontsize=8)
-    return _save(fig, out_dir, "fig6", f"out-of-distribution losses (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig6", f"out-of-distribution losses (seeds {r['seeds']})")
 
 
 def plot_fig16(r, out_dir):
@@ -173,7 +175,7 @@ def plot_fig16(r, out_dir):
     ax[2].plot(sizes, [r["final"][n]["loss_gd"] for n in names], "k:", label="GD, fresh tasks")
     ax[2].set(xlabel="training-set size B", ylabel="loss", xscale="log", yscale="log", title="final")
     ax[2].legend(fontsize=8)
-    return _save(fig, out_dir, "fig16", f"fixed training sets (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig16", f"fixed training sets (seeds {r['seeds']})")
 
 
 def plot_diverged(r, out_dir):
@@ -190,7 +192,7 @@ def plot_diverged(r, out_dir):
         ax.text(0.5, 0.5, "no evaluation recorded before the divergence", ha="center",
                 transform=ax.transAxes)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, r["experiment"], f"DIVERGED at step {d['step']} ({d['model_tag']}, seed "
+    return _save(r, fig, out_dir, r["experiment"], f"DIVERGED at step {d['step']} ({d['model_tag']}, seed "
                  f"{d['seed']}); last good checkpoint at step {d['checkpoint_step']}")
 
 

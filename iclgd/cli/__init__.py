@@ -24,8 +24,10 @@ COMMANDS = {
     "crosscheck": ("iclgd.cli.crosscheck", "compare another implementation's results with the oracle"),
     "convert": ("iclgd.cli.convert", "parameters between Haiku trees, a torch state_dict and our .npz"),
     "list": ("iclgd.cli.list", "the experiments, with the paper figure each reproduces"),
+    "config": ("iclgd.cli.config", "an experiment's resolved config: each key's value, default, type and meaning"),
     "run": ("iclgd.cli.run", "train and evaluate one experiment; write results.json and its figure"),
     "plot": ("iclgd.cli.plot", "re-render an experiment's figure from its results.json alone"),
+    "show": ("iclgd.cli.show", "print a run's summary again from its results.json alone"),
 }
 
 

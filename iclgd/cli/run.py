@@ -92,6 +92,8 @@ def _train_and_write(args, mod, cfg, backend, out):
         print(f"iclgd run: {e}", file=sys.stderr)
     for p in write_and_plot(out, results):
         print(f"wrote {p}")
+    from iclgd.summary import summary_lines
+    print("\n".join(summary_lines(results)))
     return 0 if results["status"] == "complete" else 1
 
 

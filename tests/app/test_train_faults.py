@@ -159,7 +159,7 @@ def test_results_figures_and_checkpoints_are_written_atomically(tmp_path, monkey
     fig = plots._plt().figure()
     monkeypatch.setattr(fig, "savefig", lambda f, **k: (f.write(b"partial"), (_ for _ in ()).throw(OSError(28, "full"))))
     with pytest.raises(OSError):
-        plots._save(fig, tmp_path, "fig2", "t")
+        plots._save({}, fig, tmp_path, "fig2", "t")
     assert json.loads((tmp_path / "results.json").read_text()) == {}
     assert (tmp_path / "c.npz").read_bytes() == b"old"
     assert not (tmp_path / "fig2.png").exists() and _temp_files(tmp_path) == []

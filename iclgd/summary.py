@@ -1,0 +1,84 @@
+"""The summary a run prints at its end and `iclgd show DIR` prints again from results.json alone:
+each final number beside its baseline and the value the paper published (SPEC 6).
+
+`REFERENCE[experiment]` lists the rows: (label, key of `final`, baseline, what the paper reports).
+A baseline is a key of `final` (or "-key" for its negative); the paper's column quotes SPEC 6, the
+table of published results, and is text: the papers give most numbers as read off plots.
+"""
+SPEC6_FIG6_INPUT = {"0.50": "~0.08", "0.80": "~0.15", "1.10": "~0.27", "1.40": "~0.8", "1.70": "~2.8",
+                    "2.00": "~8.5"}  # SPEC 6, figures 6/7: read off the paper's log plot
+
+REFERENCE = {
+    "fig2": [
+        ("loss: trained TF vs 1 GD step", "loss_tf", "loss_gd", "~0.205, equal to one GD step"),
+        ("loss: interpolated weights", "loss_interp", "loss_gd", "the same loss as GD"),
+        ("loss: zero prediction", "loss_zero", None, "-"),
+        ("model cos (TF vs GD)", "model_cos", None, "~1.0 (0.999)"),
+        ("model diff", "model_diff", None, "0.07-0.1"),
+        ("preds diff", "preds_diff", None, "0.02-0.03"),
+        ("W_KQ * W_PV[-1,-1] diagonal vs -eta/N", "kq_pv_diag", "-gd_eta_over_n", "~ -0.6 (= -eta/N)"),
+    ],
+    "fig1": [
+        ("mean loss after 1 application: TF vs GD", "loss_tf_1", "loss_gd_1", "dampened GD (SPEC 4.3)"),
+        ("mean loss after 10: TF vs GD", "loss_tf_10", "loss_gd_10", "dampened GD (SPEC 4.3)"),
+        ("median loss after the last: TF vs GD", "median_tf_last", "median_gd_last", "dampened GD (SPEC 4.3)"),
+        ("mean relative deviation TF/GD to step 20", "mean_rel_dev_to_20", None, "-"),
+    ],
+    "fig3": [
+        ("loss: trained TF vs L-step GD", "loss_tf", "loss_gd", "below L GD steps; deep 5 close to 0"),
+        ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "matches GD++"),
+        ("model cos (TF vs GD++)", "model_cos_gdpp", None, "~1"),
+    ],
+    "fig6": [
+        ("loss in distribution: TF vs GD", "loss_tf", "loss_gd", "TF, GD and interpolation overlap"),
+        *[(f"loss at input scale {r}: TF vs GD", f"loss_tf_input_{r}", f"loss_gd_input_{r}", paper)
+          for r, paper in SPEC6_FIG6_INPUT.items()],
+        ("weight scale s: TF's deviation from s^2 x loss", "weight_scale_law_dev_tf", None, "0 for GD (exact)"),
+    ],
+    "fig16": [
+        ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),
+        ("loss on its training set", "loss_train_tf", None, "-"),
+        ("model cos (TF vs GD)", "model_cos", None, "a fixed set still aligns with GD"),
+    ],
+}
+
+
+def _number(final, key):
+    """final[key] as a float (a leading '-' negates), or None where absent or null."""
+    sign, key = (-1.0, key[1:]) if key.startswith("-") else (1.0, key)
+    value = final.get(key)
+    return None if value is None or isinstance(value, (list, dict, str, bool)) else sign * float(value)
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.4g}"
+
+
+def header(r):
+    quick = " | QUICK run: reduced settings, not the paper's" if r.get("quick") else ""
+    return (f"{r['experiment']} ({r.get('figure', '?')}) on {r.get('backend', '?')}, seeds "
+            f"{', '.join(map(str, r.get('seeds', [])))}, {r.get('steps_run', '?')} training steps run by the "
+            f"invocation that wrote it{quick}")
+
+
+def summary_lines(r):
+    """The summary of a results dict as lines of text."""
+    lines = [header(r)]
+    if r.get("status", "complete") == "diverged":
+        d = r.get("diverged", {})
+        return lines + [f"DIVERGED at step {d.get('step')} ({d.get('model_tag')}, seed {d.get('seed')}): "
+                        f"{d.get('reason', d.get('tensor'))}; last good checkpoint at step {d.get('checkpoint_step')}"]
+    final, rows = r.get("final") or {}, REFERENCE.get(r["experiment"], [])
+    groups = (list(final.items()) if final and all(isinstance(v, dict) for v in final.values())
+              else [(None, final)])
+    width = max([len(label) for label, *_ in rows] + [10]) + 2
+    lines.append(f"{'':{width}s}{'this run':>10s}  {'baseline':>10s}  paper (SPEC 6)")
+    for group, values in groups:
+        if group is not None:
+            lines.append(f"{group}:")
+        for label, key, base, paper in rows:
+            if key not in values:
+                continue
+            lines.append(f"{label:{width}s}{_fmt(_number(values, key)):>10s}  "
+                         f"{_fmt(_number(values, base) if base else None):>10s}  {paper}")
+    return lines
