@@ -35,17 +35,17 @@ FIG2_ADAM = AdamConfig(lr=1e-3, grad_clip=0.001)  # SPEC 3: L <= 2 -> clip 0.001
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench_cupy", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="bench_cupy", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/cupy_<gpu>.json)")
     p.add_argument("--steps", type=int, default=5000, help="steps of the whole training (5000)")
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--batch", type=int, default=2048, help="tasks per step (2048)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(float32)")
     p.add_argument("--repeats", type=int, default=200, help="steps timed for the per-step numbers")
     p.add_argument("--peers", default="jax,torch,torch_compile,numba_cuda,unfused",
                    help="comma-separated subset of jax, torch, torch_compile, numba_cuda, unfused")
     p.add_argument("--graph-steps", type=int, default=100,
                    help="steps captured in one CUDA graph (or one fori_loop) for device_step_s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batches (0)")
     return p.parse_args(argv)
 
 

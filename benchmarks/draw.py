@@ -38,12 +38,12 @@ def median_time(draw, rng, batch, dtype, warmup, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--dtypes", default="float64,float32")
-    ap.add_argument("--out", default=None)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--batch", type=int, default=2048, help="tasks per draw (2048)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed draws first, compilation included (5)")
+    ap.add_argument("--repeats", type=int, default=50, help="timed draws; the median is reported (50)")
+    ap.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes (float64,float32)")
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
     settings = runtime.tune_for_small_matrices()
     import numba

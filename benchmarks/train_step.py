@@ -75,17 +75,18 @@ def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--backends", default=",".join(backend_names()))
-    ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--dtypes", default="float64,float32")
-    ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--backends", default=",".join(backend_names()),
+                    help="comma-separated backends (default: all; unavailable ones are reported as such)")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}")
+    ap.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes (float64,float32)")
+    ap.add_argument("--batch", type=int, default=2048, help="tasks per step (2048)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (3)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed steps; the median is reported (20)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the parameters and batches (0)")
     ap.add_argument("--threads", type=int, default=0,
                     help="Numba threads for numba-cpu (0 = Numba's default, one per core)")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     return ap.parse_args(argv)
 
 

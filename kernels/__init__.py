@@ -15,13 +15,14 @@ written down once in kernels/interface.py (tests/kernels/test_interface.py check
 """
 import importlib
 
+INSTALL_GPU = 'pip install -e ".[gpu]"'  # the project installs from its checkout
 # name -> (module, install command shown when it is unavailable)
 BACKENDS = {
-    "numpy": ("kernels.numpy_backend", "pip install iclgd"),
-    "numba-cpu": ("kernels.numba.cpu", "pip install numba"),
-    "numba-cuda": ("kernels.numba.gpu", "pip install 'iclgd[gpu]' (numba-cuda[cu12]) and a CUDA GPU"),
-    "cupy": ("kernels.cupy.backend", "pip install iclgd[gpu]"),
-    "cupy-unfused": ("kernels.cupy.unfused", "pip install iclgd[gpu]"),
+    "numpy": ("kernels.numpy_backend", "pip install -e ."),
+    "numba-cpu": ("kernels.numba.cpu", "pip install -e . (numba is a core dependency)"),
+    "numba-cuda": ("kernels.numba.gpu", "pip install -e \".[gpu]\" (numba-cuda[cu12]) and a CUDA GPU"),
+    "cupy": ("kernels.cupy.backend", INSTALL_GPU),
+    "cupy-unfused": ("kernels.cupy.unfused", INSTALL_GPU),
 }
 
 

@@ -34,11 +34,14 @@ FORMATS = ("iclgd", "haiku", "torch")
 def add_arguments(parser):
     parser.add_argument("input", metavar="IN")
     parser.add_argument("output", metavar="OUT")
-    parser.add_argument("--from", dest="source", choices=FORMATS, required=True)
-    parser.add_argument("--to", dest="target", choices=FORMATS, required=True)
-    parser.add_argument("--config", help="JSON file of ModelConfig fields (not needed from iclgd)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. num_layers=2 weight_tied=true")
+    parser.add_argument("--from", dest="source", choices=FORMATS, required=True,
+                        help="the input's format: iclgd (.npz of save_params), haiku or torch")
+    parser.add_argument("--to", dest="target", choices=FORMATS, required=True,
+                        help="the output's format: iclgd, haiku or torch")
+    parser.add_argument("--config", help="JSON file of ModelConfig fields (not needed from iclgd); "
+                                          "without it, --set overrides the ModelConfig defaults")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. --set num_layers=2 --set weight_tied=true (repeatable)")
     parser.add_argument("--root", default=None,
                         help="Haiku top module: inferred on input when unique; 'transformer' on output")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -51,12 +54,25 @@ def add_arguments(parser):
 def _config(args, from_file=None):
     if from_file is not None and args.config is None:
         cfg = from_file
+    elif args.config is None and not args.set:
+        raise ValueError(f"--config: expected a JSON file of ModelConfig fields (or --set KEY=VALUE "
+                         f"overrides of the defaults) for --from {args.source}")
     elif args.config is None:
-        raise ValueError(f"--config: expected a JSON file of ModelConfig fields for --from {args.source}")
+        cfg = ModelConfig()  # the defaults, with the --set overrides below
     else:
         with open(args.config) as f:
             cfg = config_from_dict(ModelConfig, json.load(f), "--config")
     return apply_overrides(cfg, args.set)
+
+
+def _torch(label):
+    """The torch module, or a one-line error: a .pt/.pth file needs PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{label}: a .pt/.pth file needs PyTorch (pip install torch), which is not "
+                         f"installed; use .npz or .pkl instead") from None
+    return torch
 
 
 def _is_torch_file(path):
@@ -82,7 +98,7 @@ def _torch_load(path, trust):
     """torch.load(weights_only=not trust), its errors as one line naming the refused global."""
     import pickle
 
-    import torch
+    torch = _torch(f"IN {path}")
     label = f"IN {path}"
     try:
         with warnings.catch_warnings():  # torch warns, over several lines, about old protocols
@@ -111,7 +127,7 @@ def write(args, params, cfg):
     else:
         tree = to_torch_state_dict(params, cfg)
         if _is_torch_file(args.output):
-            import torch
+            torch = _torch(f"OUT {args.output}")
             tensors = {k: torch.from_numpy(v) for k, v in tree.items()}
             return atomic_save(args.output, lambda f: torch.save(tensors, f))
     if str(args.output).endswith(".npz"):

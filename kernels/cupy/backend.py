@@ -29,7 +29,7 @@ from refimpl.validate import check_array
 from kernels.cupy import build as cb
 
 name = "cupy"
-INSTALL = "pip install iclgd[gpu]"
+INSTALL = "pip install -e \".[gpu]\""  # from the checkout (kernels.INSTALL_GPU)
 
 
 def availability():

@@ -205,3 +205,32 @@ def test_npz_names_get_the_suffix_and_the_path_written_is_returned(tmp_path, rng
                            "--to", "haiku")  # no .npz: a pickle, named exactly
     assert status == 0 and out.startswith(f"wrote {tmp_path / 'h'} ")
     assert sorted(os.listdir(tmp_path)) == ["h", "out.npz", "p.npz", "q.npz", "t.npz", "x.npz"]
+
+
+def test_convert_set_is_repeatable_and_needs_no_config_file(tmp_path):
+    """--set takes one KEY=VALUE and repeats, so it never swallows IN and OUT; without --config the
+    overrides apply to the ModelConfig defaults."""
+    cfg = ModelConfig(token_dim=4, num_layers=2, key_size=3)
+    params = init_params(cfg, np.random.default_rng(0))
+    save_params(tmp_path / "p.npz", params, cfg)
+    status, _, err = iclgd("convert", tmp_path / "p.npz", tmp_path / "h.npz", "--from", "iclgd", "--to", "haiku")
+    assert status == 0, err
+    status, out, err = iclgd("convert", "--set", "token_dim=4", "--set", "num_layers=2", "--set", "key_size=3",
+                             tmp_path / "h.npz", tmp_path / "back.npz", "--from", "haiku", "--to", "iclgd")
+    assert status == 0, err
+    back, back_cfg = load_params(tmp_path / "back.npz")
+    assert back_cfg == cfg and all(np.array_equal(back[k], params[k]) for k in params)
+    status, _, err = iclgd("convert", tmp_path / "h.npz", tmp_path / "x.npz", "--from", "haiku", "--to", "iclgd")
+    assert status == 2 and "--config: expected a JSON file of ModelConfig fields (or --set" in err
+
+
+def test_a_torch_file_without_torch_is_one_line(tmp_path):
+    cfg = ModelConfig(token_dim=4, num_layers=1, key_size=3)
+    save_params(tmp_path / "p.npz", init_params(cfg, np.random.default_rng(0)), cfg)
+    no_torch = "import sys\nsys.modules['torch'] = None"  # import torch then raises ImportError
+    for argv in ([tmp_path / "p.npz", tmp_path / "o.pt", "--from", "iclgd", "--to", "torch"],
+                 [tmp_path / "o.pt", tmp_path / "o.npz", "--from", "torch", "--to", "iclgd", "--set", "token_dim=4"]):
+        (tmp_path / "o.pt").write_bytes(b"not read")
+        proc = cli_subprocess("convert", *argv, prelude=no_torch)
+        assert proc.returncode == 2, proc.stderr
+        assert "needs PyTorch (pip install torch)" in proc.stderr and "Traceback" not in proc.stderr

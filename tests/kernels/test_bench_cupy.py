@@ -13,5 +13,5 @@ def test_benchmark_fails_clearly_without_a_gpu(tmp_path, capsys):
     assert bench_cupy.main(["--out", str(out), "--steps", "10"]) == 2
     err = capsys.readouterr().err
     assert "cannot benchmark without a usable GPU" in err
-    assert ("no CUDA device" in err or "cupy not installed" in err) and "pip install iclgd[gpu]" in err
+    assert ("no CUDA device" in err or "cupy not installed" in err) and "pip install -e \".[gpu]\"" in err
     assert not out.exists()

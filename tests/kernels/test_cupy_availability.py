@@ -12,7 +12,7 @@ def test_reports_cupy_not_installed(monkeypatch, name):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
     ok, reason = kernels.availability(name)
     assert not ok
-    assert reason.startswith("cupy not installed") and reason.endswith("(install: pip install iclgd[gpu])")
+    assert reason.startswith("cupy not installed") and reason.endswith("(install: pip install -e \".[gpu]\")")
     with pytest.raises(ValueError, match="cupy not installed"):
         kernels.get_backend(name)
 
@@ -29,6 +29,6 @@ def test_reports_no_cuda_device(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake)
     ok, reason = kernels.availability("cupy")
     assert not ok and reason.startswith("no CUDA device") and "cudaErrorNoDevice" in reason
-    assert reason.endswith("(install: pip install iclgd[gpu])")
+    assert reason.endswith("(install: pip install -e \".[gpu]\")")
     fake.cuda.runtime.getDeviceCount = lambda: 0
-    assert kernels.availability("cupy") == (False, "no CUDA device (install: pip install iclgd[gpu])")
+    assert kernels.availability("cupy") == (False, "no CUDA device (install: pip install -e \".[gpu]\")")
