@@ -3,9 +3,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from iclgd.cli import main
 
 
+@pytest.mark.slow
 def test_gradcheck_json_has_exactly_the_promised_keys(capsys):
     status = main(["gradcheck", "--json"])
     rows = json.loads(capsys.readouterr().out)
@@ -38,6 +41,7 @@ def test_info_lists_versions_and_backends(capsys):
     assert "numpy        available" in out
 
 
+@pytest.mark.slow
 def test_gradcheck_exit_status_is_1_when_a_check_fails(monkeypatch, capsys):
     from refimpl import gradcheck
     monkeypatch.setattr(gradcheck, "TOLERANCE", 0.0)  # nothing passes a zero tolerance

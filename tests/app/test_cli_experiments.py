@@ -98,6 +98,7 @@ def test_run_resume_reaches_the_uninterrupted_final_state(tmp_path):
             np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fig1", "fig3", "fig6", "fig16"])
 def test_other_experiments_write_their_keys(tmp_path, name):
     extra = {"fig1": ["--set", "train.steps=60", "--set", "repeats=7"],

@@ -53,6 +53,7 @@ def done(tmp_path_factory):
     return cwd, cwd / "a"
 
 
+@pytest.mark.slow
 def test_default_out_is_the_ignored_runs_folder_never_results(tmp_path):
     proc = cli("run", "fig2", *TINY, "--set", "train.steps=10", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -88,6 +89,7 @@ def test_checkpoint_alone_refuses_another_setting_naming_both_values(done, tmp_p
     assert "train.b1: checkpoint 0.9, this run 0.8" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_resume_with_more_steps_is_allowed_and_bit_identical(done, tmp_path):
     cwd, out = done
     full = cli("run", "fig2", "--out", tmp_path / "full", *TINY, "--set", "train.steps=30", cwd=cwd)
@@ -110,6 +112,7 @@ def test_another_experiment_in_the_folder_is_refused_and_left_intact(done):
     assert files() == before
 
 
+@pytest.mark.slow
 def test_fresh_run_over_checkpoints_needs_force(done, tmp_path):
     cwd, out = done
     (tmp_path / "b").mkdir()
@@ -126,6 +129,7 @@ def test_fresh_run_over_checkpoints_needs_force(done, tmp_path):
     assert results(tmp_path / "b")["config"]["train"]["steps"] == 10
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_says_it_starts_fresh(tmp_path):
     proc = cli("run", "fig2", "--out", "new", *TINY, "--set", "train.steps=10", "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -146,6 +150,7 @@ def test_a_second_run_on_a_locked_folder_is_refused_with_the_holders_pid(done, t
     assert f"DIR {out}: in use by another run (PID {os.getpid()})" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     proc = cli("run", "fig2", "--out", "d", *TINY, "--set", "train.steps=20", "--set", "train.lr=1e37",
                "--set", "train.checkpoint_every=1", cwd=tmp_path)
@@ -159,6 +164,7 @@ def test_divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_
     assert (tmp_path / "d" / "fig2.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identically(done, tmp_path):
     cwd, out = done
     args = ["run", "fig2", "--out", "c", *TINY, "--set", "train.steps=400", "--set", "train.checkpoint_every=5"]
@@ -185,6 +191,7 @@ def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identica
         np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     args = ["run", "fig2", *TINY, "--set", "train.steps=200", "--set", "train.checkpoint_every=5"]
     code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -205,6 +212,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     assert not [p for p in (tmp_path / "k").rglob("*.tmp")]  # what the killed writer left is gone
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_loses_no_finished_file(done, tmp_path):
     """ENOSPC while writing results.json: the earlier results stay whole, no temporary file is left."""
     cwd, out = done
@@ -222,6 +230,7 @@ def test_full_disk_is_one_line_and_loses_no_finished_file(done, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line_naming_it(tmp_path):
     (tmp_path / "x" / "checkpoints").mkdir(parents=True)
     (tmp_path / "x" / "checkpoints" / "lsa1_seed0.npz").write_bytes(b"PK\x03\x04 truncated")

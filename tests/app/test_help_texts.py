@@ -29,3 +29,14 @@ def test_every_command_flag_is_explained(command):
     for flag in re.findall(r"^  (--[\w-]+)", options, flags=re.M):
         entry = options.split(flag, 1)[1].split("\n  -", 1)[0]
         assert len(entry.split()) > 1, f"iclgd {command} {flag} has no help"
+
+
+def test_the_fast_subset_leaves_out_only_the_tests_marked_slow():
+    """`pytest -m "not slow"` (the README's development subset) keeps most tests and drops the ones
+    marked slow; the marker is registered, so a typo in it would be an error (--strict-markers)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--strict-markers", "-m", "slow"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    slow, total = map(int, re.search(r"(\d+)/(\d+) tests collected", proc.stdout).groups())
+    assert 0 < slow < total / 5
+    assert "test_kill_9_then_resume_is_bit_identical" in proc.stdout

@@ -100,6 +100,7 @@ def test_a_genuine_pickle_of_containers_and_arrays_loads(tmp_path, rng, protocol
         assert np.array_equal(loaded[path], value) and np.asarray(loaded[path]).dtype == value.dtype
 
 
+@pytest.mark.slow
 def test_convert_round_trips_through_pickles_and_torch_files(tmp_path, rng):
     params = random_params(rng)
     save_params(tmp_path / "p.npz", params, CFG)

@@ -11,6 +11,7 @@ from refimpl.config import AdamConfig, ModelConfig
 from refimpl.params import init_params, param_shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("src", sorted(cb.KERNELS))
 def test_source_compiles_with_nvrtc(src, arch):

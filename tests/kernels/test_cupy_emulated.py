@@ -44,6 +44,7 @@ def be(cp):
     return backend
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(gpu_tests.CONFIGS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_loss_and_grads_match_oracle(cp, be, rng, name, dtype):
@@ -60,6 +61,7 @@ def test_block_kernels_write_every_output(cp, be, rng, dtype):
     gpu_tests.test_block_kernels_write_every_output(cp, be, rng, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
 def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name):
@@ -95,6 +97,7 @@ def test_fused_gradients_are_deterministic(cp, be, rng):
         np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_end_to_end_on_the_emulator(cp, be, tmp_path, capsys):
     """The benchmark's own code path (not its numbers: the device is the CPU emulator) runs and
     writes every promised field; peers without a GPU are recorded as skipped with the reason."""

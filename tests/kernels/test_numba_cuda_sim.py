@@ -28,6 +28,7 @@ def _run(args, env_extra, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_numba_cuda_matches_oracle_under_simulator():
     reason = _numba_cuda_reason()
     if reason:
@@ -65,6 +66,7 @@ PTX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_every_numba_cuda_kernel_compiles_to_ptx():
     """task (float32: the per-task code is dtype-generic) and the small kernels in both dtypes."""
     reason = _numba_cuda_reason()

@@ -85,6 +85,7 @@ def test_peer_adam_steps_match_oracle(rng, peer):
             ctx.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peer", ["jax", "torch"])
 def test_peer_drawn_batches_follow_the_task_law_and_steps_run(peer):
     """The benchmark's own step draws its batch with the framework's generator: SPEC 1.1's law
