@@ -28,6 +28,7 @@ COMMANDS = {
     "run": ("iclgd.cli.run", "train and evaluate one experiment; write results.json and its figure"),
     "plot": ("iclgd.cli.plot", "re-render an experiment's figure from its results.json alone"),
     "show": ("iclgd.cli.show", "print a run's summary again from its results.json alone"),
+    "report": ("iclgd.cli.report", "one self-contained HTML page of runs: figures, summaries, configs"),
 }
 
 

@@ -21,7 +21,7 @@ def test_benchmark_help_is_whole_sentences_with_every_flag_explained(script):
         assert len(entry.split()) > 1, f"{script} {flag} has no help"
 
 
-@pytest.mark.parametrize("command", ["run", "plot", "show", "config", "convert", "crosscheck"])
+@pytest.mark.parametrize("command", ["run", "plot", "show", "config", "report", "convert", "crosscheck"])
 def test_every_command_flag_is_explained(command):
     proc = cli_subprocess(command, "--help")
     assert proc.returncode == 0
