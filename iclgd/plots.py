@@ -37,13 +37,18 @@ def _arr(values):
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def _heat(ax, matrix, title):
+def _heat(ax, matrix, title, names=None):
     m = np.asarray(matrix, dtype=float)
     lim = float(np.max(np.abs(m))) or 1.0
     im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    if names is None:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xticks(range(len(names)), names, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set(xlabel="key coordinate", ylabel="query coordinate")
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
 
 
@@ -51,24 +56,51 @@ def plot_fig2(r, out_dir):
     plt = _plt()
     c, f = r["curves"], r["final"]
     step = _arr(c["step"])
-    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
-    ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF")
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4.2), layout="constrained")
+    ax[0].plot(step, _arr(c["loss_tf"]), label=f"trained TF (final {f['loss_tf']:.4f})")
     ax[0].axhline(f["loss_gd"], color="k", ls="--", label=f"1 step GD ({f['loss_gd']:.4f})")
     ax[0].axhline(f["loss_interp"], color="tab:green", ls=":", label=f"interpolation ({f['loss_interp']:.4f})")
-    ax[0].set_ylim(0, max(f["loss_zero"], f["loss_gd"]) * 1.2)
-    ax[0].set(xlabel="training step", ylabel="loss", title="loss")
-    ax[0].legend(fontsize=8)
+    ax[0].axhline(f["loss_zero"], color="tab:gray", ls="-.", label=f"zero prediction ({f['loss_zero']:.4f})")
+    ax[0].set_ylim(0, max(f["loss_zero"], f["loss_gd"]) * 1.25)
+    ax[0].set(xlabel="training step", ylabel="loss on the evaluation tasks", title="loss")
+    ax[0].legend(fontsize=7, loc="upper right")
+    gap = ax[0].inset_axes([0.42, 0.22, 0.53, 0.33])  # the lines above overlap: draw their gap
+    gap.plot(step, np.abs(_arr(c["loss_tf"]) - f["loss_gd"]), color="tab:blue")
+    gap.set_yscale("log")
+    gap.set_title("|loss TF - loss GD|", fontsize=7)
+    gap.tick_params(labelsize=6)
     ax[1].plot(step, _arr(c["model_cos"]), color="tab:red")
-    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[1].set(xlabel="training step", ylabel="cosine similarity", title="model cos (TF vs GD)",
+              ylim=(-0.05, 1.05))
     ax[2].plot(step, _arr(c["model_diff"]), label="model diff")
     ax[2].plot(step, _arr(c["preds_diff"]), label="preds diff")
-    ax[2].set(xlabel="training step", title="differences to GD", yscale="log")
+    ax[2].set(xlabel="training step", ylabel="L2 distance", title="differences to GD", yscale="log")
+    _log_ticks(ax[2])
     ax[2].legend(fontsize=8)
     w = r["per_seed"][0]["weights"]
     prod = np.asarray(w["W_KQ"]) * np.asarray(w["W_PV"])[-1, -1]
-    _heat(ax[3], prod, f"W_KQ * W_PV[-1,-1] (diag mean {f['kq_pv_diag']:.3f})")
+    _heat(ax[3], prod, f"W_KQ * W_PV[-1,-1] (x-diagonal mean {f['kq_pv_diag']:.3f})\n"
+                       f"last row / column: the label y (0 for GD)", _token_names(prod.shape[0]))
     return _save(r, fig, out_dir, "fig2", f"one LSA layer vs one GD step (eta/N = {f['gd_eta_over_n']:.3f}, "
-                 f"seeds {r['seeds']}, {r['steps_run']} steps run)")
+                 f"{_seeds(r)}, {r['steps_run']} steps run)")
+
+
+def _token_names(D):
+    """x_1 .. x_d and y: the coordinates of a token (the label last)."""
+    return [f"x{i + 1}" for i in range(D - 1)] + ["y"]
+
+
+def _log_ticks(ax):
+    """Label 1, 2 and 5 of every decade on a log axis (the default labels only the powers of 10)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
+
+
+def _seeds(r):
+    seeds = list(r["seeds"])
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
 def plot_fig1(r, out_dir):
@@ -76,7 +108,7 @@ def plot_fig1(r, out_dir):
     c, f = r["curves"], r["final"]
     lam = r["config"]["dampening"]
     step = _arr(c["step"])
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     ax[0].plot(step, _arr(c["loss_tf"]), label="trained TF, mean")
     ax[0].plot(step, _arr(c["loss_gd"]), "--", label="GD, mean")
     if "loss_tf_stable" in c:
@@ -102,7 +134,7 @@ def plot_fig1(r, out_dir):
               title="dampening sweep (figure 10)")
     ax[1].set_ylim(1e-3, 10)
     ax[1].legend(fontsize=8)
-    return _save(r, fig, out_dir, "fig1", f"repeated LSA layer vs GD (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig1", f"repeated LSA layer vs GD ({_seeds(r)})")
 
 
 def plot_fig3(r, out_dir):
@@ -110,7 +142,8 @@ def plot_fig3(r, out_dir):
     names = list(r["final"])
     fits = any(r["final"][name].get("gdpp_fit") for name in names)  # files before the fit curves lack them
     rows = 3 if fits else 2
-    fig, ax = plt.subplots(rows, len(names), figsize=(4.2 * len(names), 3.5 * rows), squeeze=False)
+    fig, ax = plt.subplots(rows, len(names), figsize=(4.2 * len(names), 3.5 * rows), squeeze=False,
+                           layout="constrained")
     for i, name in enumerate(names):
         c, f = r["curves"][name], r["final"][name]
         step = _arr(c["step"])
@@ -135,7 +168,7 @@ def plot_fig3(r, out_dir):
             g.axhline(f["loss_tf"], color="tab:blue", ls="--", label=f"trained TF ({f['loss_tf']:.4f})")
             g.set(xlabel="Adam step of the GD++ fit", ylabel="loss", yscale="log")
             g.legend(fontsize=8)
-    return _save(r, fig, out_dir, "fig3", f"multi-layer LSA vs GD and GD++ (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig3", f"multi-layer LSA vs GD and GD++ ({_seeds(r)})")
 
 
 def plot_fig6(r, out_dir):
@@ -144,7 +177,7 @@ def plot_fig6(r, out_dir):
     styles = {"tf": ("trained TF", "-"), "gd": ("GD", "--"), "gdpp": ("GD++", "-."), "interp": ("interpolation", ":")}
     titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)",
               "laws": "exp / normal / Laplace inputs, scale alpha"}
-    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8), layout="constrained")
     for a, fam in zip(ax, ("input", "weight", "laws")):
         for name, (label, ls) in styles.items():
             a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=label)
@@ -154,35 +187,35 @@ def plot_fig6(r, out_dir):
         ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
     ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
     ax[3].legend(fontsize=8)
-    return _save(r, fig, out_dir, "fig6", f"out-of-distribution losses (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig6", f"out-of-distribution losses ({_seeds(r)})")
 
 
 def plot_fig16(r, out_dir):
     plt = _plt()
     names = list(r["final"])
     sizes = [r["final"][n]["tasks"] for n in names]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     for n in names:
         c = r["curves"][n]
         ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label=n)
         ax[1].plot(_arr(c["step"]), _arr(c["model_cos"]), label=n)
     ax[0].axhline(r["final"][names[0]]["loss_gd"], color="k", ls="--", label="1 step GD")
     ax[0].set(xlabel="training step", ylabel="evaluation loss", yscale="log", title="loss on fresh tasks")
-    ax[1].set(xlabel="training step", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
+    ax[1].set(xlabel="training step", ylabel="cosine similarity", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
     ax[0].legend(fontsize=8)
     ax[2].plot(sizes, [r["final"][n]["loss_tf"] for n in names], "o-", label="TF, fresh tasks")
     ax[2].plot(sizes, [r["final"][n]["loss_train_tf"] for n in names], "s--", label="TF, training set")
     ax[2].plot(sizes, [r["final"][n]["loss_gd"] for n in names], "k:", label="GD, fresh tasks")
     ax[2].set(xlabel="training-set size B", ylabel="loss", xscale="log", yscale="log", title="final")
     ax[2].legend(fontsize=8)
-    return _save(r, fig, out_dir, "fig16", f"fixed training sets (seeds {r['seeds']})")
+    return _save(r, fig, out_dir, "fig16", f"fixed training sets ({_seeds(r)})")
 
 
 def plot_diverged(r, out_dir):
     """A diverged run: whatever curves it recorded before it stopped, and where it stopped."""
     plt = _plt()
     d, c = r["diverged"], r.get("curves") or {}
-    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4))
+    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4), layout="constrained")
     drawn = [k for k in ("loss_tf", "train_loss") if k in c and np.isfinite(_arr(c[k])).any()]
     for k in drawn:
         ax.plot(_arr(c["step"]), np.abs(_arr(c[k])), label=k)

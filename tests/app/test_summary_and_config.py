@@ -107,3 +107,27 @@ def test_field_comments_follow_continuation_lines():
     comment = field_comments(ModelConfig)["ln_placement"]
     assert comment.startswith('"public"') and '"pre": before every attention and MLP' in comment
     assert set(field_comments(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_panel_of_every_figure_is_labelled_and_drawn(name, tmp_path, monkeypatch):
+    """Structure of each committed figure: every panel has data, an x label and a y label; the
+    title names the seeds without Python list brackets."""
+    import os
+    import shutil
+
+    from iclgd import plots
+    from tests.conftest import ROOT
+    shutil.copy(os.path.join(ROOT, "results", name, "results.json"), tmp_path / "results.json")
+    r = json.loads((tmp_path / "results.json").read_text())
+    figures = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda r_, fig, *a: (figures.append(fig), real(r_, fig, *a))[1])
+    plots.plot_results(r, str(tmp_path))
+    fig = figures[0]
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>" and a.get_subplotspec() is not None]
+    assert panels
+    for a in panels:
+        assert a.lines or a.images or a.collections, (name, a.get_title())
+        assert a.get_xlabel() and a.get_ylabel(), (name, a.get_title())
+    assert "[" not in fig._suptitle.get_text()
