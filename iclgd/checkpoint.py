@@ -34,11 +34,11 @@ def flatten(tree, prefix=""):
     return out
 
 
-def identity_differences(saved, current):
-    """['key: checkpoint A, this run B', ...] for every key that differs (RESUMABLE ones aside)."""
+def identity_differences(saved, current, where="checkpoint"):
+    """['key: WHERE A, this run B', ...] for every key that differs (RESUMABLE ones aside)."""
     a, b = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(current)))
     keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint {a.get(k, '(absent)')!r}, this run {b.get(k, '(absent)')!r}"
+    return [f"{k}: {where} {a.get(k, '(absent)')!r}, this run {b.get(k, '(absent)')!r}"
             for k in keys if k not in RESUMABLE and a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 

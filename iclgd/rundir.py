@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 
-from iclgd.checkpoint import RESUMABLE, flatten, read_meta
+from iclgd.checkpoint import identity_differences, read_meta
 from iclgd.results import RESULTS_FILE
 
 LOCK_FILE = ".iclgd.lock"
@@ -68,7 +68,7 @@ def _take(path, out, arg):
 
 
 def remove_stale_temporaries(out):
-    """Delete the temporary files (refimpl.atomic's `.NAME.XXXX.tmp`) that a killed writer left in
+    """Delete the temporary files (refimpl.atomic's `.NAME.<random>.tmp`) that a killed writer left in
     DIR and DIR/checkpoints: safe under the lock, which no other writer of DIR holds."""
     for folder in (out, os.path.join(out, CHECKPOINTS)):
         if os.path.isdir(folder):
@@ -101,11 +101,10 @@ def checkpoint_files(out):
 def check_out(out, experiment, config, resume, force):
     """Refuse (ValueError) an --out that holds another run's work; see the module docstring."""
     _check_results(out, experiment, config, force)
-    npz = [p for p in checkpoint_files(out) if p.endswith(".npz")]
     if resume or not checkpoint_files(out):
         return
     if not force:
-        steps = ", ".join(f"{os.path.basename(p)} at step {_step(p)}" for p in npz) or "GD++ fits"
+        steps = last_checkpoints(out) or "GD++ fits"
         raise ValueError(f"--out {out}: holds checkpoints ({steps}); pass --resume to continue them, or "
                          f"--force to delete them and start over")
     for p in checkpoint_files(out):
@@ -133,11 +132,7 @@ def _check_results(out, experiment, config, force):
     if old_experiment != experiment:
         raise ValueError(f"--out {out}: holds results of experiment {old_experiment!r}, not "
                          f"{experiment!r}; choose another --out, or pass --force to overwrite them")
-    a = flatten(json.loads(json.dumps(old_config)))
-    b = flatten(json.loads(json.dumps(config)))
-    may_change = {k.split(".", 1)[1] for k in RESUMABLE if k.startswith("config.")}
-    diffs = [f"{k}: there {a.get(k, '(absent)')!r}, this run {b.get(k, '(absent)')!r}"
-             for k in sorted(set(a) | set(b)) if k not in may_change and a.get(k) != b.get(k)]
+    diffs = [d.split(".", 1)[1] for d in identity_differences({"config": old_config}, {"config": config}, "there")]
     if diffs:
         raise ValueError(f"--out {out}: holds {experiment} results of another config ({'; '.join(diffs)}); "
                          f"choose another --out, or pass --force to overwrite them")

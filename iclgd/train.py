@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from refimpl.config import AdamConfig, ModelConfig, config_to_dict
+from refimpl.config import ADAM_RULES, AdamConfig, ModelConfig, config_to_dict
 from refimpl.fieldcheck import check_fields
 from refimpl.params import init_params
 from refimpl.validate import NonFiniteError
@@ -52,9 +52,8 @@ class TrainConfig:
         check_fields(self, "train", TRAIN_RULES)
 
 
-TRAIN_RULES = {"steps": ">= 1", "batch": f"[1, {MAX_BATCH}]", "lr": "> 0", "b1": "[0, 1)",
-               "b2": "[0, 1)", "eps": "> 0", "grad_clip": ">= 0", "eval_every": ">= 1",
-               "checkpoint_every": ">= 1", "fixed_tasks": ">= 0"}
+TRAIN_RULES = {**ADAM_RULES, "steps": ">= 1", "batch": f"[1, {MAX_BATCH}]", "eval_every": ">= 1",
+               "checkpoint_every": ">= 1", "fixed_tasks": ">= 0"}  # lr, b1, b2, eps, grad_clip: Adam's
 
 
 def paper_adam(train: TrainConfig, num_layers):
@@ -115,16 +114,16 @@ class Diverged(Exception):
 
 def divergence(loss, grad_norm, params, backend, first_loss):
     """None, or (tensor, reason) for the first sign of divergence in a step: a non-finite loss,
-    gradient norm or parameter (one scalar per tensor, sum(v * 0): 0 when finite, NaN otherwise, no
-    overflow), or a loss above BLOWUP_FACTOR * max(first_loss, 1)."""
+    gradient norm or parameter (one scalar for all of them, the sum of v * 0: 0 when all are finite,
+    NaN otherwise, never an overflow; the tensor is looked up only then), or a loss above BLOWUP_FACTOR * max(first_loss, 1)."""
     loss = float(loss)
     if not math.isfinite(loss):
         return "loss", f"the loss is {loss}"
     if grad_norm is not None and not math.isfinite(float(grad_norm)):
         return "gradient norm", f"the gradient norm is {float(grad_norm)}"
-    for name, v in params.items():
-        if not math.isfinite(float(backend.to_numpy((v * 0).sum()))):
-            return f"params[{name!r}]", f"params[{name!r}] holds NaN or inf"
+    if not math.isfinite(float(backend.to_numpy(sum((v * 0).sum() for v in params.values())))):
+        name = next(k for k, v in params.items() if not math.isfinite(float(backend.to_numpy((v * 0).sum()))))
+        return f"params[{name!r}]", f"params[{name!r}] holds NaN or inf"
     if first_loss is not None and loss > BLOWUP_FACTOR * max(first_loss, 1.0):
         return "loss", f"the loss {loss:.3g} is over {BLOWUP_FACTOR:g} times the first step's {first_loss:.3g}"
     return None

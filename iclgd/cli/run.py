@@ -100,8 +100,8 @@ def _train_and_write(args, mod, cfg, backend, out):
 def diverged_results(header, e):
     """results.json of a run stopped by a divergence: where, what, and the curves up to there."""
     return {**header, "status": "diverged",
-            "diverged": {"step": e.step, "tensor": e.tensor, "reason": e.reason, "model_tag": e.model_tag, "seed": e.seed,
-                         "checkpoint": e.checkpoint, "checkpoint_step": e.checkpoint_step},
+            "diverged": {"step": e.step, "tensor": e.tensor, "reason": e.reason, "model_tag": e.model_tag,
+                         "seed": e.seed, "checkpoint": e.checkpoint, "checkpoint_step": e.checkpoint_step},
             "curves": e.curves, "final": {}, "per_seed": [], "steps_run": e.step, "runtime_s": None,
             "notes": "the run stopped at a non-finite value; final and per_seed are empty"}
 

@@ -47,7 +47,8 @@ def read_npz_headers(path, label, max_members=None):
             if twice:
                 raise ValueError(f"{label}: member(s) {twice} appear more than once in the archive")
             return {info.filename[:-4]: _member_header(archive, info, label) for info in infos}
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError,
+            NotImplementedError) as e:  # zipfile raises NotImplementedError for an unknown compression method
         raise ValueError(f"{label}: not a readable .npz archive ({type(e).__name__}: "
                          f"{' '.join(str(e).split())})") from None
 

@@ -26,10 +26,11 @@ from refimpl import optim as _optim
 from refimpl import params as _params
 from refimpl.validate import check_array
 
+from kernels import INSTALL_GPU
 from kernels.cupy import build as cb
 
 name = "cupy"
-INSTALL = "pip install -e \".[gpu]\""  # from the checkout (kernels.INSTALL_GPU)
+INSTALL = INSTALL_GPU
 
 
 def availability():
