@@ -172,21 +172,42 @@ def plot_fig3(r, out_dir):
 
 
 def plot_fig6(r, out_dir):
+    """Top row: each model's loss per family; bottom row: each model's loss divided by GD's, where
+    the curves that overlap above come apart. The third column splits the other-laws family by law
+    (colour) for the TF (solid) and GD (dashed)."""
     plt = _plt()
     o = r["ood"]
     styles = {"tf": ("trained TF", "-"), "gd": ("GD", "--"), "gdpp": ("GD++", "-."), "interp": ("interpolation", ":")}
-    titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)",
-              "laws": "exp / normal / Laplace inputs, scale alpha"}
-    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8), layout="constrained")
-    for a, fam in zip(ax, ("input", "weight", "laws")):
+    titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)"}
+    fig, ax = plt.subplots(2, 4, figsize=(18, 7), layout="constrained")
+    for col, fam in enumerate(("input", "weight")):
+        alpha = _arr(o["alpha"][fam])
         for name, (label, ls) in styles.items():
-            a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=label)
-        a.set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
-        a.legend(fontsize=8)
+            ax[0, col].plot(alpha, _arr(o[fam][name]), ls, label=label)
+            ax[1, col].plot(alpha, _arr(o[fam][name]) / _arr(o[fam]["gd"]), ls, label=label)
+        ax[0, col].set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
+        ax[1, col].set(xlabel="alpha", ylabel="loss / GD's loss")
+    alpha = _arr(o["alpha"]["laws"])
+    by_law = o.get("by_law")
+    if by_law:  # results written before the split hold only the mixed family
+        for (law, curves), colour in zip(by_law.items(), ("tab:blue", "tab:orange", "tab:green")):
+            n = o.get("law_tasks", {}).get(law)
+            ax[0, 2].plot(alpha, _arr(curves["tf"]), "-", color=colour, label=f"{law}: TF" + (f" ({n} tasks)" if n else ""))
+            ax[0, 2].plot(alpha, _arr(curves["gd"]), "--", color=colour, label=f"{law}: GD")
+            ax[1, 2].plot(alpha, _arr(curves["tf"]) / _arr(curves["gd"]), "-", color=colour, label=f"{law}: TF / GD")
+    else:
+        for name, (label, ls) in styles.items():
+            ax[0, 2].plot(alpha, _arr(o["laws"][name]), ls, label=label)
+            ax[1, 2].plot(alpha, _arr(o["laws"][name]) / _arr(o["laws"]["gd"]), ls, label=label)
+    ax[0, 2].set(xlabel="alpha", ylabel="loss", yscale="log", title="normalised exp / normal / Laplace inputs, scale alpha")
+    ax[1, 2].set(xlabel="alpha", ylabel="loss / GD's loss")
     for name, (label, ls) in styles.items():
-        ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
-    ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
-    ax[3].legend(fontsize=8)
+        ax[0, 3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
+        ax[1, 3].plot(o["k"], _arr(o["distractors"][name]) / _arr(o["distractors"]["gd"]), ls, marker="o", label=label)
+    ax[0, 3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
+    ax[1, 3].set(xlabel="distractor labels k", ylabel="loss / GD's loss")
+    for a in ax.flat:
+        a.legend(fontsize=7)
     return _save(r, fig, out_dir, "fig6", f"out-of-distribution losses ({_seeds(r)})")
 
 
@@ -197,12 +218,13 @@ def plot_fig16(r, out_dir):
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     for n in names:
         c = r["curves"][n]
-        ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label=n)
-        ax[1].plot(_arr(c["step"]), _arr(c["model_cos"]), label=n)
+        ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label=f"B = {r['final'][n]['tasks']} training tasks")
+        ax[1].plot(_arr(c["step"]), _arr(c["model_cos"]), label=f"B = {r['final'][n]['tasks']}")
     ax[0].axhline(r["final"][names[0]]["loss_gd"], color="k", ls="--", label="1 step GD")
     ax[0].set(xlabel="training step", ylabel="evaluation loss", yscale="log", title="loss on fresh tasks")
     ax[1].set(xlabel="training step", ylabel="cosine similarity", title="model cos (TF vs GD)", ylim=(-0.05, 1.05))
     ax[0].legend(fontsize=8)
+    ax[1].legend(fontsize=8)
     ax[2].plot(sizes, [r["final"][n]["loss_tf"] for n in names], "o-", label="TF, fresh tasks")
     ax[2].plot(sizes, [r["final"][n]["loss_train_tf"] for n in names], "s--", label="TF, training set")
     ax[2].plot(sizes, [r["final"][n]["loss_gd"] for n in names], "k:", label="GD, fresh tasks")

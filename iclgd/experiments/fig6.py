@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refimpl import baselines, metrics
-from refimpl.tasks import eval_tasks, other_law_tasks
+from refimpl.tasks import INPUT_LAWS, eval_tasks, other_law_tasks
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
 from refimpl.fieldcheck import check_fields, check_items
@@ -63,7 +63,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     task = cfg.task
     d, N = task.input_dim, task.num_context
     tokens, targets = eval_tasks(task, distractors=0)
-    law_tokens, law_targets, _ = other_law_tasks(np.random.default_rng(task.eval_seed + 1), task.eval_tasks,
+    law_tokens, law_targets, law = other_law_tasks(np.random.default_rng(task.eval_seed + 1), task.eval_tasks,
                                                  N, d, task.weight_scale)
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
     gd = (baselines.gd_params(d, eta, N), baselines.gd_model_config(d, 1))
@@ -84,6 +84,10 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         ood = {"input": metrics.ood_curve(models, tokens, targets, grids["input"], "input"),
                "weight": metrics.ood_curve(models, tokens, targets, grids["weight"], "weight"),
                "laws": metrics.ood_curve(models, law_tokens, law_targets, grids["laws"], "input")}
+        # the same tasks split by their input law, so that the laws can be told apart
+        ood["by_law"] = {name: metrics.ood_curve(models, law_tokens[law == i], law_targets[law == i],
+                                                 grids["laws"], "input")
+                         for i, name in enumerate(INPUT_LAWS)}
         dis = {name: [] for name in models}
         for k in range(N + 1):
             t, y = eval_tasks(task, distractors=k)
@@ -105,10 +109,12 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     return {"final": mean_over_seeds([s["final"] for s in per_seed]),
             "curves": mean_over_seeds([s["curves"] for s in per_seed]),
             "ood": {"alpha": {k: v for k, v in grids.items()}, "k": list(range(N + 1)),
+                    "law_tasks": {name: int(np.sum(law == i)) for i, name in enumerate(INPUT_LAWS)},
                     **mean_over_seeds([s["ood"] for s in per_seed])},
             "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
             "runtime_s": time.perf_counter() - start,
             "notes": "ood[family][model]: mean loss over the evaluation set at each ood.alpha[family] "
-                     "(None = diverged); ood.distractors[model][i]: loss with ood.k[i] distractor labels. "
+                     "(None = diverged); ood.by_law[law][model]: the laws family split by input law, over "
+                     "ood.law_tasks[law] tasks each (alpha from ood.alpha.laws); ood.distractors[model][i]: loss with ood.k[i] distractor labels. "
                      "GD++ with one layer trains eta only (gamma acts after the read-out's input). "
                      "weight_scale_law_dev_*: max |loss(alpha) / (alpha^2 loss(1)) - 1|."}

@@ -126,6 +126,13 @@ def test_other_experiments_write_their_keys(tmp_path, name):
     if name == "fig6":
         for fam in ("input", "weight", "laws"):
             assert len(r["ood"][fam]["tf"]) == len(r["ood"]["alpha"][fam])
+        # the laws family split by law: its task-weighted mean is the mixed family's loss
+        n = r["ood"]["law_tasks"]
+        assert set(n) == {"exponential", "normal", "laplace"} and min(n.values()) > 0
+        assert sum(n.values()) == r["config"]["task"]["eval_tasks"]
+        for model in ("tf", "gd", "gdpp", "interp"):
+            mixed = sum(n[law] * np.array(r["ood"]["by_law"][law][model]) for law in n) / sum(n.values())
+            np.testing.assert_allclose(mixed, r["ood"]["laws"][model], **TOL["float64_reordered"])
         # GD's loss is exactly quadratic in the scale
         assert r["final"]["weight_scale_law_dev_gd"] < TOL["recomputed_scalar"]["rtol"]
     if name == "fig16":
