@@ -18,6 +18,7 @@ from refimpl.loss import loss_and_grads
 from refimpl.optim import adam_init, adam_update
 from refimpl.tasks import TaskSource
 from refimpl.validate import NonFiniteError, check_positive_int
+from iclgd.evaluation import evaluation_ops
 from iclgd.train import Diverged, TrainConfig, paper_adam, paper_token_clip
 
 
@@ -108,7 +109,7 @@ def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, pr
         def callback(step, etas, gammas):
             params = baselines.gdpp_params(task.input_dim, etas, gammas, task.num_context)
             curve["step"].append(step)
-            curve["loss_gdpp"].append(metrics.losses(params, *eval_set, cfg)[0])
+            curve["loss_gdpp"].append(metrics.losses(params, *eval_set, cfg, evaluation_ops(backend))[0])
     etas, gammas = train_gdpp(source, np.random.default_rng((seed, 1)), task.input_dim, task.num_context,
                               num_layers, tied, eta0, steps, adam, token_clip=paper_token_clip(num_layers),
                               progress=progress, desc=f"GD++ L={num_layers} seed {seed}",

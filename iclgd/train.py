@@ -160,6 +160,32 @@ def _resume(checkpoint, identity, rng, backend, desc):
     return _device(backend, params), state, curves, step
 
 
+def _announce_compilation(backend, cfg, desc):
+    """For a backend that compiles kernels (numba-cpu: `kernels_to_compile`), say which are not
+    cached yet and will be compiled now, once; returns the start time then, else None."""
+    to_compile = getattr(backend, "kernels_to_compile", None)
+    missing = to_compile(cfg) if to_compile is not None else []
+    if not missing:
+        return None
+    print(f"{backend.name}: compiling {len(missing)} kernels for {desc} once ({', '.join(missing)}); later "
+          f"runs load them from Numba's cache", file=sys.stderr, flush=True)
+    return time.perf_counter()
+
+
+def _warm_up(backend, cfg, adam, params, state, source, rng, step, draw):
+    """A compiling backend's training kernels compiled before the progress bar starts (its ETA then
+    measures steps, not compilation): one training step on the first 8 tasks of the next batch,
+    drawn from a copy of the Generator, on copies of the parameters and Adam state. The run itself
+    is unchanged: the same batches, the same updates."""
+    if getattr(backend, "kernels_to_compile", None) is None:
+        return
+    tokens, targets = source.next_batch(copy.deepcopy(rng), step, draw=draw)
+    n = min(8, len(targets))
+    copies = {"t": state["t"], "m": dict(state["m"]), "v": dict(state["v"])}
+    backend.train_step(dict(params), copies, backend.asarray(np.ascontiguousarray(tokens[:n])),
+                       backend.asarray(np.ascontiguousarray(targets[:n])), cfg, adam)
+
+
 def _record(curves, step, values):
     curves.setdefault("step", []).append(int(step))
     for k, v in values.items():
@@ -193,9 +219,14 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
         saved_step = step
     if step > train_cfg.steps:
         raise ValueError(f"train.steps: the checkpoint is at step {step}, beyond steps = {train_cfg.steps}")
+    draw = getattr(backend, "linear_regression_tasks", None)  # same bits as refimpl.data's
+    compiling = _announce_compilation(backend, cfg, desc)
     if step == 0 and evaluate is not None:
         _record(curves, 0, {**evaluate(_host(backend, params)), "train_loss": None})
-    draw = getattr(backend, "linear_regression_tasks", None)  # same bits as refimpl.data's
+    if step < train_cfg.steps:
+        _warm_up(backend, cfg, adam, params, state, source, rng, step, draw)
+    if compiling is not None:
+        print(f"{backend.name}: compiled in {time.perf_counter() - compiling:.0f} s", file=sys.stderr, flush=True)
     first, first_loss = step, None
     saver = _Checkpoints(checkpoint, identity, backend, saved_step)
     bar = tqdm(total=train_cfg.steps, initial=step, desc=desc, disable=not progress,

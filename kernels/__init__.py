@@ -26,6 +26,11 @@ BACKENDS = {
 }
 
 
+# what `iclgd run` trains and evaluates on unless --backend says otherwise: the fastest CPU backend,
+# a core dependency, whose float64 results equal the oracle's to rounding
+DEFAULT_BACKEND = "numba-cpu"
+
+
 def backend_names():
     return list(BACKENDS)
 

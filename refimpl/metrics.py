@@ -1,26 +1,45 @@
 """Metrics of SPEC 5: losses, alignment with a reference model (GD, GD++), interpolation, OOD and
-distractor curves. Everything on the host with the float64 oracle.
+distractor curves, on host arrays.
+
+The model is run by `ops`: any object with the oracle's `model_forward(params, tokens, cfg) ->
+(readouts, cache)` and `model_backward(dreadouts, cache) -> (dtokens, grads)` on host arrays. None
+means the oracle itself (refimpl.model); the application passes a backend's (iclgd.evaluation),
+whose float64 results equal the oracle's to rounding.
 
 Shape legend: B tasks, T tokens, D = d + 1 token width, L layers.
 """
 import numpy as np
 
-from .model import model_forward, prediction_input_gradient
+from . import model as oracle_model
 from .tasks import scale_inputs, scale_weights
 
 NORM_EPS = 1e-8  # added to the sensitivity norms in the cosine (SPEC 5)
 
 
-def losses(params, tokens, targets, cfg):
+def losses(params, tokens, targets, cfg, ops=None):
     """(loss of the final read-out, per-layer losses (L,), predictions (B,)): mean 0.5 r^2."""
-    readouts, _ = model_forward(params, tokens, cfg)  # (L, B)
+    readouts, _ = (ops or oracle_model).model_forward(params, tokens, cfg)  # (L, B)
     per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)
     return float(per_layer[-1]), per_layer, readouts[-1]
 
 
-def query_sensitivity(params, tokens, cfg):
-    """g_b = d y_hat_b / d x_q (B, d): the query token's x part of the input gradient."""
-    return prediction_input_gradient(params, tokens, cfg)[:, -1, :-1]
+def losses_and_sensitivity(params, tokens, targets, cfg, ops=None):
+    """losses(...) and query_sensitivity(...) from one forward and one backward pass."""
+    ops = ops or oracle_model
+    readouts, cache = ops.model_forward(params, tokens, cfg)  # (L, B)
+    per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)
+    dread = np.zeros_like(readouts)  # (L, B): only the final read-out
+    dread[-1] = 1.0
+    sens = ops.model_backward(dread, cache)[0][:, -1, :-1]  # (B, d)
+    return float(per_layer[-1]), per_layer, readouts[-1], sens
+
+
+def query_sensitivity(params, tokens, cfg, ops=None):
+    """g_b = d y_hat_b / d x_q (B, d): the query token's x part of the input gradient (the
+    backward of the final read-out with upstream gradient 1 per task)."""
+    if ops is None:
+        return oracle_model.prediction_input_gradient(params, tokens, cfg)[:, -1, :-1]
+    return losses_and_sensitivity(params, tokens, np.zeros(tokens.shape[0]), cfg, ops)[3]
 
 
 def alignment(pred_a, sens_a, pred_b, sens_b):
@@ -35,10 +54,9 @@ def alignment(pred_a, sens_a, pred_b, sens_b):
 class Reference:
     """A fixed model (GD, GD++) on the evaluation set: predictions and sensitivities computed once."""
 
-    def __init__(self, params, cfg, tokens, targets):
+    def __init__(self, params, cfg, tokens, targets, ops=None):
         self.params, self.cfg = params, cfg
-        self.loss, self.per_layer, self.pred = losses(params, tokens, targets, cfg)
-        self.sens = query_sensitivity(params, tokens, cfg)  # (B, d)
+        self.loss, self.per_layer, self.pred, self.sens = losses_and_sensitivity(params, tokens, targets, cfg, ops)
 
 
 # ------------------------------------------------------------------------------- interpolation
@@ -68,7 +86,7 @@ def interpolated_params(params_tf, params_gd, input_dim):
 
 
 # --------------------------------------------------------------------------------- OOD curves
-def ood_curve(models, tokens, targets, alphas, kind):
+def ood_curve(models, tokens, targets, alphas, kind, ops=None):
     """{name: losses over alphas} for kind 'input' (x scaled) or 'weight' (teacher scaled);
     models = {name: (params, cfg)}. The same tasks are rescaled for every alpha (SPEC 1.2)."""
     scale = {"input": scale_inputs, "weight": scale_weights}[kind]
@@ -77,7 +95,7 @@ def ood_curve(models, tokens, targets, alphas, kind):
         t, y = scale(tokens, targets, alpha)
         for name, (params, cfg) in models.items():
             with np.errstate(over="ignore", invalid="ignore"):
-                out[name].append(finite_or_none(losses(params, t, y, cfg)[0]))
+                out[name].append(finite_or_none(losses(params, t, y, cfg, ops)[0]))
     return out
 
 

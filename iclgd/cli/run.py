@@ -10,6 +10,8 @@ import os
 import shlex
 import sys
 
+from kernels import DEFAULT_BACKEND
+
 
 def add_arguments(parser):
     parser.add_argument("experiment", help="experiment name (see `iclgd list`)")
@@ -18,8 +20,9 @@ def add_arguments(parser):
                              "only when named)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds: 0 .. K-1 (default 1)")
     from kernels import backend_names
-    parser.add_argument("--backend", default="numpy", choices=backend_names(), metavar="NAME",
-                        help=f"training backend: {', '.join(backend_names())} (default numpy)")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names(), metavar="NAME",
+                        help=f"backend for training and evaluation: {', '.join(backend_names())} (default "
+                             f"{DEFAULT_BACKEND}; numpy is the float64 oracle)")
     parser.add_argument("--quick", action="store_true", help="small settings that finish in seconds")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
     parser.add_argument("--force", action="store_true",
@@ -46,13 +49,23 @@ def resume_command(args, out):
     words = ["iclgd", "run", args.experiment, "--out", out, "--resume"]
     if args.seeds != 1:
         words += ["--seeds", str(args.seeds)]
-    if args.backend != "numpy":
+    if args.backend != DEFAULT_BACKEND:
         words += ["--backend", args.backend]
     if args.quick:
         words.append("--quick")
     for item in args.overrides:
         words += ["--set", item]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def announce_compilation(backend):
+    """A compiling backend (numba-cpu) whose kernels are not cached yet compiles them on first use:
+    say so before the run seems to stall."""
+    to_compile = getattr(backend, "kernels_to_compile", None)
+    missing = to_compile() if to_compile is not None else []
+    if missing:
+        print(f"{backend.name}: {len(missing)} kernels are not cached yet and are compiled on first use, once "
+              f"(about a minute of CPU time); later runs load them from Numba's cache", file=sys.stderr, flush=True)
 
 
 def run(args):
@@ -66,6 +79,7 @@ def run(args):
     out = args.out or rundir.default_out(args.experiment)
     with rundir.locked(out):
         rundir.check_out(out, args.experiment, config_to_dict(cfg), args.resume, args.force)
+        announce_compilation(backend)
         try:
             return _train_and_write(args, mod, cfg, backend, out)
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import numpy as np
 from refimpl import baselines, metrics
 from refimpl.config import ModelConfig, TaskConfig, config_to_dict
 from refimpl.tasks import TaskSource, eval_tasks
+from iclgd.evaluation import evaluation_ops
 from iclgd.train import paper_token_clip, resolved_adam, train
 
 
@@ -21,11 +22,12 @@ def eval_set_and_gd_eta(task: TaskConfig, **kw):
     return tokens, targets, eta
 
 
-def one_step_gd_reference(task: TaskConfig, tokens, targets, eta):
-    """The Proposition-1 layer for one GD step at `eta`: (params, config, metrics.Reference)."""
+def one_step_gd_reference(task: TaskConfig, tokens, targets, eta, backend=None):
+    """The Proposition-1 layer for one GD step at `eta`: (params, config, metrics.Reference),
+    evaluated on `backend` (the oracle when None)."""
     gd_cfg = baselines.gd_model_config(task.input_dim, 1)
     gd = baselines.gd_params(task.input_dim, eta, task.num_context)
-    return gd, gd_cfg, metrics.Reference(gd, gd_cfg, tokens, targets)
+    return gd, gd_cfg, metrics.Reference(gd, gd_cfg, tokens, targets, evaluation_ops(backend))
 
 
 def lsa_config(task: TaskConfig, num_layers=1, tied=False, **kw):
@@ -35,13 +37,14 @@ def lsa_config(task: TaskConfig, num_layers=1, tied=False, **kw):
                        token_clip=paper_token_clip(num_layers), **kw)
 
 
-def one_layer_against_gd(task: TaskConfig):
+def one_layer_against_gd(task: TaskConfig, backend=None):
     """The evaluation set (B, T, D) / (B,), the grid's eta, the one-step GD reference (params,
-    config, metrics.Reference), the one-layer LSA config and its evaluator against GD."""
+    config, metrics.Reference), the one-layer LSA config and its evaluator against GD, evaluating
+    on `backend` (the oracle when None)."""
     tokens, targets, eta = eval_set_and_gd_eta(task)
-    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta)
+    gd, gd_cfg, ref = one_step_gd_reference(task, tokens, targets, eta, backend)
     cfg_tf = lsa_config(task)
-    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref}, backend)
     return tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate
 
 
@@ -50,12 +53,14 @@ def resolved_settings(train_cfg, num_layers=1):
     return {"adam": resolved_adam(train_cfg, num_layers)}
 
 
-def make_evaluator(cfg, tokens, targets, refs):
+def make_evaluator(cfg, tokens, targets, refs, backend=None):
     """evaluate(params) -> loss_tf, per-layer losses, and alignment with each reference model
-    (the first without a suffix, the others with _NAME)."""
+    (the first without a suffix, the others with _NAME); the model runs on `backend` (the oracle
+    when None)."""
+    ops = evaluation_ops(backend)
+
     def evaluate(params):
-        loss, per_layer, pred = metrics.losses(params, tokens, targets, cfg)
-        sens = metrics.query_sensitivity(params, tokens, cfg)  # (B, d)
+        loss, per_layer, pred, sens = metrics.losses_and_sensitivity(params, tokens, targets, cfg, ops)  # sens (B, d)
         out = {"loss_tf": loss}
         for l, v in enumerate(per_layer[:-1]):
             out[f"loss_tf_layer{l + 1}"] = float(v)

@@ -10,6 +10,7 @@ from refimpl.tasks import TaskSource
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
 from refimpl.fieldcheck import check_fields, check_items
+from iclgd.evaluation import evaluation_ops
 from iclgd.experiments.common import mean_over_seeds, one_layer_against_gd, resolved_settings, train_model
 
 
@@ -31,7 +32,8 @@ QUICK = {"train.steps": "300", "train.eval_every": "100", "task.eval_tasks": "10
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
-    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task)  # (B, T, D), (B,)
+    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task, backend)  # (B, T, D), (B,)
+    ops = evaluation_ops(backend)
     per_seed, steps_run = [], 0
     for seed in seeds:
         finals, curves = {}, {}
@@ -43,8 +45,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             pool_tokens, pool_targets = TaskSource(task, int(B), int(B), fixed_seed=seed + 10_000).pool
             final = evaluate(res.params)
             final.update({"tasks": int(B), "loss_gd": ref.loss,
-                          "loss_train_tf": metrics.losses(res.params, pool_tokens, pool_targets, cfg_tf)[0],
-                          "loss_train_gd": metrics.losses(gd, pool_tokens, pool_targets, gd_cfg)[0]})
+                          "loss_train_tf": metrics.losses(res.params, pool_tokens, pool_targets, cfg_tf, ops)[0],
+                          "loss_train_gd": metrics.losses(gd, pool_tokens, pool_targets, gd_cfg, ops)[0]})
             finals[name], curves[name] = final, res.curves
         per_seed.append({"seed": seed, "final": finals, "curves": curves})
     names = [f"B{B}" for B in cfg.sizes]

@@ -13,6 +13,7 @@ import numpy as np
 from refimpl import baselines, metrics
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
+from iclgd.evaluation import evaluation_ops
 from iclgd.experiments.common import mean_over_seeds, one_layer_against_gd, resolved_settings, train_model
 
 
@@ -30,7 +31,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
-    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task)  # (B, T, D), (B,)
+    tokens, targets, eta, (gd, gd_cfg, ref), cfg_tf, evaluate = one_layer_against_gd(task, backend)  # (B, T, D), (B,)
+    ops = evaluation_ops(backend)
     per_seed, steps_run = [], 0
     for seed in seeds:
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
@@ -40,7 +42,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         W_KQ, W_PV = metrics.layer_products(res.params)  # (D, D) each
         final.update({
             "loss_gd": ref.loss,
-            "loss_interp": metrics.losses(interp, tokens, targets, gd_cfg)[0],
+            "loss_interp": metrics.losses(interp, tokens, targets, gd_cfg, ops)[0],
             "loss_zero": float(0.5 * np.mean(targets**2)),
             "interp_scale_m": m,
             "kq_pv_diag": float(np.mean(np.diag(W_KQ)[:d]) * W_PV[d, d]),  # ~ -eta/N for GD

@@ -21,6 +21,7 @@ from iclgd.train import TrainConfig, paper_adam, paper_token_clip, resolved_adam
 from refimpl.config import TaskConfig
 from refimpl.atomic import atomic_write
 from refimpl.fieldcheck import check_fields, check_items
+from iclgd.evaluation import evaluation_ops
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, train_model
 
@@ -65,18 +66,19 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
     task = cfg.task
     d, N = task.input_dim, task.num_context
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=L)
+    ops = evaluation_ops(backend)
     gd_cfg = baselines.gd_model_config(d, L)
-    ref_gd = metrics.Reference(baselines.gd_params(d, eta, N), gd_cfg, tokens, targets)
+    ref_gd = metrics.Reference(baselines.gd_params(d, eta, N), gd_cfg, tokens, targets, ops)
     etas, gammas, fit = cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, (tokens, targets), reuse=resume,
                                      progress=progress, backend=backend)
     gdpp_cfg = baselines.gdpp_model_config(d, L, tied, token_clip=paper_token_clip(L))
-    ref_gdpp = metrics.Reference(baselines.gdpp_params(d, etas, gammas, N), gdpp_cfg, tokens, targets)
+    ref_gdpp = metrics.Reference(baselines.gdpp_params(d, etas, gammas, N), gdpp_cfg, tokens, targets, ops)
     cfg_tf = lsa_config(task, num_layers=L, tied=tied)
-    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref_gd, "gdpp": ref_gdpp})
+    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref_gd, "gdpp": ref_gdpp}, backend)
     train_cfg = dataclasses.replace(cfg.train, steps=steps)
     res = train_model(cfg_tf, cfg, seed, backend, out_dir, name, evaluate, resume, progress, train_cfg)
     final = evaluate(res.params)
-    _, per_layer_tf, _ = metrics.losses(res.params, tokens, targets, cfg_tf)
+    _, per_layer_tf, _ = metrics.losses(res.params, tokens, targets, cfg_tf, ops)
     adam = paper_adam(train_cfg, L)
     final.update({
         "loss_gd": ref_gd.loss, "loss_gdpp": ref_gdpp.loss,

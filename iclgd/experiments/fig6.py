@@ -18,6 +18,7 @@ from refimpl.tasks import INPUT_LAWS, eval_tasks, other_law_tasks
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
 from refimpl.fieldcheck import check_fields, check_items
+from iclgd.evaluation import evaluation_ops
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, resolved_settings, train_model
 
@@ -67,9 +68,10 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                                                  N, d, task.weight_scale)
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
     gd = (baselines.gd_params(d, eta, N), baselines.gd_model_config(d, 1))
-    ref = metrics.Reference(*gd, tokens, targets)
+    ops = evaluation_ops(backend)
+    ref = metrics.Reference(*gd, tokens, targets, ops)
     cfg_tf = lsa_config(task)
-    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref})
+    evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref}, backend)
     grids = {"input": grid(cfg.input_grid, "input_grid"), "weight": grid(cfg.weight_grid, "weight_grid"),
              "laws": grid(cfg.law_grid, "law_grid")}
     per_seed, steps_run = [], 0
@@ -81,26 +83,26 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         interp, _ = metrics.interpolated_params(res.params, gd[0], d)
         models = {"tf": (res.params, cfg_tf), "gd": gd, "interp": (interp, gd[1]),
                   "gdpp": (baselines.gdpp_params(d, etas, gammas, N), baselines.gdpp_model_config(d, 1, True))}
-        ood = {"input": metrics.ood_curve(models, tokens, targets, grids["input"], "input"),
-               "weight": metrics.ood_curve(models, tokens, targets, grids["weight"], "weight"),
-               "laws": metrics.ood_curve(models, law_tokens, law_targets, grids["laws"], "input")}
+        ood = {"input": metrics.ood_curve(models, tokens, targets, grids["input"], "input", ops),
+               "weight": metrics.ood_curve(models, tokens, targets, grids["weight"], "weight", ops),
+               "laws": metrics.ood_curve(models, law_tokens, law_targets, grids["laws"], "input", ops)}
         # the same tasks split by their input law, so that the laws can be told apart
         ood["by_law"] = {name: metrics.ood_curve(models, law_tokens[law == i], law_targets[law == i],
-                                                 grids["laws"], "input")
+                                                 grids["laws"], "input", ops)
                          for i, name in enumerate(INPUT_LAWS)}
         dis = {name: [] for name in models}
         for k in range(N + 1):
             t, y = eval_tasks(task, distractors=k)
             for name, (p, c) in models.items():
-                dis[name].append(metrics.losses(p, t, y, c)[0])
+                dis[name].append(metrics.losses(p, t, y, c, ops)[0])
         ood["distractors"] = dis
         final = evaluate(res.params)
-        final.update({"loss_gd": ref.loss, "loss_interp": metrics.losses(interp, tokens, targets, gd[1])[0],
+        final.update({"loss_gd": ref.loss, "loss_interp": metrics.losses(interp, tokens, targets, gd[1], ops)[0],
                       "gdpp_eta": etas, "gdpp_gamma": gammas, "gdpp_fit": fit})
         for name in models:
             w = np.array([np.nan if v is None else v for v in ood["weight"][name]])
             final[f"weight_scale_law_dev_{name}"] = float(np.nanmax(np.abs(
-                w / (grids["weight"] ** 2 * metrics.losses(models[name][0], tokens, targets, models[name][1])[0]) - 1)))
+                w / (grids["weight"] ** 2 * metrics.losses(models[name][0], tokens, targets, models[name][1], ops)[0]) - 1)))
         for r in REPORTED_INPUT_SCALES:
             i = int(np.argmin(np.abs(grids["input"] - r)))
             final[f"loss_gd_input_{grids['input'][i]:.2f}"] = ood["input"]["gd"][i]

@@ -253,6 +253,15 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
 
 
+def kernels_to_compile(cfg=None):
+    """The kernels that training and evaluating `cfg` (None: any model) call and that have no cached
+    machine code yet (kernels.numba.cache): what a first run compiles, once; [] when all are cached."""
+    from kernels.numba import draw
+    from kernels.numba.cache import missing_kernels
+    step = [numba_lsa.lsa_kernel] if cfg is None or numba_lsa.supports(cfg) else []
+    return missing_kernels(step + [draw.draw_kernel, sum_squares, adam_kernel, task_kernel, reduce_rows])
+
+
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent buffer (workspace, gradient rows, read-out scratch) with `value`:
     a test can poison them with NaN to prove that no kernel reads an entry it did not write."""

@@ -44,7 +44,7 @@ def fig2_dir(tmp_path_factory):
 def test_fig2_results_have_the_documented_keys(fig2_dir):
     r = _results(fig2_dir)
     assert all(k in r for k in REQUIRED_KEYS)
-    assert r["experiment"] == "fig2" and r["seeds"] == [0] and r["backend"] == "numpy"
+    assert r["experiment"] == "fig2" and r["seeds"] == [0] and r["backend"] == "numba-cpu"
     assert r["config"]["train"]["steps"] == 120 and r["quick"] is True
     for k in FIG2_FINAL:
         assert np.isfinite(r["final"][k]), k
