@@ -4,12 +4,20 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
     a  one-layer LSA                                    lr 1e-3, clip 0.001
     b  deep 5-layer LSA, token clipping at 10           lr 5e-4, clip 10
     c  2-head softmax attention with LayerNorm and MLP  lr 1e-3, clip 0.001
-in float64 and float32, for every available backend. Each timing is the median of `--repeats`
+in float64 and float32, for every available backend and, in the same run, for the peers: the same
+model and step written as a JAX jit program and a PyTorch eager (autograd) program on the CPU
+(benchmarks/peers.py; optional: `--peers ''` leaves them out, a missing framework is reported as
+unavailable; they implement attention-only models, so case c has no peer). Each timing is the median of `--repeats`
 steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
 NumPy Generator inside the timed step, then handed to the backend: by the backend's own
 `linear_regression_tasks` where it has one (numba-cpu: kernels.numba.draw, the same bits as the
 oracle's refimpl.data, in parallel), else by refimpl.data. The kernel part alone (train_step on a
-ready batch) is reported too.
+ready batch) is reported too. The peers draw their batch with their own generator (same law).
+
+Each result also gives the achieved GFLOP/s on a nominal operation count (`flop_model` in the file:
+the standard attention formulation's multiply-adds, backward counted as twice the forward), against
+this machine's peak measured in the same run: a float32 and a float64 BLAS gemm (n = 1024) on one
+thread, times the number of cores.
 
     python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
 """
@@ -74,10 +82,71 @@ def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
             "warmup": warmup, "final_loss": float(loss)}
 
 
+def nominal_flops(cfg, T, batch):
+    """Floating-point operations of one training step in the standard formulation, per batch:
+    3 x forward (backward = 2 x forward); forward per layer and task: Q, K, V and output
+    projections 4 * 2 T D (H K), scores and mixing 2 * 2 T^2 H K, the MLP 2 * 2 T D (w D)."""
+    D, H, K = cfg.token_dim, cfg.num_heads, cfg.key_size
+    per_layer = 4 * 2 * T * D * H * K + 2 * 2 * T * T * H * K
+    if cfg.mlp:
+        per_layer += 2 * 2 * T * D * cfg.mlp_widening * D
+    return 3 * batch * cfg.num_layers * per_layer
+
+
+def gemm_peak(dtype, n=1024, repeats=5):
+    """GFLOP/s of the best of `repeats` n x n BLAS products on the current BLAS threads."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def time_peer(kind, cfg, acfg, dtype, batch, warmup, repeats, seed):
+    """The JAX-jit or PyTorch-eager peer's full step (draw, forward, backward, Adam) on the CPU."""
+    from peers import JaxPeer, TorchPeer
+    from refimpl.params import init_params
+    params = init_params(cfg, np.random.default_rng(seed))
+    if kind == "jax-jit":
+        import jax
+        peer = JaxPeer(cfg, acfg, batch=batch, dtype=dtype, device=jax.devices("cpu")[0])
+        state = peer.init_state(params, seed)
+
+        def step(state):
+            state, loss = peer.train_step(state)
+            peer.block(loss)
+            return state, loss
+    else:
+        peer = TorchPeer(cfg, acfg, batch=batch, dtype=dtype, device="cpu")
+        state = peer.init_state(params, seed)
+
+        def step(state):
+            return state, peer.train_step(state)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        state, loss = step(state)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_median_s": float(np.median(times)), "step_min_s": float(np.min(times)),
+            "repeats": repeats, "warmup": warmup, "final_loss": float(loss)}
+
+
+PEERS = {"jax-jit": "jax", "torch-eager": "torch"}
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--backends", default=",".join(backend_names()),
                     help="comma-separated backends (default: all; unavailable ones are reported as such)")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"comma-separated peers timed in the same run ({', '.join(PEERS)}; '' for none)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}")
     ap.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes (float64,float32)")
     ap.add_argument("--batch", type=int, default=2048, help="tasks per step (2048)")
@@ -109,7 +178,56 @@ def time_all(args):
                 results.append(r)
                 print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms  "
                       f"(train_step alone {r['train_step_only_median_s'] * 1e3:9.3f} ms)", flush=True)
+    for name in filter(None, args.peers.split(",")):
+        try:
+            __import__(PEERS[name])
+        except ImportError as e:
+            results.append({"backend": name, "available": False, "reason": f"{e} (pip install -e \".[peers]\")"})
+            print(f"{name}: unavailable ({e})", flush=True)
+            continue
+        for case in args.cases.split(","):
+            cfg, acfg = CASES[case]
+            for dt in args.dtypes.split(","):
+                try:
+                    r = time_peer(name, cfg, acfg, np.dtype(dt), args.batch, args.warmup, args.repeats, args.seed)
+                except ValueError as e:  # a model the peers do not implement
+                    results.append({"backend": name, "case": case, "dtype": dt, "available": False,
+                                    "reason": str(e)})
+                    continue
+                r.update(backend=name, case=case, dtype=dt, load_avg_after=os.getloadavg())
+                results.append(r)
+                print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms", flush=True)
     return results
+
+
+def add_flops(results, batch, peaks):
+    """Each timed result's nominal GFLOP/s and its fraction of the machine's measured peak."""
+    for r in results:
+        if "step_median_s" in r:
+            flops = nominal_flops(CASES[r["case"]][0], 11, batch)
+            r["nominal_gflop"] = flops / 1e9
+            r["achieved_gflops"] = flops / r["step_median_s"] / 1e9
+            r["fraction_of_peak"] = r["achieved_gflops"] / peaks[r["dtype"]]["all_cores_gflops"]
+
+
+def ratios_vs_peers(results):
+    """{case/dtype: {"numba-cpu_vs_fastest_peer": fastest peer's median / numba-cpu's, each peer's,
+    float64 / float32 of numba-cpu}} for every case a peer ran."""
+    out = {}
+    timed = {(r["backend"], r["case"], r["dtype"]): r["step_median_s"] for r in results if "step_median_s" in r}
+    for (be, case, dt), t in timed.items():
+        if be != "numba-cpu":
+            continue
+        entry = {}
+        peer_times = {p: timed[(p, case, dt)] for p in PEERS if (p, case, dt) in timed}
+        for p, tp in peer_times.items():
+            entry[f"{p}_over_numba-cpu"] = tp / t
+        if peer_times:
+            entry["fastest_peer_over_numba-cpu"] = min(peer_times.values()) / t
+        if dt == "float32" and (be, case, "float64") in timed:
+            entry["numba-cpu_float64_over_float32"] = timed[(be, case, "float64")] / t
+        out[f"{case}/{dt}"] = entry
+    return out
 
 
 def speedups_vs_numpy(results):
@@ -146,8 +264,13 @@ def main(argv=None):
         import numba
         numba.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    peaks = {dt: {"one_thread_gflops": gemm_peak(np.dtype(dt))} for dt in args.dtypes.split(",")}
+    for p in peaks.values():
+        p["all_cores_gflops"] = p["one_thread_gflops"] * os.cpu_count()
     results = time_all(args)
+    add_flops(results, args.batch, peaks)
     speedups = speedups_vs_numpy(results)
+    ratios = ratios_vs_peers(results)
     out = {
         "benchmark": "one training step: fresh batch + forward + backward + Adam",
         "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(),
@@ -162,6 +285,9 @@ def main(argv=None):
                   for c in args.cases.split(",")},
         "results": results,
         "speedup_vs_numpy_step_median": speedups,
+        "ratios": ratios,
+        "peak_gemm": peaks,
+        "flop_model": " ".join(nominal_flops.__doc__.split()),
     }
     out["versions"].update(numba_versions())
     if args.out:
@@ -171,6 +297,8 @@ def main(argv=None):
         print("wrote", args.out)
     for k, v in speedups.items():
         print(f"speedup {k}: {v:.2f}x")
+    for k, v in ratios.items():
+        print(f"{k}: " + ", ".join(f"{n} {x:.2f}x" for n, x in v.items()))
     return 0
 
 
