@@ -113,7 +113,8 @@ def test_block_kernels_write_every_output(cp, backend, rng, dtype):
     cfg = CONFIGS["softmax_ln_mlp"]
     params, tokens, _ = problem(cfg, rng, dtype, B=45)
     b = cb.block_dims(cfg, 0, tokens.shape[1])
-    ln = cb.block_launch(45, b, dtype)
+    ln = cb.block_launch(45, b, dtype, backend.device_limits(), **backend.kernel_limits(
+        backend.kernel("block.cu", "block_forward", dtype), backend.kernel("block.cu", "block_backward", dtype)))
     vec = cb.pack(dev(cp, params), cfg, cp)
     X = cp.asarray(tokens)
     out = cp.full_like(X, np.nan)
@@ -122,11 +123,14 @@ def test_block_kernels_write_every_output(cp, backend, rng, dtype):
         shared_mem=ln.smem_bytes)
     dX = cp.full_like(X, np.nan)
     grads = cp.zeros(b.num_params, dtype)
+    partials = cp.full((ln.grid, ln.partial_cols), np.nan, dtype)
     backend.kernel("block.cu", "block_backward", dtype, ln.smem_bytes)(
         (ln.grid,), (ln.block,),
         cb.block_backward_args(b, 45, ln, X, vec, cp.asarray(rng.standard_normal(X.shape).astype(dtype)),
-                               dX, cp.full((ln.grid, ln.partial_cols), np.nan, dtype),
-                               cp.zeros(1, cp.uint32), grads), shared_mem=ln.smem_bytes)
+                               dX, partials, cp.zeros(1, cp.uint32), grads), shared_mem=ln.smem_bytes)
+    if not ln.finish_in_kernel:
+        backend.kernel("block.cu", "block_add_partials", dtype)(
+            (ln.finish_grid,), (cb.FINISH_THREADS,), cb.block_add_partials_args(ln, partials, grads))
     assert np.all(np.isfinite(cp.asnumpy(out))) and np.all(np.isfinite(cp.asnumpy(dX)))
     assert np.all(np.isfinite(cp.asnumpy(grads)))
 
