@@ -8,7 +8,7 @@ from benchmarks import bench_cupy
 def test_benchmark_fails_clearly_without_a_gpu(tmp_path, capsys):
     ok, _ = kernels.availability("cupy")
     if ok:
-        pytest.skip("a GPU is available: run the benchmark itself (bash benchmarks/run_gpu.sh)")
+        pytest.skip("a GPU is available: run the benchmark itself (bash benchmarks/gpu_check.sh OUTDIR)")
     out = tmp_path / "bench.json"
     assert bench_cupy.main(["--out", str(out), "--steps", "10"]) == 2
     err = capsys.readouterr().err

@@ -179,3 +179,18 @@ def test_a_run_compiles_only_its_dtype(cp, be, rng, dtype):
     assert FakeRawModule.compiled, "nothing compiled"
     for src, names in FakeRawModule.compiled:
         assert names == sorted(f"{k}<{real}>" for k in cb.KERNELS[src]), src
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_passes_on_the_emulator(cp, be, capsys):
+    """benchmarks/gpu_smoke.py (stage 2 of benchmarks/gpu_check.sh) runs its every check on the
+    `cupy` backend and they pass; here the device is the CPU emulator, so this checks the script."""
+    from benchmarks import gpu_smoke
+    assert gpu_smoke.main(["--small", "--backends", "cupy,no-such-backend",
+                           "--models", "tied2,softmax_ln_mlp"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not [line for line in out if line.startswith("FAIL")], out
+    passed = [line for line in out if line.startswith("PASS cupy ")]
+    # 2 models x (losses, grads, losses of 3 steps) x 2 dtypes + float64 parameters + 2 extras x 2
+    assert len(passed) == 2 * 3 * 2 + 2 + 2 * 2, out
+    assert any(line.startswith("SKIP no-such-backend") for line in out)
