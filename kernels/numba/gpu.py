@@ -8,7 +8,12 @@ Parameters and the Adam moments live in one flat device vector each; the {name: 
 backend hands out are `DeviceParams`, whose values are views of that vector, so a training step
 does no packing and no host round trip except the scalar loss it returns.
 
-Kernels: kernels/numba/gpu_kernels.py (launch shapes there).
+Kernels: attention-only models (the paper's LSA and its softmax / tied / deep / clipped variants)
+take their loss and gradients from kernels/numba/gpu_warp.py, one warp per task with the workspace
+in shared memory (host side kernels/numba/gpu_warp_host.py); every other model, and model_forward /
+model_backward, from the thread-per-task kernels of kernels/numba/gpu_kernels.py (launch shapes
+there). The reduction, norm and Adam kernels are shared. A training step allocates nothing on the
+device and waits for it once, to read the loss and the gradient norm back.
 """
 import numpy as np
 from numba import cuda
@@ -19,6 +24,7 @@ from refimpl.params import check_params, param_shapes
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array
 
+from kernels.numba import gpu_warp_host as gpu_warp
 from kernels.numba.adam import adam_hyper
 from kernels.numba.gpu_kernels import (GROUP, MODE_BACKWARD, MODE_FORWARD, MODE_LOSS, NORM_TPB, TPB,
                                        kernels, simulated, task_kernel)
@@ -212,17 +218,42 @@ def _loss_grads_launch(pv, tok, y, cfg):
     return pl
 
 
+_WARP_PLANS = {}
+
+
+def warp_plan(cfg, T, B, dtype):
+    return cached_plan(_WARP_PLANS, lambda *a: gpu_warp.WarpPlan(*a, simulated(), GROUP), cfg, T, B,
+                       dtype, limit=8)
+
+
+def _warp_loss_grads_launch(pv, tok, y, cfg):
+    """Attention-only models: one warp per task (kernels/numba/gpu_warp.py), then the fixed-order
+    column sums of the blocks' partial rows. plan.g holds the gradients and the sums of 0.5 r_l^2."""
+    B, T, _ = tok.shape
+    pl = warp_plan(cfg, T, B, pv.dtype)
+    pl.launch_step(tok, y, pv)
+    column_sums(pl.partials, pl.launch.grid, pl.NP + pl.L, pl.g, pl.red)
+    return pl
+
+
 def _per_layer(pl):
-    """Per-layer losses on the host from plan.sqe_sum: L scalars copied back (waits for the queue)."""
+    """Per-layer losses on the host: L scalars copied back (waits for the queue)."""
+    if isinstance(pl, gpu_warp.WarpPlan):
+        return (pl.g[pl.NP:].copy_to_host() / pl.B).astype(pl.dtype)
     return (0.5 * pl.sqe_sum.copy_to_host() / pl.B).astype(pl.dtype)
+
+
+def _grads(pl):
+    """The flat gradient (P,) on the device, in the plan's buffer."""
+    return pl.g[:pl.NP] if isinstance(pl, gpu_warp.WarpPlan) else pl.g
 
 
 def loss_and_grads(params, tokens, y, cfg):
     pv = _flat(params, cfg)
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    pl = _loss_grads_launch(pv, tok, yd, cfg)
-    g = _copy(pl.g)  # the caller's own gradient: the plan's buffer is reused by the next call
+    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
+    g = _copy(_grads(pl))  # the caller's own gradient: the plan's buffer is reused by the next call
     per_layer = _per_layer(pl)
     return per_layer[-1], per_layer, _views(g, cfg)
 
@@ -264,9 +295,9 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     m, v = _copy(_flat(state["m"], cfg)), _copy(_flat(state["v"], cfg))
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    pl = _loss_grads_launch(pv, tok, yd, cfg)
+    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
     t = state["t"] + 1
-    _adam_flat(pv, pl.g, m, v, t, adam_cfg, pl.sumsq, pl.factor)
+    _adam_flat(pv, _grads(pl), m, v, t, adam_cfg, pl.sumsq, pl.factor)
     # the host waits once, after every kernel of the step is queued: the losses, then the norm as
     # the device computed it (inf where its sum of squares overflowed: the training loop's
     # divergence check reads it, so an overflow stops the run instead of zeroing the update)
@@ -278,8 +309,10 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent device buffer with `value` (tests poison them with NaN)."""
     pl = plan(cfg, num_tokens, batch, dtype)
-    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor, pl.g, pl.sqe_sum,
-              *pl.red):
+    bufs = (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor, pl.g, pl.sqe_sum, *pl.red)
+    if gpu_warp.supported(cfg):
+        bufs += warp_plan(cfg, num_tokens, batch, dtype).buffers()
+    for a in bufs:
         a.copy_to_device(np.full(a.shape, value, a.dtype))
 
 

@@ -40,6 +40,18 @@ def test_numba_cuda_matches_oracle_under_simulator():
     assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
 
 
+@pytest.mark.slow
+def test_numba_cuda_warp_kernel_matches_oracle_under_simulator():
+    """tests/kernels/test_numba_cuda_warp.py (one warp per task) under the simulator."""
+    reason = _numba_cuda_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_cuda_warp.py"],
+             {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
 PTX_SCRIPT = textwrap.dedent("""
     from types import SimpleNamespace
     import numba.cuda.dispatcher as dispatcher
@@ -48,6 +60,7 @@ PTX_SCRIPT = textwrap.dedent("""
     dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
     import kernels.numba.gpu as nc
     import kernels.numba.gpu_kernels as gk
+    import kernels.numba.gpu_warp as gw
     from kernels.numba.adam import AdamHyper
     ks = nc.kernels()
     f64 = nt.Array(nt.float64, 1, "C")
@@ -63,6 +76,9 @@ PTX_SCRIPT = textwrap.dedent("""
                 sigs[f"task{mode}"] = task_sig
                 fns[f"task{mode}"] = gk.task_kernel(mode)
         assert set(sigs) <= set(fns), sorted(fns)
+        # one warp per task (attention-only models), both dtypes
+        sigs["warp"] = (a3, a1, a1, i1, a1, nt.int64, nt.int64, a1)
+        fns["warp"] = gw.warp_step_kernel("float32" if f == nt.float32 else "float64")
         for name, sig in sigs.items():
             ptx, _ = cuda.compile_ptx(fns[name].py_func, sig, cc=(9, 0))
             assert ".target sm_90" in ptx, name
@@ -73,8 +89,8 @@ PTX_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_every_numba_cuda_kernel_compiles_to_ptx():
-    """The task kernels of two modes (float32: the per-task code is dtype-generic) and the small
-    kernels in both dtypes."""
+    """The task kernels of two modes (float32: the per-task code is dtype-generic), the warp-per-task
+    kernel and the small kernels in both dtypes."""
     reason = _numba_cuda_reason()
     if reason:
         pytest.skip(reason)
@@ -82,7 +98,7 @@ def test_every_numba_cuda_kernel_compiles_to_ptx():
     if r.returncode != 0 and "NVVM" in (r.stderr + r.stdout) and "not found" in (r.stderr + r.stdout):
         pytest.skip("NVVM (libnvvm from the cu12 extra) not found: " + r.stderr[-500:])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("compiled") == 8, r.stdout
+    assert r.stdout.count("compiled") == 10, r.stdout
 
 
 def _gpu_reason():
