@@ -18,7 +18,9 @@ Definitions (all wall-clock on the host, the GPU synchronised before the clock s
   tail               (--sweep) at --batch: compute_s, model_step alone (per-task work, warp sums,
                      partial rows; events over a graph of those launches); one_launch_step_s and
                      two_launch_step_s, the whole step with the partial rows summed by the last block
-                     or by the multi-block kernel; tail_*_s = step - compute_s (reduction + Adam)
+                     or by the multi-block kernel; tail_*_s = step - compute_s (reduction + Adam);
+                     generic_one_launch_step_s, the step from model_step.cu compiled without the
+                     model's shapes as constants (every other number uses the specialised build)
 Exits with status 2 and the reason, writing nothing, when there is no usable GPU.
 """
 import argparse
@@ -200,7 +202,10 @@ def bench_tail(params, args, dtype):
         two = graph.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
     finally:
         cb.REDUCE_IN_KERNEL_ENTRIES = saved
+    generic = graph.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype,
+                                 specialize=False)
     res = {"one_launch_step_s": _graph_time(one, lambda: one._launch(apply=1), args),
+           "generic_one_launch_step_s": _graph_time(generic, lambda: generic._launch(apply=1), args),
            "two_launch_step_s": _graph_time(two, lambda: two._launch(apply=1), args),
            "compute_s": _graph_time(two, lambda: two.buf.launch_step(
                two.vec, None, None, two.draw, None, 1, two.m, two.v, two.step_dev, two.adam_cfg,
@@ -322,6 +327,15 @@ def bench_torch(params, args, dtype, compile):
 
 
 # ----------------------------------------------------------------------------------------------
+def _write(out, result):
+    """The JSON so far, written atomically (a temporary file renamed over `out`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     ok, reason = kernels.availability("cupy")
@@ -342,6 +356,7 @@ def main(argv=None):
         "model": config_to_dict(FIG2), "adam": config_to_dict(FIG2_ADAM),
         "definitions": __doc__.split("Definitions")[1].split("Exits")[0].strip(),
         "results": {},
+        "complete": False,  # True once every part has run
     }
     runs = {"fused_cupy": lambda: bench_fused(params, args, dtype),
             "unfused": lambda: bench_unfused(params, args, dtype),
@@ -349,13 +364,6 @@ def main(argv=None):
             "jax": lambda: bench_jax(params, args, dtype),
             "torch": lambda: bench_torch(params, args, dtype, compile=False),
             "torch_compile": lambda: bench_torch(params, args, dtype, compile=True)}
-    if args.sweep:
-        for name, fn in (("sweep", bench_sweep), ("tail", bench_tail)):
-            print(f"bench_cupy: {name} ...", file=sys.stderr, flush=True)
-            try:
-                result[name] = fn(params, args, dtype)
-            except Exception as e:  # recorded, never replaced by a number
-                result[name] = {"error": f"{type(e).__name__}: {e}"}
     for name, fn in runs.items():
         if name != "fused_cupy" and name not in peers:
             continue
@@ -364,16 +372,27 @@ def main(argv=None):
             result["results"][name] = fn()
         except Exception as e:  # a failing peer is recorded, never replaced by a number
             result["results"][name] = {"error": f"{type(e).__name__}: {e}"}
+        _write(out, result)  # after every part: a run cut short keeps what it measured
+    if args.sweep:
+        for name, fn in (("sweep", bench_sweep), ("tail", bench_tail)):
+            print(f"bench_cupy: {name} ...", file=sys.stderr, flush=True)
+            try:
+                result[name] = fn(params, args, dtype)
+            except Exception as e:  # recorded, never replaced by a number
+                result[name] = {"error": f"{type(e).__name__}: {e}"}
+            _write(out, result)
     fused = result["results"]["fused_cupy"]
     result["speedup_vs"] = {}
     for name, r in result["results"].items():
-        if name == "fused_cupy" or "step_s" not in r:
+        if name == "fused_cupy" or "step_s" not in r or "step_s" not in fused:
             continue
         result["speedup_vs"][name] = {"step": r["step_s"] / fused["step_s"],
                                       "fig2": r["fig2_s"] / fused["fig2_s"] if "fig2_s" in r else None}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    result["complete"] = True
+    _write(out, result)
+    if "step_s" not in fused:
+        print(f"bench_cupy: the fused step failed: {fused}", file=sys.stderr)
+        return 1
     print(json.dumps({"out": out, "fused_step_us": fused["step_s"] * 1e6, "fused_fig2_s": fused["fig2_s"],
                       "speedup_vs": result["speedup_vs"]}, indent=2))
     return 0

@@ -3,24 +3,30 @@
 #
 #     bash benchmarks/gpu_check.sh OUTDIR
 #
-# Stage by stage, each under its own timeout (seconds, in brackets; all together under 9 minutes),
-# everything teed to OUTDIR/NN_stage.log and one line per stage to OUTDIR/summary.txt:
-#   1 env        [20]  nvidia-smi, driver, compilers, Python packages, the device as CuPy sees it
-#   2 smoke      [100] every backend (cupy, cupy-unfused, numba-cuda) against the oracle: fig2, tied-2,
-#                      deep-5 with clipping, LN/MLP; float32 and float64 (benchmarks/gpu_smoke.py)
-#   3 sanitizer  [150] compute-sanitizer memcheck, racecheck, synccheck on small runs of the fused
-#                      kernels (one launch and two-launch steps, the block kernels, the task draw)
-#   4 tests      [100] the GPU tests (pytest -m gpu) of tests/kernels/
-#   5 bench      [170] benchmarks/bench_cupy.py: per-step time by CUDA events over replayed graphs for
-#                      B = 256 .. 4096, the whole 5 000-step fig2, the tail (reduction + Adam) versus
-#                      compute split, the unfused path, numba-cuda and the JAX / PyTorch peers on the
-#                      same GPU -> OUTDIR/bench_cupy.json
+# Stage by stage, each under its own timeout (seconds, in brackets; all together under 9 minutes,
+# compiles included), everything teed to OUTDIR/<stage>.log and one line per stage to
+# OUTDIR/summary.txt:
+#   1_env       [10]  nvidia-smi, driver, compilers, Python packages, the device as CuPy sees it
+#   2_compile   [60]  every CUDA module the later stages load, compiled in parallel processes into
+#                     CuPy's on-disk cache (python -m benchmarks.gpu_compile)
+#   3_smoke     [110] every backend (cupy, cupy-unfused, numba-cuda) against the oracle: fig2, tied-2,
+#                     deep-5 with clipping; float32 and float64 (python -m benchmarks.gpu_smoke)
+#   4_sanitizer [80]  compute-sanitizer memcheck, racecheck, synccheck on a small smoke run of cupy
+#                     (one and two launch steps, graph replay, the task draw)
+#   5_tests     [110] the GPU tests (pytest -m gpu) of tests/kernels/, but the thread-per-task
+#                     numba-cuda suite (minutes of compiling; run it alone:
+#                     python -m pytest -m gpu tests/kernels/test_numba_cuda_sim.py)
+#   6_bench     [130] python -m benchmarks.bench_cupy --sweep: per-step time by CUDA events over
+#                     replayed graphs for B = 256 .. 4096, the whole 5 000-step fig2, the tail
+#                     (reduction + Adam) versus compute split, the unfused path, numba-cuda and the
+#                     JAX / PyTorch (eager) peers on the same GPU -> OUTDIR/bench_cupy.json, written
+#                     after every part (a timeout keeps what was measured)
 # A stage that fails or times out is recorded and the next one runs; the exit status is 0 when every
 # stage passed, 1 otherwise. Without a GPU (no nvidia-smi, or it lists no GPU) or without Python it
 # exits 2 at once with the reason, before installing or compiling anything. Nothing is installed and
 # no network is assumed: CuPy, JAX and PyTorch are used where installed, recorded as missing where not
 # (pip install -e ".[gpu,test]" "jax[cuda12]" torch beforehand where there is a network).
-# Stage timeouts can be changed through T_ENV, T_SMOKE, T_SANITIZER, T_TESTS, T_BENCH.
+# Stage timeouts can be changed through T_ENV, T_COMPILE, T_SMOKE, T_SANITIZER, T_TESTS, T_BENCH.
 set -uo pipefail
 
 if [ $# -ne 1 ] || [ -z "$1" ]; then
@@ -54,11 +60,13 @@ OUT=$(cd "$OUT" && pwd)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 failed=0
-T_ENV=${T_ENV:-20}
-T_SMOKE=${T_SMOKE:-100}
-T_SANITIZER=${T_SANITIZER:-150}
-T_TESTS=${T_TESTS:-100}
-T_BENCH=${T_BENCH:-170}
+T_ENV=${T_ENV:-10}
+T_COMPILE=${T_COMPILE:-60}
+T_SMOKE=${T_SMOKE:-110}
+T_SANITIZER=${T_SANITIZER:-80}
+T_TESTS=${T_TESTS:-110}
+T_BENCH=${T_BENCH:-130}
+KILL_AFTER=5  # a stage that ignores its TERM is killed this many seconds later
 
 # stage NAME SECONDS COMMAND...: runs COMMAND under its own timeout, output teed to the log
 stage() {
@@ -67,7 +75,7 @@ stage() {
     log="$OUT/$name.log"
     start=$(date +%s)
     echo "== $name (timeout ${secs} s): $*" | tee "$log"
-    timeout --kill-after=10 "$secs" "$@" 2>&1 | tee -a "$log"
+    timeout --kill-after="$KILL_AFTER" "$secs" "$@" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
     local took=$(( $(date +%s) - start ))
     if [ "$rc" -eq 0 ]; then
@@ -120,7 +128,8 @@ sanitizer_runs() {
     local rc=0 tool
     for tool in memcheck racecheck synccheck; do
         echo "-- $tool"
-        "$cs" --tool "$tool" --error-exitcode 9 "$PY" -m benchmarks.gpu_smoke --small --backends cupy || rc=1
+        "$cs" --tool "$tool" --error-exitcode 9 "$PY" -m benchmarks.gpu_smoke --small --backends cupy \
+            --models fig2,deep5_clip || rc=1
     done
     return $rc
 }
@@ -129,10 +138,13 @@ export -f env_report sanitizer_runs
 export PY
 
 stage 1_env "$T_ENV" bash -c env_report
-stage 2_smoke "$T_SMOKE" "$PY" -m benchmarks.gpu_smoke
-stage 3_sanitizer "$T_SANITIZER" bash -c sanitizer_runs
-stage 4_tests "$T_TESTS" "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/kernels/
-stage 5_bench "$T_BENCH" "$PY" -m benchmarks.bench_cupy --out "$OUT/bench_cupy.json" --sweep
+stage 2_compile "$T_COMPILE" "$PY" -m benchmarks.gpu_compile
+stage 3_smoke "$T_SMOKE" "$PY" -m benchmarks.gpu_smoke
+stage 4_sanitizer "$T_SANITIZER" bash -c sanitizer_runs
+stage 5_tests "$T_TESTS" "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/kernels/ \
+    --deselect tests/kernels/test_numba_cuda_sim.py::test_numba_cuda_matches_oracle_on_gpu
+stage 6_bench "$T_BENCH" "$PY" -m benchmarks.bench_cupy --out "$OUT/bench_cupy.json" --sweep \
+    --peers jax,torch,numba_cuda,unfused
 
 echo "summary ($SUMMARY):"
 cat "$SUMMARY"

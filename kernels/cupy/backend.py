@@ -60,11 +60,11 @@ def _on(stream):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(src, real):
-    """One source compiled for one real type only: a run compiles just the dtype it uses (the
-    templates of block.cu take ~40 s to compile for double, ~15 s for float)."""
+def _module(src, real, defines=()):
+    """One source compiled for one real type only (a run compiles just the dtype it uses), with
+    `defines` (-D options, e.g. cb.model_step_defines) added to the compile options."""
     cp = _cp()
-    return cp.RawModule(code=cb.source(src), options=cb.compile_options(),
+    return cp.RawModule(code=cb.source(src), options=cb.compile_options() + tuple(defines),
                         name_expressions=[f"{k}<{real}>" for k in cb.KERNELS[src]])
 
 
@@ -89,11 +89,11 @@ def kernel_limits(*ks):
             "regs_per_thread": max(k.num_regs for k in ks)}
 
 
-def kernel(src, kernel_name, dtype, smem_bytes=0):
-    """The compiled `kernel_name<real>` of kernels/cupy/cuda/`src` (compiled once per process and
-    dtype, on first use)."""
+def kernel(src, kernel_name, dtype, smem_bytes=0, defines=()):
+    """The compiled `kernel_name<real>` of kernels/cupy/cuda/`src` (compiled once per process,
+    dtype and defines, on first use)."""
     real = cb.real_type(dtype)
-    k = _module(src, real).get_function(f"{kernel_name}<{real}>")
+    k = _module(src, real, tuple(defines)).get_function(f"{kernel_name}<{real}>")
     if smem_bytes > cb.SMEM_DEFAULT and k.max_dynamic_shared_size_bytes < smem_bytes:
         k.max_dynamic_shared_size_bytes = smem_bytes
     return k
@@ -150,19 +150,22 @@ def fused_path(cfg, T=None, dtype=np.float32):
 class StepBuffers:
     """Static device buffers of one model_step configuration (B, T, dtype)."""
 
-    def __init__(self, cfg, B, T, dtype, d_draw=0):
+    def __init__(self, cfg, B, T, dtype, d_draw=0, specialize=False):
+        """specialize: compile model_step.cu for this model's shapes (cb.model_step_defines), one
+        more compile per shape; GraphTrainer does, the one-off calls of the interface do not."""
         cp = _cp()
         self.cfg, self.B, self.dtype = cfg, B, np.dtype(dtype)
         self.dims = cb.model_dims(cfg, T)
-        k = kernel("model_step.cu", "model_step", dtype)  # compiled here, on first use
+        defines = cb.model_step_defines(self.dims) if specialize else ()
+        k = kernel("model_step.cu", "model_step", dtype, defines=defines)  # compiled on first use
         self.launch = cb.model_step_launch(B, self.dims, d_draw, dtype, device_limits(), **kernel_limits(k))
         self.partials = cp.empty((self.launch.grid, self.launch.partial_cols), dtype)  # (grid, P+L)
         self.ticket = cp.zeros(1, cp.uint32)
         self.stats = cp.full(self.dims.L + 1, np.nan, dtype)  # per-layer losses, gradient norm
-        self.kernel = kernel("model_step.cu", "model_step", dtype, self.launch.smem_bytes)
+        self.kernel = kernel("model_step.cu", "model_step", dtype, self.launch.smem_bytes, defines)
         if not self.launch.finish_in_kernel:  # many partial rows: a second, multi-block launch
             self.block_sums = cp.empty(self.launch.finish_grid, cp.float64)  # (finish_grid,)
-            self.finish = kernel("model_step.cu", "model_step_finish", dtype)
+            self.finish = kernel("model_step.cu", "model_step_finish", dtype, defines=defines)
 
     def launch_step(self, params_vec, tokens, targets, draw, grads, apply, m, v, step, adam_cfg,
                     stream=None, finish=True):

@@ -108,6 +108,16 @@ class ModelDims:
         return (b + 15) // 16 * 16
 
 
+def model_step_defines(dims):
+    """NVRTC options fixing model_step.cu's sizes and flags at compile time (one module per model
+    shape): the per-task loops get constant bounds and offsets. model_step stops (__trap) when
+    launched with other shapes."""
+    return tuple(f"-DMS_{k}={v}" for k, v in (
+        ("T", dims.T), ("D", dims.D), ("H", dims.H), ("K", dims.K), ("S", dims.S), ("L", dims.L),
+        ("TIED", dims.tied), ("FSOFT", dims.first_softmax), ("SOFT", dims.softmax),
+        ("CAUSAL", dims.causal), ("YUP", dims.y_update)))
+
+
 def model_dims(cfg, T):
     reason = model_step_unsupported(cfg)
     if reason is not None:

@@ -14,11 +14,13 @@ class GraphTrainer:
 
     The batch of step t (t = Adam steps done so far, kept on the device) is drawn with Philox from
     (seed, t), so the run is reproducible and independent of the graph: `use_graph=False` launches
-    the same kernel eagerly and gives the same numbers.
+    the same kernel eagerly and gives the same numbers. `specialize` compiles model_step.cu for
+    this model's shapes (constant loop bounds; the same numbers as the generic build).
     """
 
     def __init__(self, params, cfg, adam_cfg, batch, seed, num_context=10, input_dim=10,
-                 input_range=1.0, weight_scale=1.0, dtype=np.float32, use_graph=True):
+                 input_range=1.0, weight_scale=1.0, dtype=np.float32, use_graph=True,
+                 specialize=True):
         cp = _cp()
         if fused_path(cfg) != "model_step":
             raise ValueError(f"cfg: GraphTrainer needs an attention-only model "
@@ -34,7 +36,8 @@ class GraphTrainer:
         # synchronised first for what the caller queued on other streams (the parameters).
         cp.cuda.Device().synchronize()
         with self.stream:
-            self.buf = StepBuffers(cfg, batch, num_context + 1, dtype, d_draw=input_dim)
+            self.buf = StepBuffers(cfg, batch, num_context + 1, dtype, d_draw=input_dim,
+                                   specialize=specialize)
             self.vec = cb.pack({k: cp.asarray(v) for k, v in params.items()}, cfg, cp).astype(dtype)  # (P,)
             self.m = cp.zeros_like(self.vec)
             self.v = cp.zeros_like(self.vec)

@@ -79,7 +79,7 @@ def kernel_signature(src, kernel_name):
 
 # ----------------------------------------------------------------------------------------------
 def nvcc_compile(src_name, arch, workdir, dtypes=(np.float32, np.float64), nvcc="nvcc",
-                 include_dir=CUDA_DIR):
+                 include_dir=CUDA_DIR, defines=()):
     """Compile `include_dir`/`src_name` (kernels/cupy/cuda/ by default) with plain nvcc (no NVRTC
     definitions: what a profiler's source build sees) to a cubin for sm_`arch`, its templates
     instantiated for `dtypes` by taking their addresses. Returns the cubin's path; ValueError with
@@ -93,7 +93,8 @@ def nvcc_compile(src_name, arch, workdir, dtypes=(np.float32, np.float64), nvcc=
         if refs:
             f.write(f"const void* const instantiated[] = {{{refs}}};\n")
     cubin = wrapper.replace(".cu", f"_sm{arch}.cubin")
-    cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", "-cubin", f"-I{include_dir}", wrapper, "-o", cubin]
+    cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", "-cubin", f"-I{include_dir}", *defines, wrapper,
+           "-o", cubin]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 or not os.path.exists(cubin) or os.path.getsize(cubin) == 0:
         raise ValueError(f"{src_name} (sm_{arch}): nvcc failed (exit {res.returncode}):\n"
@@ -101,7 +102,7 @@ def nvcc_compile(src_name, arch, workdir, dtypes=(np.float32, np.float64), nvcc=
     return cubin
 
 
-def nvrtc_compile(src_name, arch, dtypes=(np.float32, np.float64)):
+def nvrtc_compile(src_name, arch, dtypes=(np.float32, np.float64), defines=()):
     """Compile kernels/cupy/cuda/`src_name` to a cubin for sm_`arch` with NVRTC (cuda.bindings.nvrtc),
     as CuPy would. Returns {name expression: lowered name}; ValueError with the log on failure.
     Needs no GPU: only the NVRTC library (pip packages cuda-bindings and nvidia-cuda-nvrtc-cu12)."""
@@ -125,7 +126,7 @@ def nvrtc_compile(src_name, arch, dtypes=(np.float32, np.float64)):
         exprs = name_expressions(src_name, dtypes)
         for e in exprs:
             check(nvrtc.nvrtcAddNameExpression(prog, e.encode()), f"nvrtcAddNameExpression({e})")
-        opts = [o.encode() for o in compile_options(arch)]
+        opts = [o.encode() for o in compile_options(arch) + tuple(defines)]
         check(nvrtc.nvrtcCompileProgram(prog, len(opts), opts), "nvrtcCompileProgram", prog)
         size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         if not size:

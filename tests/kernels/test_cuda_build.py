@@ -50,6 +50,30 @@ def test_source_compiles_with_plain_nvcc(src, arch, tmp_path):
     assert os.path.getsize(cubin) > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 90])
+def test_model_step_compiles_with_the_shapes_fixed(arch, tmp_path):
+    """model_step.cu with model_step_defines (the form the backend compiles), by NVRTC and by nvcc."""
+    pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings not installed")
+    defines = cb.model_step_defines(cb.model_dims(ModelConfig(num_layers=5, token_clip=0.5), 11))
+    lowered = cb.nvrtc_compile("model_step.cu", arch, (np.float32,), defines=defines)
+    assert sorted(lowered) == ["model_step<float>", "model_step_finish<float>"]
+    if NVCC is not None:
+        assert os.path.getsize(cs.nvcc_compile("model_step.cu", arch, str(tmp_path), (np.float64,),
+                                               defines=defines)) > 0
+
+
+def test_model_step_defines_fix_every_shape_and_flag():
+    dims = cb.model_dims(ModelConfig(num_layers=3, weight_tied=True, y_update=True, num_heads=2,
+                                     key_size=5, first_layer_softmax=True, include_query=True), 9)
+    d = dict(o[2:].split("=") for o in cb.model_step_defines(dims))
+    assert d == {"MS_T": "9", "MS_D": "11", "MS_H": "2", "MS_K": "5", "MS_S": "9", "MS_L": "3",
+                 "MS_TIED": "1", "MS_FSOFT": "1", "MS_SOFT": "0", "MS_CAUSAL": "0", "MS_YUP": "1"}
+    src = cs.source("model_step.cu")
+    for name in d:  # each is used by the kernel, and checked against the launch's arguments
+        assert src.count(name) >= 2, name
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH (CUDA toolkit not installed)")
 def test_nvcc_compile_error_is_reported_with_its_output(tmp_path):
     (tmp_path / "broken.cu").write_text("__global__ void k() { undeclared_name(); }\n")

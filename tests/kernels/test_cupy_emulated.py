@@ -125,8 +125,9 @@ def test_benchmark_script_runs_end_to_end_on_the_emulator(cp, be, tmp_path, caps
     assert set(res["sweep"]) == {"8", "20"}
     for B, r in res["sweep"].items():
         assert np.isfinite(r["graph_step_s"]) and r["grid"] * r["warps_per_block"] * r["tasks_per_warp"] >= int(B)
+    assert res["complete"] is True
     for key in ("compute_s", "one_launch_step_s", "two_launch_step_s", "tail_one_launch_s",
-                "tail_two_launch_s"):
+                "tail_two_launch_s", "generic_one_launch_step_s"):
         assert np.isfinite(res["tail"][key]), key
 
 
@@ -177,8 +178,34 @@ def test_a_run_compiles_only_its_dtype(cp, be, rng, dtype):
     be.loss_and_grads(gpu_tests.dev(cp, params), cp.asarray(tokens), cp.asarray(y), cfg)
     real = cb.real_type(dtype)
     assert FakeRawModule.compiled, "nothing compiled"
-    for src, names in FakeRawModule.compiled:
+    for src, names, _ in FakeRawModule.compiled:
         assert names == sorted(f"{k}<{real}>" for k in cb.KERNELS[src]), src
+
+
+@pytest.mark.parametrize("name", ["softmax_2heads_causal", "tied2"])
+def test_model_step_compiled_for_the_model_shapes_gives_the_generic_bits(cp, be, rng, name):
+    """With specialize=True model_step.cu is built with this model's sizes and flags as constants
+    (model_step_defines; the emulation compiles those -D options too): the same bits as the
+    generic build, which the interface's one-off calls use (and which matches the oracle)."""
+    FakeRawModule.compiled.clear()
+    cfg = gpu_tests.CONFIGS[name]
+    params, tokens, y = gpu_tests.problem(cfg, rng, np.float64, B=9)
+    vec = cb.pack(gpu_tests.dev(cp, params), cfg, cp)
+    out = []
+    for specialize in (False, True):
+        buf = be.StepBuffers(cfg, 9, tokens.shape[1], np.float64, specialize=specialize)
+        g = cp.full(buf.dims.num_params, np.nan)
+        buf.launch_step(vec, cp.asarray(tokens), cp.asarray(y), None, g, 0, None, None,
+                        cp.zeros(1, cp.int32), None)
+        out.append((np.array(g), np.array(buf.stats)))
+    defines = cb.model_step_defines(cb.model_dims(cfg, tokens.shape[1]))
+    assert [c[2] for c in FakeRawModule.compiled if c[0] == "model_step.cu"] == [(), defines]
+    np.testing.assert_array_equal(out[1][0], out[0][0])
+    np.testing.assert_array_equal(out[1][1], out[0][1])
+    _, per_layer, grads = loss_and_grads(params, tokens, y, cfg)
+    assert_close_to_oracle(out[1][1][:cfg.num_layers], per_layer, np.float64, 9 * 9 * 44, "per-layer")
+    for k, v in cb.unpack(out[1][0], cfg).items():
+        assert_close_to_oracle(v, grads[k], np.float64, 9 * 9 * 44, f"grads[{k}]")
 
 
 @pytest.mark.slow
@@ -194,3 +221,22 @@ def test_gpu_smoke_script_passes_on_the_emulator(cp, be, capsys):
     # 2 models x (losses, grads, losses of 3 steps) x 2 dtypes + float64 parameters + 2 extras x 2
     assert len(passed) == 2 * 3 * 2 + 2 + 2 * 2, out
     assert any(line.startswith("SKIP no-such-backend") for line in out)
+
+
+@pytest.mark.slow
+def test_compile_stage_modules_build_and_are_the_ones_the_runs_load(cp, be, rng):
+    """benchmarks/gpu_compile.py's list compiles (here: on the emulator) and holds the modules a
+    fig2 GraphTrainer and a one-off LN/MLP gradient load, so the later stages find them cached."""
+    from benchmarks import gpu_compile
+    items = gpu_compile.modules()
+    for item in items:
+        assert gpu_compile.compile_one(item) >= 0
+    FakeRawModule.compiled.clear()
+    graph.GraphTrainer(init_params(gpu_tests.CONFIGS["fig2"], rng, np.float32), gpu_tests.CONFIGS["fig2"],
+                       AdamConfig(), batch=8, seed=1).run(1)
+    cfg = gpu_tests.CONFIGS["softmax_ln_mlp"]
+    params, tokens, y = gpu_tests.problem(cfg, rng, np.float64, B=3)
+    be.loss_and_grads(gpu_tests.dev(cp, params), cp.asarray(tokens), cp.asarray(y), cfg)
+    listed = {(src, dt, defines) for src, _, dt, defines in items}
+    for src, names, defines in FakeRawModule.compiled:
+        assert (src, "float64" if "double" in names[0] else "float32", defines) in listed, (src, names, defines)

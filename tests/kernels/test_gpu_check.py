@@ -90,18 +90,30 @@ def test_with_a_gpu_every_stage_runs_under_its_timeout_and_is_recorded(bindir, t
     res = run(bindir, out, {"T_SMOKE": "1"})
     assert res.returncode == 1, res.stdout + res.stderr  # a stage timed out
     summary = (out / "summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["1_env", "2_smoke", "3_sanitizer", "4_tests",
-                                                        "5_bench"]
-    assert summary[0].startswith("1_env: ok")
-    assert summary[1] == "2_smoke: TIMED OUT after 1 s"
-    assert summary[2].startswith("3_sanitizer: FAILED (exit 3")  # no compute-sanitizer here
-    assert "compute-sanitizer not found" in (out / "3_sanitizer.log").read_text()
-    assert summary[3].startswith("4_tests: ok") and summary[4].startswith("5_bench: ok")
-    for stage in ("1_env", "2_smoke", "3_sanitizer", "4_tests", "5_bench"):
+    stages = ["1_env", "2_compile", "3_smoke", "4_sanitizer", "5_tests", "6_bench"]
+    assert [line.split(":")[0] for line in summary] == stages
+    assert summary[0].startswith("1_env: ok") and summary[1].startswith("2_compile: ok")
+    assert summary[2] == "3_smoke: TIMED OUT after 1 s"
+    assert summary[3].startswith("4_sanitizer: FAILED (exit 3")  # no compute-sanitizer here
+    assert "compute-sanitizer not found" in (out / "4_sanitizer.log").read_text()
+    assert summary[4].startswith("5_tests: ok") and summary[5].startswith("6_bench: ok")
+    for stage in stages:
         assert (out / f"{stage}.log").read_text().startswith(f"== {stage} (timeout ")
     assert "GPU 0: NVIDIA H100" in (out / "1_env.log").read_text()
     made = calls(bindir)
     assert all(c.startswith("python3 ") for c in made)  # never `python`, never pip
-    assert f"python3 -m benchmarks.bench_cupy --out {out}/bench_cupy.json --sweep" in made
+    assert (f"python3 -m benchmarks.bench_cupy --out {out}/bench_cupy.json --sweep "
+            "--peers jax,torch,numba_cuda,unfused") in made
     assert any(c.startswith("python3 -m pytest -m gpu") for c in made)
-    assert "python3 -m benchmarks.gpu_smoke" in made
+    assert "python3 -m benchmarks.gpu_smoke" in made and "python3 -m benchmarks.gpu_compile" in made
+
+
+def test_default_stage_timeouts_fit_in_nine_minutes():
+    """The stages' default timeouts, each with its kill grace, add up to at most 9 minutes."""
+    import re
+    text = open(SCRIPT).read()
+    stages = re.findall(r"^stage \w+ \"\$(T_\w+)\"", text, re.M)
+    defaults = dict(re.findall(r"^(T_\w+)=\$\{T_\w+:-(\d+)\}", text, re.M))
+    grace = int(re.search(r"^KILL_AFTER=(\d+)", text, re.M).group(1))
+    assert stages == ["T_ENV", "T_COMPILE", "T_SMOKE", "T_SANITIZER", "T_TESTS", "T_BENCH"]
+    assert sum(int(defaults[t]) + grace for t in stages) <= 9 * 60

@@ -25,7 +25,9 @@
 //   last block when rows x (P + L) <= kernels/cupy/build.py REDUCE_IN_KERNEL_ENTRIES, else by a
 //   second launch, model_step_finish (many blocks, SUM_COLUMNS columns each), which also applies
 //   Adam. Every sum has a fixed order: the result depends only on B and the launch shape, which
-//   depends only on the model's shapes and the device's SM count and shared memory.
+//   depends only on the model's shapes and the device's SM count and shared memory. The backend
+//   compiles the source once per model shape with its sizes and flags as constants (MS_* macros,
+//   kernels/cupy/build.py model_step_defines; without them the sizes are read at run time).
 // Parameters are one packed vector in refimpl.params.param_shapes order: per parameter set
 //   p (p = 0 when weight-tied): W_q, W_k, W_v (D, HK), W_p (HK, D).
 #include "attention.cuh"
@@ -227,16 +229,28 @@ __global__ void model_step(
     double lr, double b1, double b2, double eps, double grad_clip) {
     extern __shared__ __align__(16) unsigned char smem[];
     ModelDims m;
+#ifdef MS_T
+    // Compiled for one model (kernels/cupy/build.py model_step_defines): its sizes and flags are
+    // compile-time constants, which the inlined per-task code folds into every loop bound and
+    // offset. A launch with other shapes stops the kernel rather than compute with the wrong ones.
+    if (T != MS_T || D != MS_D || H != MS_H || K != MS_K || S != MS_S || L != MS_L ||
+        tied != MS_TIED || first_softmax != MS_FSOFT || softmax != MS_SOFT || causal != MS_CAUSAL ||
+        y_update != MS_YUP)
+        __trap();
+    m.T = MS_T; m.D = MS_D; m.H = MS_H; m.K = MS_K; m.S = MS_S; m.L = MS_L; m.tied = MS_TIED;
+    m.first_softmax = MS_FSOFT; m.softmax = MS_SOFT; m.causal = MS_CAUSAL; m.y_update = MS_YUP;
+#else
     m.T = T; m.D = D; m.H = H; m.K = K; m.S = S; m.L = L; m.tied = tied;
     m.first_softmax = first_softmax; m.softmax = softmax; m.causal = causal; m.y_update = y_update;
+#endif
     m.lam = lam; m.clip = clip;
     const StepWorkspace w = model_step_workspace(m);
     const int warp_bytes = model_step_warp_bytes(m, d, sizeof(real));
     const int wpb = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     double* wdraw = (double*)(smem + warp * warp_bytes);
     real* ws = (real*)(smem + warp * warp_bytes + 8 * d);
-    const int P = model_num_params(m), G = P + L;
-    const int TD = T * D;
+    const int P = model_num_params(m), G = P + m.L;
+    const int TD = m.T * m.D;
     const int t_step = *step;
 
     for (int e = lane; e < G; e += 32) ws[w.gacc + e] = real(0);
@@ -267,8 +281,8 @@ __global__ void model_step(
     // the warps' shared memory is free now and serves as scratch (blockDim.x reals, then doubles)
     block_sum_columns<real>(partials, gridDim.x, G, 0, G, (real*)smem);
     const double norm = sqrt(block_sumsq<real>(partials, 0, P, (double*)smem));
-    step_outputs<real>(partials, P, L, B, norm, grads_out, stats, apply, params, adam_m, adam_v, step,
-                       t_step, lr, b1, b2, eps, grad_clip);
+    step_outputs<real>(partials, P, m.L, B, norm, grads_out, stats, apply, params, adam_m, adam_v,
+                       step, t_step, lr, b1, b2, eps, grad_clip);
 }
 
 // The end of a step whose partial rows are too many for one block (kernels/cupy/build.py

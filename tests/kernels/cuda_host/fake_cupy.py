@@ -66,8 +66,8 @@ class FakeKernel:
     max_threads_per_block = 512  # as a compiled kernel limited by its registers would report
     num_regs = 96
 
-    def __init__(self, emu, src, kernel, dtype):
-        self.launch = emu(src, kernel, dtype)
+    def __init__(self, emu, src, kernel, dtype, defines=()):
+        self.launch = emu(src, kernel, dtype, defines)
         self.max_dynamic_shared_size_bytes = cb.SMEM_DEFAULT
 
     def __call__(self, grid, block, args, shared_mem=0):
@@ -83,19 +83,21 @@ class FakeKernel:
 class FakeRawModule:
     emulator = None  # set by make_fake_cupy
 
-    compiled = []  # (source, name expressions) of every module made, in order
+    compiled = []  # (source, name expressions, -D options) of every module made, in order
 
     def __init__(self, code, options=(), name_expressions=()):
         src = [s for s in cb.KERNELS if cb.source(s) == code]
         assert len(src) == 1, "code is not one of kernels/cupy/cuda/*.cu"
         self.src = src[0]
         self.names = set(name_expressions)
-        FakeRawModule.compiled.append((self.src, sorted(self.names)))
+        self.defines = tuple(o for o in options if o.startswith("-D"))  # built into the emulation
+        FakeRawModule.compiled.append((self.src, sorted(self.names), self.defines))
 
     def get_function(self, name):
         assert name in self.names, f"{name} was not a name expression"
         kernel, real = name[:-1].split("<")
-        return FakeKernel(self.emulator, self.src, kernel, np.float32 if real == "float" else np.float64)
+        return FakeKernel(self.emulator, self.src, kernel, np.float32 if real == "float" else np.float64,
+                          self.defines)
 
 
 def make_fake_cupy(emulator):
