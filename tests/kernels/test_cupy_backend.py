@@ -108,6 +108,28 @@ def test_model_step_kernel_writes_every_output(cp, backend, rng, dtype, B=1001):
         assert_close_to_oracle(v, grads[k], dtype, 10**5, f"grads[{k}]")
 
 
+def test_step_variants_give_the_same_bits(cp, backend, rng, monkeypatch, B=1001):
+    """model_step compiled generic or for the model's shapes, with the partial rows summed by the
+    last block or by the multi-block launch: the same fixed order of sums, the same bits."""
+    cfg = CONFIGS["deep5_clip"]
+    params, tokens, y = problem(cfg, rng, np.float32, B=B)
+    vec = cb.pack(dev(cp, params), cfg, cp)
+    out = {}
+    for entries in (cb.REDUCE_IN_KERNEL_ENTRIES, 0):
+        monkeypatch.setattr(cb, "REDUCE_IN_KERNEL_ENTRIES", entries)
+        for specialize in (False, True):
+            buf = backend.StepBuffers(cfg, B, tokens.shape[1], np.float32, specialize=specialize)
+            g = cp.full(buf.dims.num_params, np.nan, np.float32)
+            buf.launch_step(vec, cp.asarray(tokens), cp.asarray(y), None, g, 0, None, None,
+                            cp.zeros(1, cp.int32), None)
+            out[entries, specialize] = (cp.asnumpy(g), cp.asnumpy(buf.stats))
+    first = next(iter(out.values()))
+    assert np.all(np.isfinite(first[0])) and np.all(np.isfinite(first[1]))
+    for key, (g, stats) in out.items():
+        np.testing.assert_array_equal(g, first[0], err_msg=str(key))
+        np.testing.assert_array_equal(stats, first[1], err_msg=str(key))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_block_kernels_write_every_output(cp, backend, rng, dtype):
     cfg = CONFIGS["softmax_ln_mlp"]

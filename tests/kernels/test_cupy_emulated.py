@@ -59,6 +59,10 @@ def test_model_step_kernel_writes_every_output(cp, be, rng, dtype):
     gpu_tests.test_model_step_kernel_writes_every_output(cp, be, rng, dtype, B=150)
 
 
+def test_step_variants_give_the_same_bits(cp, be, rng, monkeypatch):
+    gpu_tests.test_step_variants_give_the_same_bits(cp, be, rng, monkeypatch, B=12)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_block_kernels_write_every_output(cp, be, rng, dtype):
     gpu_tests.test_block_kernels_write_every_output(cp, be, rng, dtype)
