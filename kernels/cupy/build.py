@@ -44,7 +44,6 @@ class DeviceLimits:
 # Used when no device is asked (the tests' shapes, CPU checks): an H100 SXM (132 SMs, 227 KiB
 # opt-in per block, 228 KiB per SM; the H200 has the same); the backend asks the device it runs on.
 H100 = DeviceLimits(num_sms=132, smem_optin=227 * 1024, smem_per_sm=228 * 1024)
-SMEM_LIMIT = H100.smem_optin - SMEM_STATIC_RESERVE  # the default device's limit per block
 
 
 # ----------------------------------------------------------------------------------------------

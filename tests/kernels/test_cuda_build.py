@@ -236,3 +236,20 @@ def test_adam_launch():
     assert cb.adam_launch(10**8) == (1024, 256)
     with pytest.raises(ValueError, match="n: expected"):
         cb.adam_launch(0)
+
+
+def test_python_mirrors_of_the_cuda_constants_agree():
+    import re
+    for name, value in (("SUM_COLUMNS", cb.SUM_COLUMNS), ("FINISH_THREADS", cb.FINISH_THREADS)):
+        found = {int(v) for src in cb.KERNELS for v in re.findall(rf"#define {name} (\d+)", cs.source(src))}
+        assert found == {value}, (name, found)
+    # block_add_partials' static scratch holds FINISH_THREADS doubles
+    assert f"__shared__ double scratch[{cb.FINISH_THREADS}]" in cs.source("block.cu")
+
+
+@pytest.mark.parametrize("field, value", [("num_sms", 0), ("smem_optin", 1.5), ("regs_per_sm", -1)])
+def test_device_limits_reject_bad_values(field, value):
+    kw = dict(num_sms=2, smem_optin=1024, smem_per_sm=1024)
+    kw[field] = value
+    with pytest.raises(ValueError, match=f"DeviceLimits.{field}: expected a positive int, got {value!r}"):
+        cb.DeviceLimits(**kw)
