@@ -3,7 +3,7 @@ and peers written for the benchmark (JAX jit, PyTorch eager / torch.compile): on
 and a whole fig2 training (1-layer LSA, 5 000 steps, batch 2048, N = d = 10, online tasks drawn on
 the device). Writes one JSON file with device, driver, versions, shapes and timings.
 
-    python -m benchmarks.bench_cupy [--out FILE] [--steps 5000] [--dtype float32] [--peers jax,torch]
+    python -m benchmarks.bench_cupy --out FILE [--sweep] [--steps 5000] [--dtype float32] [--peers jax,torch]
 
 Definitions (all wall-clock on the host, the GPU synchronised before the clock stops):
   step_s             time per training step when steps are issued one by one from Python
@@ -13,6 +13,14 @@ Definitions (all wall-clock on the host, the GPU synchronised before the clock s
   fig2_s             the whole 5 000-step training (parameters initialised, compiled, warmed up
                      before the clock starts); fig2_logged_s reads the loss back every 100 steps
   speedup_vs[peer]   peer step_s / fused step_s, and the same for fig2_s
+  sweep[B]           (--sweep) graph_step_s: time per fused step by CUDA events around replays of
+                     a graph of graph_steps steps, for B = 256 .. 4096, with the launch shape used
+  tail               (--sweep) at --batch: compute_s, model_step alone (per-task work, warp sums,
+                     partial rows; events over a graph of those launches); one_launch_step_s and
+                     two_launch_step_s, the whole step with the partial rows summed by the last block
+                     or by the multi-block kernel; tail_*_s = step - compute_s (reduction + Adam);
+                     generic_one_launch_step_s, the step from model_step.cu compiled without the
+                     model's shapes as constants (every other number uses the specialised build)
 Exits with status 2 and the reason, writing nothing, when there is no usable GPU.
 """
 import argparse
@@ -36,7 +44,8 @@ FIG2_ADAM = AdamConfig(lr=1e-3, grad_clip=0.001)  # SPEC 3: L <= 2 -> clip 0.001
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench_cupy", description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/cupy_<gpu>.json)")
+    p.add_argument("--out", required=True, help="JSON file to write (outside the working tree, e.g. "
+                   "OUTDIR/bench_cupy.json; a result worth keeping is copied to benchmarks/results/)")
     p.add_argument("--steps", type=int, default=5000, help="steps of the whole training (5000)")
     p.add_argument("--batch", type=int, default=2048, help="tasks per step (2048)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(float32)")
@@ -46,6 +55,9 @@ def parse_args(argv):
     p.add_argument("--graph-steps", type=int, default=100,
                    help="steps captured in one CUDA graph (or one fori_loop) for device_step_s")
     p.add_argument("--seed", type=int, default=0, help="seed of the parameters and batches (0)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time the fused step by CUDA events for B = 256 .. 4096, and its tail")
+    p.add_argument("--sweep-batches", default="256,512,1024,2048,4096", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -138,6 +150,68 @@ def bench_fused(params, args, dtype):
     logged.synchronize()
     res["fig2_logged_s"] = time.perf_counter() - t0
     res["fig2_loss_every_100"] = [loss for _, loss in log]
+    return res
+
+
+def _event_time(launch, n, stream):
+    """Seconds per call of launch() measured by two CUDA events on `stream` around n calls."""
+    import cupy as cp
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record(stream)
+    for _ in range(n):
+        launch()
+    end.record(stream)
+    end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) * 1e-3 / n
+
+
+def _graph_time(tr, launch_once, args):
+    """Seconds per launch_once() from events around replays of a graph of graph_steps of them."""
+    k = args.graph_steps
+    with tr.stream:
+        tr.stream.begin_capture()
+        for _ in range(k):
+            launch_once()
+        g = tr.stream.end_capture()
+    g.upload(tr.stream)
+    g.launch(tr.stream)  # warm-up replay
+    return _event_time(lambda: g.launch(tr.stream), max(1, args.repeats // k), tr.stream) / k
+
+
+def bench_sweep(params, args, dtype):
+    """Time per fused step (CUDA events, replayed graphs) over batch sizes, with launch shapes."""
+    from kernels.cupy import graph
+    out = {}
+    for B in [int(b) for b in args.sweep_batches.split(",")]:
+        tr = graph.GraphTrainer(params, FIG2, FIG2_ADAM, B, args.seed, dtype=dtype)
+        ln = tr.buf.launch
+        out[str(B)] = {"graph_step_s": _graph_time(tr, lambda: tr._launch(apply=1), args),
+                       "grid": ln.grid, "warps_per_block": ln.warps_per_block,
+                       "tasks_per_warp": ln.tasks_per_warp, "finish_in_kernel": ln.finish_in_kernel}
+    return out
+
+
+def bench_tail(params, args, dtype):
+    """The tail (partial rows summed, norm, Adam) against the per-task compute, at --batch."""
+    from kernels.cupy import build as cb
+    from kernels.cupy import graph
+    one = graph.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
+    saved = cb.REDUCE_IN_KERNEL_ENTRIES
+    cb.REDUCE_IN_KERNEL_ENTRIES = 0  # the two-launch step: model_step, then model_step_finish
+    try:
+        two = graph.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype)
+    finally:
+        cb.REDUCE_IN_KERNEL_ENTRIES = saved
+    generic = graph.GraphTrainer(params, FIG2, FIG2_ADAM, args.batch, args.seed, dtype=dtype,
+                                 specialize=False)
+    res = {"one_launch_step_s": _graph_time(one, lambda: one._launch(apply=1), args),
+           "generic_one_launch_step_s": _graph_time(generic, lambda: generic._launch(apply=1), args),
+           "two_launch_step_s": _graph_time(two, lambda: two._launch(apply=1), args),
+           "compute_s": _graph_time(two, lambda: two.buf.launch_step(
+               two.vec, None, None, two.draw, None, 1, two.m, two.v, two.step_dev, two.adam_cfg,
+               stream=two.stream, finish=False), args)}
+    res["tail_one_launch_s"] = res["one_launch_step_s"] - res["compute_s"]
+    res["tail_two_launch_s"] = res["two_launch_step_s"] - res["compute_s"]
     return res
 
 
@@ -253,6 +327,15 @@ def bench_torch(params, args, dtype, compile):
 
 
 # ----------------------------------------------------------------------------------------------
+def _write(out, result):
+    """The JSON so far, written atomically (a temporary file renamed over `out`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     ok, reason = kernels.availability("cupy")
@@ -262,8 +345,7 @@ def main(argv=None):
     dtype = np.dtype(args.dtype)
     params = init_params(FIG2, np.random.default_rng(args.seed), dtype)
     meta = device_meta()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   "cupy_" + meta["name"].replace(" ", "_").lower() + ".json")
+    out = args.out
     peers = [p for p in args.peers.split(",") if p]
     result = {
         "benchmark": "fig2 training step: 1-layer LSA, online tasks drawn on the device",
@@ -274,6 +356,7 @@ def main(argv=None):
         "model": config_to_dict(FIG2), "adam": config_to_dict(FIG2_ADAM),
         "definitions": __doc__.split("Definitions")[1].split("Exits")[0].strip(),
         "results": {},
+        "complete": False,  # True once every part has run
     }
     runs = {"fused_cupy": lambda: bench_fused(params, args, dtype),
             "unfused": lambda: bench_unfused(params, args, dtype),
@@ -289,16 +372,27 @@ def main(argv=None):
             result["results"][name] = fn()
         except Exception as e:  # a failing peer is recorded, never replaced by a number
             result["results"][name] = {"error": f"{type(e).__name__}: {e}"}
+        _write(out, result)  # after every part: a run cut short keeps what it measured
+    if args.sweep:
+        for name, fn in (("sweep", bench_sweep), ("tail", bench_tail)):
+            print(f"bench_cupy: {name} ...", file=sys.stderr, flush=True)
+            try:
+                result[name] = fn(params, args, dtype)
+            except Exception as e:  # recorded, never replaced by a number
+                result[name] = {"error": f"{type(e).__name__}: {e}"}
+            _write(out, result)
     fused = result["results"]["fused_cupy"]
     result["speedup_vs"] = {}
     for name, r in result["results"].items():
-        if name == "fused_cupy" or "step_s" not in r:
+        if name == "fused_cupy" or "step_s" not in r or "step_s" not in fused:
             continue
         result["speedup_vs"][name] = {"step": r["step_s"] / fused["step_s"],
                                       "fig2": r["fig2_s"] / fused["fig2_s"] if "fig2_s" in r else None}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    result["complete"] = True
+    _write(out, result)
+    if "step_s" not in fused:
+        print(f"bench_cupy: the fused step failed: {fused}", file=sys.stderr)
+        return 1
     print(json.dumps({"out": out, "fused_step_us": fused["step_s"] * 1e6, "fused_fig2_s": fused["fig2_s"],
                       "speedup_vs": result["speedup_vs"]}, indent=2))
     return 0

@@ -60,15 +60,40 @@ def _on(stream):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(src):
+def _module(src, real, defines=()):
+    """One source compiled for one real type only (a run compiles just the dtype it uses), with
+    `defines` (-D options, e.g. cb.model_step_defines) added to the compile options."""
     cp = _cp()
-    return cp.RawModule(code=cb.source(src), options=cb.compile_options(),
-                        name_expressions=cb.name_expressions(src))
+    return cp.RawModule(code=cb.source(src), options=cb.compile_options() + tuple(defines),
+                        name_expressions=[f"{k}<{real}>" for k in cb.KERNELS[src]])
 
 
-def kernel(src, kernel_name, dtype, smem_bytes=0):
-    """The compiled `kernel_name<real>` of kernels/cupy/cuda/`src` (compiled once per process)."""
-    k = _module(src).get_function(f"{kernel_name}<{cb.real_type(dtype)}>")
+@functools.lru_cache(maxsize=None)
+def device_limits():
+    """The current device's cb.DeviceLimits (SMs, opt-in shared memory per block and per SM)."""
+    attrs = _cp().cuda.Device().attributes
+    return cb.DeviceLimits(num_sms=int(attrs["MultiProcessorCount"]),
+                           smem_optin=int(attrs["MaxSharedMemoryPerBlockOptin"]),
+                           smem_per_sm=int(attrs["MaxSharedMemoryPerMultiprocessor"]))
+
+
+def smem_limit():
+    """Dynamic shared memory one block may use on this device."""
+    return device_limits().smem_optin - cb.SMEM_STATIC_RESERVE
+
+
+def kernel_limits(*ks):
+    """Launch limits of compiled kernels sharing one launch shape: the fewest threads per block any
+    allows (registers included) and the most registers per thread any uses."""
+    return {"max_threads": min(k.max_threads_per_block for k in ks),
+            "regs_per_thread": max(k.num_regs for k in ks)}
+
+
+def kernel(src, kernel_name, dtype, smem_bytes=0, defines=()):
+    """The compiled `kernel_name<real>` of kernels/cupy/cuda/`src` (compiled once per process,
+    dtype and defines, on first use)."""
+    real = cb.real_type(dtype)
+    k = _module(src, real, tuple(defines)).get_function(f"{kernel_name}<{real}>")
     if smem_bytes > cb.SMEM_DEFAULT and k.max_dynamic_shared_size_bytes < smem_bytes:
         k.max_dynamic_shared_size_bytes = smem_bytes
     return k
@@ -109,12 +134,12 @@ def _check_batch(params, tokens, y, cfg):
 
 def fused_path(cfg, T=None, dtype=np.float32):
     """'model_step', 'blocks' or None (the unfused oracle) for this config and, given T tokens,
-    these shapes: one task's workspace must fit in a block's shared memory (cb.SMEM_LIMIT)."""
+    these shapes: one task's workspace must fit in a block's shared memory (smem_limit())."""
     if cb.model_step_unsupported(cfg) is None:
-        if T is None or cb.model_dims(cfg, T).warp_bytes(0, dtype) <= cb.SMEM_LIMIT:
+        if T is None or cb.model_dims(cfg, T).warp_bytes(0, dtype) <= smem_limit():
             return "model_step"
     if cb.block_unsupported(cfg) is None:
-        if T is None or all(cb.block_dims(cfg, l, T).warp_bytes(dtype) <= cb.SMEM_LIMIT
+        if T is None or all(cb.block_dims(cfg, l, T).warp_bytes(dtype) <= smem_limit()
                             for l in range(cfg.num_layers)):
             return "blocks"
     return None
@@ -125,24 +150,39 @@ def fused_path(cfg, T=None, dtype=np.float32):
 class StepBuffers:
     """Static device buffers of one model_step configuration (B, T, dtype)."""
 
-    def __init__(self, cfg, B, T, dtype, d_draw=0):
+    def __init__(self, cfg, B, T, dtype, d_draw=0, specialize=False):
+        """specialize: compile model_step.cu for this model's shapes (cb.model_step_defines), one
+        more compile per shape; GraphTrainer does, the one-off calls of the interface do not."""
         cp = _cp()
         self.cfg, self.B, self.dtype = cfg, B, np.dtype(dtype)
         self.dims = cb.model_dims(cfg, T)
-        self.launch = cb.model_step_launch(B, self.dims, d_draw, dtype)
+        defines = cb.model_step_defines(self.dims) if specialize else ()
+        k = kernel("model_step.cu", "model_step", dtype, defines=defines)  # compiled on first use
+        self.launch = cb.model_step_launch(B, self.dims, d_draw, dtype, device_limits(), **kernel_limits(k))
         self.partials = cp.empty((self.launch.grid, self.launch.partial_cols), dtype)  # (grid, P+L)
         self.ticket = cp.zeros(1, cp.uint32)
         self.stats = cp.full(self.dims.L + 1, np.nan, dtype)  # per-layer losses, gradient norm
-        self.kernel = kernel("model_step.cu", "model_step", dtype, self.launch.smem_bytes)
+        self.kernel = kernel("model_step.cu", "model_step", dtype, self.launch.smem_bytes, defines)
+        if not self.launch.finish_in_kernel:  # many partial rows: a second, multi-block launch
+            self.block_sums = cp.empty(self.launch.finish_grid, cp.float64)  # (finish_grid,)
+            self.finish = kernel("model_step.cu", "model_step_finish", dtype, defines=defines)
 
     def launch_step(self, params_vec, tokens, targets, draw, grads, apply, m, v, step, adam_cfg,
-                    stream=None):
+                    stream=None, finish=True):
+        """The step's launch(es) on `stream`; finish=False leaves out the multi-block reduction
+        launch of a two-launch step (the benchmark times the per-task part alone that way)."""
         args = cb.model_step_args(self.dims, self.B, self.launch, tokens, targets, draw, params_vec,
                                   self.partials, self.ticket, grads, self.stats, apply, m, v, step,
                                   adam_cfg, self.dtype)
         with _on(stream):  # RawKernel launches on the current stream
             self.kernel((self.launch.grid,), (self.launch.block,), args,
                         shared_mem=self.launch.smem_bytes)
+            if finish and not self.launch.finish_in_kernel:
+                self.finish((self.launch.finish_grid,), (cb.FINISH_THREADS,),
+                            cb.model_step_finish_args(self.dims, self.B, self.launch, self.partials,
+                                                      self.block_sums, self.ticket, grads,
+                                                      self.stats, apply, params_vec, m, v, step,
+                                                      adam_cfg))
 
 
 def _model_step_loss_and_grads(params, tokens, y, cfg):
@@ -167,9 +207,10 @@ def _blocks_loss_and_grads(params, tokens, y, cfg):
     vec = cb.pack(params, cfg, cp)
     grads = cp.zeros(vec.size, dtype)  # the backward kernels add into it
     xs = [cp.ascontiguousarray(tokens)]  # layer inputs (B, T, D), then the output
+    limits = kernel_limits(kernel("block.cu", "block_forward", dtype), kernel("block.cu", "block_backward", dtype))
     for l in range(cfg.num_layers):
         b = cb.block_dims(cfg, l, T)
-        ln = cb.block_launch(B, b, dtype)
+        ln = cb.block_launch(B, b, dtype, device_limits(), **limits)
         w = vec[cb.set_offset(cfg, cfg.param_layer(l)):]
         out = cp.empty_like(xs[-1])
         grid = -(-B // ln.warps_per_block)  # one task per warp
@@ -185,7 +226,7 @@ def _blocks_loss_and_grads(params, tokens, y, cfg):
     for l in reversed(range(cfg.num_layers)):
         dx[:, -1, -1] -= dread[l]
         b = cb.block_dims(cfg, l, T)
-        ln = cb.block_launch(B, b, dtype)
+        ln = cb.block_launch(B, b, dtype, device_limits(), **limits)
         o = cb.set_offset(cfg, cfg.param_layer(l))
         partials = cp.empty((ln.grid, ln.partial_cols), dtype)
         ticket = cp.zeros(1, cp.uint32)
@@ -194,6 +235,9 @@ def _blocks_loss_and_grads(params, tokens, y, cfg):
             (ln.grid,), (ln.block,),
             cb.block_backward_args(b, B, ln, xs[l], vec[o:], dx, dx_in, partials, ticket, grads[o:]),
             shared_mem=ln.smem_bytes)
+        if not ln.finish_in_kernel:  # many partial rows: the multi-block column sums
+            kernel("block.cu", "block_add_partials", dtype)(
+                (ln.finish_grid,), (cb.FINISH_THREADS,), cb.block_add_partials_args(ln, partials, grads[o:]))
         dx = dx_in
     return loss, per_layer, {k: g.copy() for k, g in cb.unpack(grads, cfg).items()}
 

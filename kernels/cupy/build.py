@@ -11,14 +11,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.cupy.sources import (CUDA_DIR, KERNELS, REAL_TYPES, compile_options,  # noqa: F401
-                                  kernel_signature, name_expressions, real_type, source)
+                                  kernel_signature, name_expressions, nvcc_compile, nvrtc_compile,
+                                  real_type, source)
 from kernels.params import pack, param_offsets, unpack  # noqa: F401  (the one packed layout)
 
 SMEM_DEFAULT = 48 * 1024  # dynamic shared memory per block without the opt-in attribute
-SMEM_LIMIT = 96 * 1024  # with it (the launcher sets it above SMEM_DEFAULT): fits sm_80 .. sm_90,
-#                         leaving room for the kernels' few KB of static shared memory
-MAX_WARPS_PER_BLOCK = 8  # the kernels' static scratch holds 256 threads
-TARGET_WARPS = 1024  # ~8 resident warps on each of ~132 SMs: tasks per warp = ceil(B / this)
+SMEM_STATIC_RESERVE = 1024  # the kernels' own static shared memory (a few flags) stays below this
+WARPS_PER_SM = 16  # aim: ~16 resident warps on every SM (latency hiding for the per-task code)
+MAX_WARPS_PER_BLOCK = 32  # 1 024 threads
+REDUCE_IN_KERNEL_ENTRIES = 100_000  # partial entries (rows x columns) the last block sums itself;
+#                                     above, a multi-block reduction kernel does (SUM_COLUMNS each)
+SUM_COLUMNS = 32  # columns per block of the multi-block reductions (common.cuh)
+FINISH_THREADS = 256  # threads per block of model_step_finish / block_add_partials
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What the launch shapes depend on: SMs, the opt-in shared memory per block (the most a kernel
+    may ask for once its attribute is raised) and the shared memory of one SM."""
+    num_sms: int
+    smem_optin: int
+    smem_per_sm: int
+    regs_per_sm: int = 65536  # 32-bit registers of one SM (sm_80 .. sm_90)
+
+    def __post_init__(self):
+        for k in ("num_sms", "smem_optin", "smem_per_sm", "regs_per_sm"):
+            v = getattr(self, k)
+            if type(v) is not int or v < 1:
+                raise ValueError(f"DeviceLimits.{k}: expected a positive int, got {v!r}")
+
+
+# Used when no device is asked (the tests' shapes, CPU checks): an H100 SXM (132 SMs, 227 KiB
+# opt-in per block, 228 KiB per SM; the H200 has the same); the backend asks the device it runs on.
+H100 = DeviceLimits(num_sms=132, smem_optin=227 * 1024, smem_per_sm=228 * 1024)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,6 +107,16 @@ class ModelDims:
         return (b + 15) // 16 * 16
 
 
+def model_step_defines(dims):
+    """NVRTC options fixing model_step.cu's sizes and flags at compile time (one module per model
+    shape): the per-task loops get constant bounds and offsets. model_step stops (__trap) when
+    launched with other shapes."""
+    return tuple(f"-DMS_{k}={v}" for k, v in (
+        ("T", dims.T), ("D", dims.D), ("H", dims.H), ("K", dims.K), ("S", dims.S), ("L", dims.L),
+        ("TIED", dims.tied), ("FSOFT", dims.first_softmax), ("SOFT", dims.softmax),
+        ("CAUSAL", dims.causal), ("YUP", dims.y_update)))
+
+
 def model_dims(cfg, T):
     reason = model_step_unsupported(cfg)
     if reason is not None:
@@ -104,26 +139,49 @@ class Launch:
     tasks_per_warp: int
     smem_bytes: int  # dynamic shared memory per block
     partial_cols: int  # columns of the (grid, cols) partials buffer
+    finish_in_kernel: bool  # the last block sums the partial rows (else a multi-block kernel)
+
+    @property
+    def finish_grid(self):
+        """Blocks of the multi-block reduction (model_step_finish / block_add_partials)."""
+        return -(-self.partial_cols // SUM_COLUMNS)
 
 
-def _task_launch(B, warp_bytes, cols, smem_limit):
-    if warp_bytes > smem_limit:
+def _task_launch(B, warp_bytes, cols, device, max_threads, regs_per_thread):
+    """One warp per task, tasks_per_warp consecutive tasks each. Warps per block: as many as the
+    opt-in shared memory and the kernel's registers allow (max_threads: the compiled kernel's
+    limit per block), at most WARPS_PER_SM; blocks per SM: as many as its shared memory and
+    registers hold, up to WARPS_PER_SM warps; tasks per warp: enough that the grid fits those slots
+    in one wave; then the warps are spread evenly over the SMs (fewer per block when B is small)."""
+    limit = device.smem_optin - SMEM_STATIC_RESERVE
+    if warp_bytes > limit:
         raise ValueError(f"shapes: one task needs {warp_bytes} bytes of shared memory, more than "
-                         f"the limit {smem_limit}")
-    tpw = max(1, -(-B // TARGET_WARPS))
+                         f"the limit {limit}")
+    if max_threads < 32:
+        raise ValueError(f"max_threads: expected at least one warp (32), got {max_threads}")
+    wpb = min(MAX_WARPS_PER_BLOCK, WARPS_PER_SM, limit // warp_bytes, max_threads // 32)
+    by_regs = device.regs_per_sm // (32 * wpb * regs_per_thread) if regs_per_thread else WARPS_PER_SM
+    blocks_per_sm = max(1, min(device.smem_per_sm // (wpb * warp_bytes + SMEM_STATIC_RESERVE),
+                               WARPS_PER_SM // wpb, by_regs))
+    slots = device.num_sms * blocks_per_sm  # blocks resident at once
+    tpw = max(1, -(-B // (slots * wpb)))
     warps_needed = -(-B // tpw)
-    wpb = min(MAX_WARPS_PER_BLOCK, smem_limit // warp_bytes, warps_needed)
-    wpb = 1 << (wpb.bit_length() - 1)  # a power of two
-    grid = -(-B // (wpb * tpw))
+    wpb = min(wpb, -(-warps_needed // slots))  # spread over the SMs
+    grid = -(-warps_needed // wpb)
+    # the last block's reduction uses the warps' shared memory as scratch: a double per thread
+    smem = max(wpb * warp_bytes, 8 * 32 * wpb)
     return Launch(grid=grid, block=32 * wpb, warps_per_block=wpb, tasks_per_warp=tpw,
-                  smem_bytes=wpb * warp_bytes, partial_cols=cols)
+                  smem_bytes=smem, partial_cols=cols,
+                  finish_in_kernel=grid * cols <= REDUCE_IN_KERNEL_ENTRIES)
 
 
-def model_step_launch(B, dims, d, dtype, smem_limit=SMEM_LIMIT):
-    """Launch shape of model_step for B tasks (d: input dims of drawn tasks, 0 when read)."""
+def model_step_launch(B, dims, d, dtype, device=H100, max_threads=1024, regs_per_thread=0):
+    """Launch shape of model_step for B tasks (d: input dims of drawn tasks, 0 when read); the
+    backend passes the compiled kernel's max_threads_per_block and num_regs (0: not counted)."""
     if B < 1:
         raise ValueError(f"B: expected at least one task, got {B}")
-    return _task_launch(B, dims.warp_bytes(d, dtype), dims.num_params + dims.L, smem_limit)
+    return _task_launch(B, dims.warp_bytes(d, dtype), dims.num_params + dims.L, device,
+                        max_threads, regs_per_thread)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,10 +246,12 @@ def block_dims(cfg, layer, T):
                      lam=float(cfg.dampening), clip=float(cfg.token_clip))
 
 
-def block_launch(B, bdims, dtype, smem_limit=SMEM_LIMIT):
+def block_launch(B, bdims, dtype, device=H100, max_threads=1024, regs_per_thread=0):
+    """Launch shape of block_backward (and, one task per warp, block_forward) for B tasks."""
     if B < 1:
         raise ValueError(f"B: expected at least one task, got {B}")
-    return _task_launch(B, bdims.warp_bytes(dtype), bdims.num_params, smem_limit)
+    return _task_launch(B, bdims.warp_bytes(dtype), bdims.num_params, device, max_threads,
+                        regs_per_thread)
 
 
 def adam_launch(n):
@@ -227,9 +287,25 @@ def model_step_args(dims, B, launch, tokens, targets, draw, params, partials, ti
             I32(B), I32(launch.tasks_per_warp),
             null if tokens is None else tokens, null if targets is None else targets,
             I32(draw is not None), U64(seed), I32(N), I32(d), F64(r), F64(s),
-            params, partials, ticket, null if grads is None else grads, stats,
+            params, partials, ticket, I32(launch.finish_in_kernel), null if grads is None else grads, stats,
             I32(apply), null if m is None else m, null if v is None else v, step,
             F64(lr), F64(b1), F64(b2), F64(eps), F64(clip))
+
+
+def model_step_finish_args(dims, B, launch, partials, block_sums, ticket, grads, stats, apply,
+                           params, m, v, step, adam_cfg):
+    """Arguments of model_step_finish (after a model_step launch with finish_in_kernel False)."""
+    lr, b1, b2, eps, clip = ((adam_cfg.lr, adam_cfg.b1, adam_cfg.b2, adam_cfg.eps, adam_cfg.grad_clip)
+                             if adam_cfg is not None else (0.0, 0.0, 0.0, 0.0, 0.0))
+    null = np.uint64(0)
+    return (I32(dims.num_params), I32(dims.L), I32(B), I32(launch.grid), partials, block_sums,
+            ticket, null if grads is None else grads, stats, I32(apply), params,
+            null if m is None else m, null if v is None else v, step, F64(lr), F64(b1), F64(b2),
+            F64(eps), F64(clip))
+
+
+def block_add_partials_args(launch, partials, grads):
+    return (I32(launch.grid), I32(launch.partial_cols), partials, grads)
 
 
 def block_dims_args(b):
@@ -244,7 +320,7 @@ def block_forward_args(b, B, X, W, Xout):
 
 def block_backward_args(b, B, launch, X, W, dXout, dX, partials, ticket, grads):
     return block_dims_args(b) + (I32(B), I32(launch.tasks_per_warp), X, W, dXout, dX, partials,
-                                 ticket, grads)
+                                 ticket, I32(launch.finish_in_kernel), grads)
 
 
 def draw_tasks_args(seed, step, B, N, d, r, s, tokens, targets):
@@ -258,42 +334,3 @@ def adam_sumsq_args(n, g, block_sums):
 def adam_apply_args(n, params, m, v, g, block_sums, step, ticket, norm_out, adam_cfg):
     return (I32(n), params, m, v, g, block_sums, step, ticket, norm_out, F64(adam_cfg.lr),
             F64(adam_cfg.b1), F64(adam_cfg.b2), F64(adam_cfg.eps), F64(adam_cfg.grad_clip))
-
-
-# ----------------------------------------------------------------------------------------------
-def nvrtc_compile(src_name, arch, dtypes=(np.float32, np.float64)):
-    """Compile kernels/cupy/cuda/`src_name` to a cubin for sm_`arch` with NVRTC (cuda.bindings.nvrtc),
-    as CuPy would. Returns {name expression: lowered name}; ValueError with the log on failure.
-    Needs no GPU: only the NVRTC library (pip packages cuda-bindings and nvidia-cuda-nvrtc-cu12)."""
-    from cuda.bindings import nvrtc
-
-    def check(result, what, prog=None):
-        err = result[0]
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            log = ""
-            if prog is not None:
-                _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-                buf = b" " * size
-                nvrtc.nvrtcGetProgramLog(prog, buf)
-                log = buf.decode(errors="replace")
-            raise ValueError(f"{src_name} (sm_{arch}): {what} failed: {err}\n{log}")
-        return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
-
-    prog = check(nvrtc.nvrtcCreateProgram(source(src_name).encode(), src_name.encode(), 0, [], []),
-                 "nvrtcCreateProgram")
-    try:
-        exprs = name_expressions(src_name, dtypes)
-        for e in exprs:
-            check(nvrtc.nvrtcAddNameExpression(prog, e.encode()), f"nvrtcAddNameExpression({e})")
-        opts = [o.encode() for o in compile_options(arch)]
-        check(nvrtc.nvrtcCompileProgram(prog, len(opts), opts), "nvrtcCompileProgram", prog)
-        size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        if not size:
-            raise ValueError(f"{src_name} (sm_{arch}): empty cubin")
-        lowered = {}
-        for e in exprs:
-            name = check(nvrtc.nvrtcGetLoweredName(prog, e.encode()), f"nvrtcGetLoweredName({e})")
-            lowered[e] = name.decode() if isinstance(name, bytes) else str(name)
-        return lowered
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)

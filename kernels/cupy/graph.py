@@ -14,11 +14,13 @@ class GraphTrainer:
 
     The batch of step t (t = Adam steps done so far, kept on the device) is drawn with Philox from
     (seed, t), so the run is reproducible and independent of the graph: `use_graph=False` launches
-    the same kernel eagerly and gives the same numbers.
+    the same kernel eagerly and gives the same numbers. `specialize` compiles model_step.cu for
+    this model's shapes (constant loop bounds; the same numbers as the generic build).
     """
 
     def __init__(self, params, cfg, adam_cfg, batch, seed, num_context=10, input_dim=10,
-                 input_range=1.0, weight_scale=1.0, dtype=np.float32, use_graph=True):
+                 input_range=1.0, weight_scale=1.0, dtype=np.float32, use_graph=True,
+                 specialize=True):
         cp = _cp()
         if fused_path(cfg) != "model_step":
             raise ValueError(f"cfg: GraphTrainer needs an attention-only model "
@@ -26,13 +28,20 @@ class GraphTrainer:
         if cfg.token_dim != input_dim + 1:
             raise ValueError(f"cfg.token_dim: expected input_dim + 1 = {input_dim + 1}, got {cfg.token_dim}")
         self.cfg, self.adam_cfg, self.dtype = cfg, adam_cfg, np.dtype(dtype)
-        self.buf = StepBuffers(cfg, batch, num_context + 1, dtype, d_draw=input_dim)
-        self.vec = cb.pack({k: cp.asarray(v) for k, v in params.items()}, cfg, cp).astype(dtype)  # (P,)
-        self.m = cp.zeros_like(self.vec)
-        self.v = cp.zeros_like(self.vec)
-        self.step_dev = cp.zeros(1, cp.int32)
         self.draw = (int(seed), int(num_context), int(input_dim), float(input_range), float(weight_scale))
         self.stream = cp.cuda.Stream(non_blocking=True)
+        # Every buffer is made and filled on self.stream, the stream the step runs on: a
+        # non-blocking stream does not wait for the legacy default stream, so a vector written
+        # there could still be in flight when the first launch reads it. The device is
+        # synchronised first for what the caller queued on other streams (the parameters).
+        cp.cuda.Device().synchronize()
+        with self.stream:
+            self.buf = StepBuffers(cfg, batch, num_context + 1, dtype, d_draw=input_dim,
+                                   specialize=specialize)
+            self.vec = cb.pack({k: cp.asarray(v) for k, v in params.items()}, cfg, cp).astype(dtype)  # (P,)
+            self.m = cp.zeros_like(self.vec)
+            self.v = cp.zeros_like(self.vec)
+            self.step_dev = cp.zeros(1, cp.int32)
         self.graph = None
         self.steps_done = 0
         # warm-up (compiles and loads the kernel): gradients only, the state is not touched

@@ -8,7 +8,12 @@ Parameters and the Adam moments live in one flat device vector each; the {name: 
 backend hands out are `DeviceParams`, whose values are views of that vector, so a training step
 does no packing and no host round trip except the scalar loss it returns.
 
-Kernels: kernels/numba/gpu_kernels.py (launch shapes there).
+Kernels: attention-only models (the paper's LSA and its softmax / tied / deep / clipped variants)
+take their loss and gradients from kernels/numba/gpu_warp.py, one warp per task with the workspace
+in shared memory (host side kernels/numba/gpu_warp_host.py); every other model, and model_forward /
+model_backward, from the thread-per-task kernels of kernels/numba/gpu_kernels.py (launch shapes
+there). The reduction, norm and Adam kernels are shared. A training step allocates nothing on the
+device and waits for it once, to read the loss and the gradient norm back.
 """
 import numpy as np
 from numba import cuda
@@ -19,9 +24,10 @@ from refimpl.params import check_params, param_shapes
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array
 
+from kernels.numba import gpu_warp_host as gpu_warp
 from kernels.numba.adam import adam_hyper
 from kernels.numba.gpu_kernels import (GROUP, MODE_BACKWARD, MODE_FORWARD, MODE_LOSS, NORM_TPB, TPB,
-                                       simulated, kernels)
+                                       kernels, simulated, task_kernel)
 from kernels.numba.layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan
 from kernels.params import pack, pack_like, unpack, unpack_like
 
@@ -115,6 +121,13 @@ class _Plan:
         self.sumsq = cuda.device_array(1, np.float64)
         self.factor = cuda.device_array(1, dtype)
         self.dtype = np.dtype(dtype)
+        # the reduction's buffers, made once: two ping-pong row blocks, the gradient and the sums
+        # of squared errors (a training step allocates nothing on the device)
+        groups = -(-B // GROUP)
+        self.red = (cuda.device_array(groups * max(self.NP, self.L), dtype),
+                    cuda.device_array(-(-groups // GROUP) * max(self.NP, self.L), dtype))
+        self.g = cuda.device_array(self.NP, dtype)
+        self.sqe_sum = cuda.device_array(self.L, dtype)
 
 
 _PLANS = {}
@@ -124,20 +137,19 @@ def plan(cfg, T, B, dtype):
     return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=8)
 
 
-def column_sums(rows_buf, rows, cols):
-    """Sum a flat (rows, cols) device buffer over rows by the fixed-order tree of reduce_kernel."""
+def column_sums(rows_buf, rows, cols, out, scratch):
+    """Sum a flat (rows, cols) device buffer over rows into `out` (cols,) by the fixed-order tree of
+    reduce_kernel; scratch: two device buffers of at least ceil(rows / GROUP) * cols entries."""
     k = kernels()["reduce"]
-    cur, n = rows_buf, rows
+    cur, n, i = rows_buf, rows, 0
     while n > 1:
         groups = -(-n // GROUP)
-        out = cuda.device_array(groups * cols, rows_buf.dtype)
-        k[(-(-cols // 128), groups), 128](cur, n, cols, GROUP, out)
-        cur, n = out, groups
-    if cur is rows_buf:  # a single row: copy so the caller owns the result
-        out = cuda.device_array(cols, rows_buf.dtype)
-        out.copy_to_device(cur)
-        cur = out
-    return cur
+        dst = out if groups == 1 else scratch[i % 2]
+        k[(-(-cols // 128), groups), 128](cur, n, cols, GROUP, dst)
+        cur, n, i = dst, groups, i + 1
+    if cur is rows_buf:  # a single row
+        out.copy_to_device(rows_buf[:cols])
+    return out
 
 
 def _device_tokens(tokens, cfg, dtype):
@@ -165,7 +177,7 @@ def _device_vector(y, B, dtype, name):
 
 def _launch(mode, pl, tok, y, dr, pv, dtok):
     B = tok.shape[0]
-    kernels()["task"][-(-B // TPB), TPB](mode, tok, y, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.ws,
+    task_kernel(mode)[-(-B // TPB), TPB](tok, y, dr, pv, pl.ii, pl.lay, pl.cst, pl.pe, pl.ws,
                                          pl.rd, pl.G, pl.sqe, dtok)
 
 
@@ -191,25 +203,58 @@ def model_backward(dreadouts, cache):
         dr = cuda.to_device(np.ascontiguousarray(dreadouts, dtype=pv.dtype))
     dtok = cuda.to_device(np.full(tok.shape, np.nan, pv.dtype))  # (B, T, D_in)
     _launch(MODE_BACKWARD, pl, tok, pl.y0, dr, pv, dtok)
-    return dtok, _views(column_sums(pl.G, B, pl.NP), cfg)
+    g = column_sums(pl.G, B, pl.NP, cuda.device_array(pl.NP, pv.dtype), pl.red)
+    return dtok, _views(g, cfg)
 
 
-def _loss_grads_flat(pv, tok, y, cfg):
-    """(per-layer losses on the host (L,), flat gradient on the device)."""
+def _loss_grads_launch(pv, tok, y, cfg):
+    """Queue the loss and gradient kernels: the flat gradient lands in plan.g, the per-task squared
+    errors summed in plan.sqe_sum (L,). Returns the plan; nothing is copied to the host."""
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, pv.dtype)
     _launch(MODE_LOSS, pl, tok, y, pl.dr, pv, pl.no_dtok)
-    g = column_sums(pl.G, B, pl.NP)
-    sums = column_sums(pl.sqe, B, pl.L).copy_to_host()  # the only host copy: L scalars
-    per_layer = (0.5 * sums / B).astype(pv.dtype)
-    return per_layer, g
+    column_sums(pl.G, B, pl.NP, pl.g, pl.red)
+    column_sums(pl.sqe, B, pl.L, pl.sqe_sum, pl.red)
+    return pl
+
+
+_WARP_PLANS = {}
+
+
+def warp_plan(cfg, T, B, dtype):
+    return cached_plan(_WARP_PLANS, lambda *a: gpu_warp.WarpPlan(*a, simulated(), GROUP), cfg, T, B,
+                       dtype, limit=8)
+
+
+def _warp_loss_grads_launch(pv, tok, y, cfg):
+    """Attention-only models: one warp per task (kernels/numba/gpu_warp.py), then the fixed-order
+    column sums of the blocks' partial rows. plan.g holds the gradients and the sums of 0.5 r_l^2."""
+    B, T, _ = tok.shape
+    pl = warp_plan(cfg, T, B, pv.dtype)
+    pl.launch_step(tok, y, pv)
+    column_sums(pl.partials, pl.launch.grid, pl.NP + pl.L, pl.g, pl.red)
+    return pl
+
+
+def _per_layer(pl):
+    """Per-layer losses on the host: L scalars copied back (waits for the queue)."""
+    if isinstance(pl, gpu_warp.WarpPlan):
+        return (pl.g[pl.NP:].copy_to_host() / pl.B).astype(pl.dtype)
+    return (0.5 * pl.sqe_sum.copy_to_host() / pl.B).astype(pl.dtype)
+
+
+def _grads(pl):
+    """The flat gradient (P,) on the device, in the plan's buffer."""
+    return pl.g[:pl.NP] if isinstance(pl, gpu_warp.WarpPlan) else pl.g
 
 
 def loss_and_grads(params, tokens, y, cfg):
     pv = _flat(params, cfg)
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    per_layer, g = _loss_grads_flat(pv, tok, yd, cfg)
+    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
+    g = _copy(_grads(pl))  # the caller's own gradient: the plan's buffer is reused by the next call
+    per_layer = _per_layer(pl)
     return per_layer[-1], per_layer, _views(g, cfg)
 
 
@@ -250,12 +295,13 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     m, v = _copy(_flat(state["m"], cfg)), _copy(_flat(state["v"], cfg))
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    per_layer, g = _loss_grads_flat(pv, tok, yd, cfg)
-    pl = plan(cfg, tok.shape[1], tok.shape[0], pv.dtype)
+    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
     t = state["t"] + 1
-    _adam_flat(pv, g, m, v, t, adam_cfg, pl.sumsq, pl.factor)
-    # the norm as the device computed it (inf where its sum of squares overflowed): the training
-    # loop's divergence check reads it, so an overflow stops the run instead of zeroing the update
+    _adam_flat(pv, _grads(pl), m, v, t, adam_cfg, pl.sumsq, pl.factor)
+    # the host waits once, after every kernel of the step is queued: the losses, then the norm as
+    # the device computed it (inf where its sum of squares overflowed: the training loop's
+    # divergence check reads it, so an overflow stops the run instead of zeroing the update)
+    per_layer = _per_layer(pl)
     norm = float(np.sqrt(pl.sumsq.copy_to_host()[0]))
     return _views(pv, cfg), {"t": t, "m": _views(m, cfg), "v": _views(v, cfg), "grad_norm": norm}, per_layer[-1]
 
@@ -263,7 +309,10 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent device buffer with `value` (tests poison them with NaN)."""
     pl = plan(cfg, num_tokens, batch, dtype)
-    for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor):
+    bufs = (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor, pl.g, pl.sqe_sum, *pl.red)
+    if gpu_warp.supported(cfg):
+        bufs += warp_plan(cfg, num_tokens, batch, dtype).buffers()
+    for a in bufs:
         a.copy_to_device(np.full(a.shape, value, a.dtype))
 
 

@@ -3,7 +3,9 @@
 Kernels (launch shapes):
     task_kernel       one thread per task (blocks of TPB threads): the per-task forward/backward of
                       kernels/numba/model.py (the very functions numba-cpu runs), each task writing
-                      its own gradient row G[b] (B, P) and workspace; no atomics
+                      its own gradient row G[b] (B, P) and workspace; no atomics. One kernel per
+                      mode (forward; forward + backward; loss + backward), each compiled on its
+                      first launch: a training run compiles only the loss + backward one
     reduce_kernel     column sums of a (R, P) row block in groups of GROUP rows, each group summed in
                       row order; applied until one row is left: a fixed-order tree (deterministic)
     norm_kernel       one block of NORM_TPB threads: strided partial sums then a shared-memory tree,
@@ -38,17 +40,30 @@ _KERNELS = {}
 
 
 def kernels():
-    """Build the kernels on first use (no work at import). Returns a dict of launchable kernels."""
+    """Build the vector kernels on first use (no work at import). Returns a dict of them."""
     if not _KERNELS:
-        _KERNELS.update(task=_task_kernel(), **_vector_kernels())
+        _KERNELS.update(**_vector_kernels())
     return _KERNELS
 
 
-def _task_kernel():
+_TASK_KERNELS = {}
+
+
+def task_kernel(mode):
+    """The task kernel of one mode (MODE_FORWARD, MODE_BACKWARD or MODE_LOSS), built on first use:
+    the mode is a compile-time constant, so each kernel holds only its own path."""
+    if mode not in (MODE_FORWARD, MODE_BACKWARD, MODE_LOSS):
+        raise ValueError(f"mode: expected one of {MODE_FORWARD}, {MODE_BACKWARD}, {MODE_LOSS}, got {mode!r}")
+    if mode not in _TASK_KERNELS:
+        _TASK_KERNELS[mode] = _task_kernel(mode)
+    return _TASK_KERNELS[mode]
+
+
+def _task_kernel(mode):
     """task_kernel: one thread per task running kernels/numba/model.py's per-task code."""
     from kernels.numba.model import task_backward, task_forward, task_loss_backward
 
-    def task_body(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+    def task_body(b, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
         W, NP = ii[I_W_SIZE], ii[I_NP]
         w0, g0 = b * W, b * NP
         if mode != MODE_FORWARD:
@@ -70,19 +85,19 @@ def _task_kernel():
             return a._item._ary if hasattr(a, "_item") else a
 
         @cuda.jit
-        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+        def task_kernel(tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
             b = cuda.grid(1)
             if b < tok.shape[0]:
-                task_body(b, mode, *[unwrap(a) for a in (tok, y, dr, pv, ii, lay, cst, pe, ws, rd,
-                                                         G, sqe, dtok)])
+                task_body(b, *[unwrap(a) for a in (tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe,
+                                                   dtok)])
     else:
         task_device = cuda.jit(device=True)(task_body)
 
         @cuda.jit
-        def task_kernel(mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
+        def task_kernel(tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok):
             b = cuda.grid(1)
             if b < tok.shape[0]:
-                task_device(b, mode, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok)
+                task_device(b, tok, y, dr, pv, ii, lay, cst, pe, ws, rd, G, sqe, dtok)
     return task_kernel
 
 

@@ -108,12 +108,35 @@ def test_model_step_kernel_writes_every_output(cp, backend, rng, dtype, B=1001):
         assert_close_to_oracle(v, grads[k], dtype, 10**5, f"grads[{k}]")
 
 
+def test_step_variants_give_the_same_bits(cp, backend, rng, monkeypatch, B=1001):
+    """model_step compiled generic or for the model's shapes, with the partial rows summed by the
+    last block or by the multi-block launch: the same fixed order of sums, the same bits."""
+    cfg = CONFIGS["deep5_clip"]
+    params, tokens, y = problem(cfg, rng, np.float32, B=B)
+    vec = cb.pack(dev(cp, params), cfg, cp)
+    out = {}
+    for entries in (cb.REDUCE_IN_KERNEL_ENTRIES, 0):
+        monkeypatch.setattr(cb, "REDUCE_IN_KERNEL_ENTRIES", entries)
+        for specialize in (False, True):
+            buf = backend.StepBuffers(cfg, B, tokens.shape[1], np.float32, specialize=specialize)
+            g = cp.full(buf.dims.num_params, np.nan, np.float32)
+            buf.launch_step(vec, cp.asarray(tokens), cp.asarray(y), None, g, 0, None, None,
+                            cp.zeros(1, cp.int32), None)
+            out[entries, specialize] = (cp.asnumpy(g), cp.asnumpy(buf.stats))
+    first = next(iter(out.values()))
+    assert np.all(np.isfinite(first[0])) and np.all(np.isfinite(first[1]))
+    for key, (g, stats) in out.items():
+        np.testing.assert_array_equal(g, first[0], err_msg=str(key))
+        np.testing.assert_array_equal(stats, first[1], err_msg=str(key))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_block_kernels_write_every_output(cp, backend, rng, dtype):
     cfg = CONFIGS["softmax_ln_mlp"]
     params, tokens, _ = problem(cfg, rng, dtype, B=45)
     b = cb.block_dims(cfg, 0, tokens.shape[1])
-    ln = cb.block_launch(45, b, dtype)
+    ln = cb.block_launch(45, b, dtype, backend.device_limits(), **backend.kernel_limits(
+        backend.kernel("block.cu", "block_forward", dtype), backend.kernel("block.cu", "block_backward", dtype)))
     vec = cb.pack(dev(cp, params), cfg, cp)
     X = cp.asarray(tokens)
     out = cp.full_like(X, np.nan)
@@ -122,11 +145,14 @@ def test_block_kernels_write_every_output(cp, backend, rng, dtype):
         shared_mem=ln.smem_bytes)
     dX = cp.full_like(X, np.nan)
     grads = cp.zeros(b.num_params, dtype)
+    partials = cp.full((ln.grid, ln.partial_cols), np.nan, dtype)
     backend.kernel("block.cu", "block_backward", dtype, ln.smem_bytes)(
         (ln.grid,), (ln.block,),
         cb.block_backward_args(b, 45, ln, X, vec, cp.asarray(rng.standard_normal(X.shape).astype(dtype)),
-                               dX, cp.full((ln.grid, ln.partial_cols), np.nan, dtype),
-                               cp.zeros(1, cp.uint32), grads), shared_mem=ln.smem_bytes)
+                               dX, partials, cp.zeros(1, cp.uint32), grads), shared_mem=ln.smem_bytes)
+    if not ln.finish_in_kernel:
+        backend.kernel("block.cu", "block_add_partials", dtype)(
+            (ln.finish_grid,), (cb.FINISH_THREADS,), cb.block_add_partials_args(ln, partials, grads))
     assert np.all(np.isfinite(cp.asnumpy(out))) and np.all(np.isfinite(cp.asnumpy(dX)))
     assert np.all(np.isfinite(cp.asnumpy(grads)))
 

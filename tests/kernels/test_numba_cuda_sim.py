@@ -40,6 +40,18 @@ def test_numba_cuda_matches_oracle_under_simulator():
     assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
 
 
+@pytest.mark.slow
+def test_numba_cuda_warp_kernel_matches_oracle_under_simulator():
+    """tests/kernels/test_numba_cuda_warp.py (one warp per task) under the simulator."""
+    reason = _numba_cuda_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_cuda_warp.py"],
+             {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
 PTX_SCRIPT = textwrap.dedent("""
     from types import SimpleNamespace
     import numba.cuda.dispatcher as dispatcher
@@ -47,6 +59,8 @@ PTX_SCRIPT = textwrap.dedent("""
     # Device functions ask the current device for its compute capability; there is none here.
     dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
     import kernels.numba.gpu as nc
+    import kernels.numba.gpu_kernels as gk
+    import kernels.numba.gpu_warp as gw
     from kernels.numba.adam import AdamHyper
     ks = nc.kernels()
     f64 = nt.Array(nt.float64, 1, "C")
@@ -55,11 +69,18 @@ PTX_SCRIPT = textwrap.dedent("""
         i1, i2 = nt.Array(nt.int64, 1, "C"), nt.Array(nt.int64, 2, "C")
         sigs = {"reduce": (a1, nt.int64, nt.int64, nt.int64, a1), "norm": (a1, nt.float64, f64, a1),
                 "adam": (a1, a1, a1, a1, nt.NamedUniTuple(f, 9, AdamHyper), a1)}
-        if with_task:
-            sigs["task"] = (nt.int64, a3, a1, a2, a1, i1, i2, a1, a2, a1, a2, a1, a1, a3)
-        assert set(sigs) <= set(ks), sorted(ks)
+        fns = dict(ks)
+        if with_task:  # the training kernel (loss + backward) and forward + backward
+            task_sig = (a3, a1, a2, a1, i1, i2, a1, a2, a1, a2, a1, a1, a3)
+            for mode in (gk.MODE_LOSS, gk.MODE_BACKWARD):
+                sigs[f"task{mode}"] = task_sig
+                fns[f"task{mode}"] = gk.task_kernel(mode)
+        assert set(sigs) <= set(fns), sorted(fns)
+        # one warp per task (attention-only models), both dtypes
+        sigs["warp"] = (a3, a1, a1, i1, a1, nt.int64, nt.int64, a1)
+        fns["warp"] = gw.warp_step_kernel("float32" if f == nt.float32 else "float64")
         for name, sig in sigs.items():
-            ptx, _ = cuda.compile_ptx(ks[name].py_func, sig, cc=(9, 0))
+            ptx, _ = cuda.compile_ptx(fns[name].py_func, sig, cc=(9, 0))
             assert ".target sm_90" in ptx, name
             print("compiled", name, f, len(ptx))
     print("kernels", sorted(ks))
@@ -68,7 +89,8 @@ PTX_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_every_numba_cuda_kernel_compiles_to_ptx():
-    """task (float32: the per-task code is dtype-generic) and the small kernels in both dtypes."""
+    """The task kernels of two modes (float32: the per-task code is dtype-generic), the warp-per-task
+    kernel and the small kernels in both dtypes."""
     reason = _numba_cuda_reason()
     if reason:
         pytest.skip(reason)
@@ -76,7 +98,7 @@ def test_every_numba_cuda_kernel_compiles_to_ptx():
     if r.returncode != 0 and "NVVM" in (r.stderr + r.stdout) and "not found" in (r.stderr + r.stdout):
         pytest.skip("NVVM (libnvvm from the cu12 extra) not found: " + r.stderr[-500:])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("compiled") == 7, r.stdout
+    assert r.stdout.count("compiled") == 10, r.stdout
 
 
 def _gpu_reason():

@@ -3,6 +3,10 @@
 // Mirrors refimpl/attention.py lsa_forward/backward and softmax_attention_forward/backward.
 // Layouts (row-major): X (T, D); Q (T, HK); Kt, V (S, HK); P (H, T, S) scores or probabilities;
 // O (T, HK); U = O W_p (T, D). Weights (in, out): W_q, W_k, W_v (D, HK); W_p (HK, D).
+// Query rows: only rows t >= q0 of Q, P, O, U (forward) and of dO, dP, dQ (backward) are computed
+// (q0 = 0: all). The last layer of a model needs only its query row (q0 = T - 1): the keys and
+// values are full, every query-side product is one row, and the backward takes dU = 0 on the
+// rows it skips (true there: only the query's label reaches the loss).
 #pragma once
 #include "common.cuh"
 
@@ -10,25 +14,27 @@ struct AttnDims {
     int T, D, H, K, S;  // tokens, width, heads, key size, keys (the first S tokens)
     int softmax;        // 0: linear attention, 1: softmax over keys with scores / sqrt(K)
     int causal;         // softmax only: query t sees keys s <= t
+    int q0;             // first query row computed (0: all T rows)
 };
 
 template <typename real>
 HD void attention_forward(int ln, int nl, const AttnDims& a, const real* X,
                           const real* Wq, const real* Wk, const real* Wv, const real* Wp,
                           real* Q, real* Kt, real* V, real* P, real* O, real* U) {
-    const int HK = a.H * a.K, T = a.T, S = a.S, K = a.K;
-    warp_matmul<real>(ln, nl, T, HK, a.D, X, a.D, 1, Wq, HK, 1, Q, HK, false);   // Q = X W_q
+    const int HK = a.H * a.K, T = a.T, S = a.S, K = a.K, q0 = a.q0, TQ = a.T - a.q0;
+    warp_matmul<real>(ln, nl, TQ, HK, a.D, X + q0 * a.D, a.D, 1, Wq, HK, 1, Q + q0 * HK, HK, false);  // Q = X W_q
     warp_matmul<real>(ln, nl, S, HK, a.D, X, a.D, 1, Wk, HK, 1, Kt, HK, false);  // K = C W_k
     warp_matmul<real>(ln, nl, S, HK, a.D, X, a.D, 1, Wv, HK, 1, V, HK, false);   // V = C W_v
     warp_sync();
-    for (int h = 0; h < a.H; ++h)  // scores^h = Q^h K^h^T (T, S)
-        warp_matmul<real>(ln, nl, T, S, K, Q + h * K, HK, 1, Kt + h * K, 1, HK, P + h * T * S, S, false);
+    for (int h = 0; h < a.H; ++h)  // scores^h = Q^h K^h^T (T, S), rows q0..
+        warp_matmul<real>(ln, nl, TQ, S, K, Q + q0 * HK + h * K, HK, 1, Kt + h * K, 1, HK,
+                          P + h * T * S + q0 * S, S, false);
     warp_sync();
     if (a.softmax) {
         const real sq = (real)sqrt((double)K);
-        for (int r = ln; r < a.H * T; r += nl) {
-            real* row = P + r * S;
-            const int t = r % T;
+        for (int r = ln; r < a.H * TQ; r += nl) {
+            const int h = r / TQ, t = q0 + r % TQ;
+            real* row = P + (h * T + t) * S;
             const int n = a.causal ? (t + 1 < S ? t + 1 : S) : S;  // visible keys
             real mx = row[0] / sq;
             for (int s = 0; s < n; ++s) { row[s] = row[s] / sq; mx = row[s] > mx ? row[s] : mx; }
@@ -39,10 +45,11 @@ HD void attention_forward(int ln, int nl, const AttnDims& a, const real* X,
         }
         warp_sync();
     }
-    for (int h = 0; h < a.H; ++h)  // O^h = P^h V^h (T, K)
-        warp_matmul<real>(ln, nl, T, K, S, P + h * T * S, S, 1, V + h * K, HK, 1, O + h * K, HK, false);
+    for (int h = 0; h < a.H; ++h)  // O^h = P^h V^h (T, K), rows q0..
+        warp_matmul<real>(ln, nl, TQ, K, S, P + h * T * S + q0 * S, S, 1, V + h * K, HK, 1,
+                          O + q0 * HK + h * K, HK, false);
     warp_sync();
-    warp_matmul<real>(ln, nl, T, a.D, HK, O, HK, 1, Wp, a.D, 1, U, a.D, false);  // U = O W_p
+    warp_matmul<real>(ln, nl, TQ, a.D, HK, O + q0 * HK, HK, 1, Wp, a.D, 1, U + q0 * a.D, a.D, false);  // U = O W_p
     warp_sync();
 }
 
@@ -53,20 +60,26 @@ HD void attention_backward(int ln, int nl, const AttnDims& a, const real* X,
                            const real* Q, const real* Kt, const real* V, const real* P, const real* O,
                            const real* dU, real* dO, real* dP, real* dQ, real* dK, real* dV,
                            real* gWq, real* gWk, real* gWv, real* gWp, real* dXin) {
-    const int HK = a.H * a.K, T = a.T, S = a.S, K = a.K, D = a.D;
-    warp_matmul<real>(ln, nl, HK, D, T, O, 1, HK, dU, D, 1, gWp, D, true);   // dW_p += O^T dU
-    warp_matmul<real>(ln, nl, T, HK, D, dU, D, 1, Wp, 1, D, dO, HK, false);  // dO = dU W_p^T
+    const int HK = a.H * a.K, T = a.T, S = a.S, K = a.K, D = a.D, q0 = a.q0, TQ = a.T - a.q0;
+    const real* Oq = O + q0 * HK;
+    const real* dUq = dU + q0 * D;
+    real* dOq = dO + q0 * HK;
+    warp_matmul<real>(ln, nl, HK, D, TQ, Oq, 1, HK, dUq, D, 1, gWp, D, true);   // dW_p += O^T dU
+    warp_matmul<real>(ln, nl, TQ, HK, D, dUq, D, 1, Wp, 1, D, dOq, HK, false);  // dO = dU W_p^T
     warp_sync();
     for (int h = 0; h < a.H; ++h) {
-        warp_matmul<real>(ln, nl, T, S, K, dO + h * K, HK, 1, V + h * K, 1, HK, dP + h * T * S, S, false);
-        warp_matmul<real>(ln, nl, S, K, T, P + h * T * S, 1, S, dO + h * K, HK, 1, dV + h * K, HK, false);
+        const real* Pq = P + h * T * S + q0 * S;
+        warp_matmul<real>(ln, nl, TQ, S, K, dOq + h * K, HK, 1, V + h * K, 1, HK, dP + h * T * S + q0 * S,
+                          S, false);                                                  // dP = dO V^T
+        warp_matmul<real>(ln, nl, S, K, TQ, Pq, 1, S, dOq + h * K, HK, 1, dV + h * K, HK, false);  // dV = P^T dO
     }
     warp_sync();
     if (a.softmax) {  // dS = P (dP - sum_s dP P) / sqrt(K); masked keys have P = 0
         const real sq = (real)sqrt((double)K);
-        for (int r = ln; r < a.H * T; r += nl) {
-            const real* p = P + r * S;
-            real* g = dP + r * S;
+        for (int r = ln; r < a.H * TQ; r += nl) {
+            const int row = (r / TQ) * T + q0 + r % TQ;
+            const real* p = P + row * S;
+            real* g = dP + row * S;
             real dot = real(0);
             for (int s = 0; s < S; ++s) dot += g[s] * p[s];
             for (int s = 0; s < S; ++s) g[s] = (p[s] * (g[s] - dot)) / sq;
@@ -74,17 +87,19 @@ HD void attention_backward(int ln, int nl, const AttnDims& a, const real* X,
         warp_sync();
     }
     for (int h = 0; h < a.H; ++h) {
-        warp_matmul<real>(ln, nl, T, K, S, dP + h * T * S, S, 1, Kt + h * K, HK, 1, dQ + h * K, HK, false);
-        warp_matmul<real>(ln, nl, S, K, T, dP + h * T * S, 1, S, Q + h * K, HK, 1, dK + h * K, HK, false);
+        const real* dPq = dP + h * T * S + q0 * S;
+        warp_matmul<real>(ln, nl, TQ, K, S, dPq, S, 1, Kt + h * K, HK, 1, dQ + q0 * HK + h * K, HK, false);
+        warp_matmul<real>(ln, nl, S, K, TQ, dPq, 1, S, Q + q0 * HK + h * K, HK, 1, dK + h * K, HK, false);
     }
     warp_sync();
-    warp_matmul<real>(ln, nl, D, HK, T, X, 1, D, dQ, HK, 1, gWq, HK, true);  // dW_q += X^T dQ
+    warp_matmul<real>(ln, nl, D, HK, TQ, X + q0 * D, 1, D, dQ + q0 * HK, HK, 1, gWq, HK, true);  // dW_q += X^T dQ
     warp_matmul<real>(ln, nl, D, HK, S, X, 1, D, dK, HK, 1, gWk, HK, true);  // dW_k += C^T dK
     warp_matmul<real>(ln, nl, D, HK, S, X, 1, D, dV, HK, 1, gWv, HK, true);  // dW_v += C^T dV
-    for (int e = ln; e < T * D; e += nl) {  // dX = dQ W_q^T (+ dK W_k^T + dV W_v^T on key tokens)
+    for (int e = ln; e < T * D; e += nl) {  // dX = dQ W_q^T (query rows) + dK W_k^T + dV W_v^T (keys)
         const int t = e / D, i = e % D;
         real acc = real(0);
-        for (int j = 0; j < HK; ++j) acc += dQ[t * HK + j] * Wq[i * HK + j];
+        if (t >= q0)
+            for (int j = 0; j < HK; ++j) acc += dQ[t * HK + j] * Wq[i * HK + j];
         if (t < S) {
             real kv = real(0);
             for (int j = 0; j < HK; ++j) kv += dK[t * HK + j] * Wk[i * HK + j];

@@ -4,14 +4,21 @@
 // each optional. The softmax experiments run layer by layer through these kernels.
 // Mirrors: the body of the layer loop of refimpl/model.py model_forward / model_backward, built of
 //   refimpl/layers.py layernorm_*, mlp_* (gelu_*), clip_* and refimpl/attention.py.
+// Launch shape (kernels/cupy/build.py block_launch, _task_launch): block 32 * warps_per_block
+//   threads (at most 16 warps, as the opt-in shared memory allows), grid ceil(B / (warps_per_block
+//   * tasks_per_warp)) for block_backward (one task per warp, ceil(B / warps_per_block) blocks, for
+//   block_forward), dynamic shared memory warps_per_block * block_warp_bytes (at least 8 bytes per
+//   thread); block_add_partials: grid ceil(G / SUM_COLUMNS), 256 threads. Compiled for the one
+//   real type a run uses.
 // Versions: 1 -- one warp per task; block_forward writes X2; block_backward recomputes the forward
 //   of its task, runs the backward, adds the task's parameter gradients into the warp's
 //   shared-memory accumulator (tasks in order), sums warps and then blocks by fixed pairwise trees
 //   (last block by an integer ticket; no float atomics) and ADDS the result into grads (so a
 //   weight-tied block sums its applications in layer order).
-// Launch shape (kernels/cupy/build.py block_launch): block 32 * warps_per_block threads, grid
-//   ceil(B / (warps_per_block * tasks_per_warp)), dynamic shared memory warps_per_block *
-//   block_warp_bytes. Instantiated for float and double.
+//   2 -- (current) 2 x 2 register tiles in the products (common.cuh warp_matmul); the blocks' partial
+//   rows summed column-parallel in a fixed order (common.cuh block_sum_columns) by the last block,
+//   or, above kernels/cupy/build.py REDUCE_IN_KERNEL_ENTRIES partial entries, by a second launch
+//   (block_add_partials, many blocks of SUM_COLUMNS columns, the same order of sums).
 // Parameters: one set, packed in refimpl.params.param_shapes order: [ln1.scale, ln1.offset (D)],
 //   W_q, W_k, W_v (D, HK), W_p (HK, D), [ln2.scale, ln2.offset (D)], [W1 (D, F), b1 (F), W2 (F, D),
 //   b2 (D)] -- bracketed parts present when the layer has them.
@@ -142,6 +149,7 @@ HD void block_task_forward(int ln, int nl, const BlockDims& b, const real* W, re
     const int TD = b.T * b.D;
     AttnDims a;
     a.T = b.T; a.D = b.D; a.H = b.H; a.K = b.K; a.S = b.S; a.softmax = b.softmax; a.causal = b.causal;
+    a.q0 = 0;  // every row feeds the next layer
     const real* A = ws + w.X;
     if (b.ln1) {
         warp_layernorm<real>(ln, nl, b.T, b.D, ws + w.X, W + p.ln1s, W + p.ln1o, ws + w.xhat1,
@@ -248,6 +256,7 @@ HD void block_task_backward(int ln, int nl, const BlockDims& b, const real* W, r
     warp_sync();
     AttnDims a;
     a.T = b.T; a.D = b.D; a.H = b.H; a.K = b.K; a.S = b.S; a.softmax = b.softmax; a.causal = b.causal;
+    a.q0 = 0;  // every row feeds the next layer
     const real* A = b.ln1 ? ws + w.A : ws + w.X;
     attention_backward<real>(ln, nl, a, A, W + p.Wq, W + p.Wk, W + p.Wv, W + p.Wp, ws + w.Q,
                              ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.dU, ws + w.dO,
@@ -295,7 +304,7 @@ __global__ void block_backward(BLOCK_DIMS_ARGS, int B, int tasks_per_warp,
                                const real* __restrict__ X, const real* __restrict__ W,
                                const real* __restrict__ dXout, real* __restrict__ dX,
                                real* __restrict__ partials, unsigned int* __restrict__ ticket,
-                               real* __restrict__ grads) {
+                               int finish, real* __restrict__ grads) {
     extern __shared__ __align__(16) unsigned char smem[];
     BlockDims bd;
     BLOCK_DIMS_SET(bd);
@@ -323,8 +332,21 @@ __global__ void block_backward(BLOCK_DIMS_ARGS, int B, int tasks_per_warp,
         shared_tree_sum_rows<real>(base, wpb, warp_bytes / (int)sizeof(real), G);
         for (int e = threadIdx.x; e < G; e += blockDim.x) partials[(size_t)blockIdx.x * G + e] = base[e];
     }
-    if (!last_block_done(ticket)) return;
-    block_tree_sum_rows<real>(partials, gridDim.x, G, threadIdx.x, blockDim.x);
+    // finish = 0: block_add_partials sums the rows (too many entries for one block)
+    if (!finish || !last_block_done(ticket)) return;
+    block_sum_columns<real>(partials, gridDim.x, G, 0, G, (real*)smem);  // column-parallel, in order
     for (int e = threadIdx.x; e < G; e += blockDim.x) grads[e] = grads[e] + LOAD_CG(partials + e);
+}
+
+// grads[c] += sum over the rows of partials (rows, G)[:, c]: the multi-block form of the end of
+// block_backward (the same order of sums). Launch: grid ceil(G / SUM_COLUMNS), block 256 threads.
+template <typename real>
+__global__ void block_add_partials(int rows, int G, real* __restrict__ partials,
+                                   real* __restrict__ grads) {
+    __shared__ double scratch[256];  // blockDim.x <= 256 reals
+    grid_sum_columns<real>(partials, rows, G, (real*)scratch);
+    const int c0 = blockIdx.x * SUM_COLUMNS;
+    for (int c = c0 + threadIdx.x; c < G && c < c0 + SUM_COLUMNS; c += blockDim.x)
+        grads[c] = grads[c] + LOAD_CG(partials + c);
 }
 #endif

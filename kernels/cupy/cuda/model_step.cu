@@ -6,14 +6,28 @@
 // Model options covered: linear or softmax attention per layer (first_layer_softmax, causal),
 //   H heads, key size K, include_query, weight-tied or deep, dampening, y_update, token_clip.
 //   (No LayerNorm / MLP / front end: those models run layer by layer in block.cu.)
+// Launch shape (kernels/cupy/build.py model_step_launch, _task_launch): block 32 * warps_per_block
+//   threads (at most WARPS_PER_SM = 16 warps, as many as the device's opt-in shared memory holds),
+//   grid ceil(B / (warps_per_block * tasks_per_warp)) blocks, all resident at once, tasks_per_warp
+//   the fewest that fit B into ~16 warps per SM; dynamic shared memory warps_per_block *
+//   model_step_warp_bytes (at least 8 bytes per thread: the last block's scratch); partials
+//   (grid, P + L). model_step_finish: grid ceil((P + L) / SUM_COLUMNS), FINISH_THREADS threads.
+//   Compiled for the one real type a run uses (float or double).
 // Versions: 1 -- one warp per task, each warp runs `tasks_per_warp` consecutive tasks and adds their
 //   gradients in task order into its own shared-memory accumulator; warps are summed by a fixed
 //   pairwise tree; each block writes one partial row; the last block to finish (integer ticket, no
-//   float atomics) sums the partial rows by a fixed pairwise tree and applies Adam. The result
-//   depends only on B and the launch shape, which depends only on the model's shapes.
-// Launch shape (kernels/cupy/build.py model_step_launch): block 32 * warps_per_block threads,
-//   grid ceil(B / (warps_per_block * tasks_per_warp)), dynamic shared memory warps_per_block *
-//   model_step_warp_bytes; partials (grid, P + L). Instantiated for float and double.
+//   float atomics) sums the partial rows by a fixed pairwise tree and applies Adam.
+//   2 -- (current) the last layer computes only its query row (attention.cuh q0 = T - 1: one row of
+//   Q, scores, O, U and of their gradients: at fig2's shapes 8 646 multiply-adds per task for
+//   the layer's forward and backward instead of 22 506; keys and values stay full); the
+//   products use 2 x 2 register tiles (common.cuh warp_matmul); the partial rows are summed
+//   column-parallel with eight loads in flight per thread (common.cuh block_sum_columns), by the
+//   last block when rows x (P + L) <= kernels/cupy/build.py REDUCE_IN_KERNEL_ENTRIES, else by a
+//   second launch, model_step_finish (many blocks, SUM_COLUMNS columns each), which also applies
+//   Adam. Every sum has a fixed order: the result depends only on B and the launch shape, which
+//   depends only on the model's shapes and the device's SM count and shared memory. The backend
+//   compiles the source once per model shape with its sizes and flags as constants (MS_* macros,
+//   kernels/cupy/build.py model_step_defines; without them the sizes are read at run time).
 // Parameters are one packed vector in refimpl.params.param_shapes order: per parameter set
 //   p (p = 0 when weight-tied): W_q, W_k, W_v (D, HK), W_p (HK, D).
 #include "attention.cuh"
@@ -77,14 +91,16 @@ HD AttnDims layer_attention(const ModelDims& m, int l) {
     a.T = m.T; a.D = m.D; a.H = m.H; a.K = m.K; a.S = m.S;
     a.softmax = (m.softmax || (l == 0 && m.first_softmax)) ? 1 : 0;
     a.causal = m.causal;
+    a.q0 = l == m.L - 1 ? m.T - 1 : 0;  // the last layer: only the query row reaches the loss
     return a;
 }
 
-// x_out = clip(x_in + lam * mask * U); returns nothing, writes T*D entries.
+// x_out = clip(x_in + lam * mask * U) on rows q0.. (the rows the next layer or the readout reads).
 template <typename real>
-HD void residual_update(int ln, int nl, const ModelDims& m, const real* Xin, const real* U, real* Xout) {
+HD void residual_update(int ln, int nl, const ModelDims& m, int q0, const real* Xin, const real* U,
+                        real* Xout) {
     const real lam = (real)m.lam, c = (real)m.clip;
-    for (int e = ln; e < m.T * m.D; e += nl) {
+    for (int e = q0 * m.D + ln; e < m.T * m.D; e += nl) {
         const real mask = (!m.y_update || e % m.D == m.D - 1) ? real(1) : real(0);
         real x = Xin[e] + lam * (U[e] * mask);
         if (m.clip > 0) x = x < -c ? -c : (x > c ? c : x);
@@ -107,7 +123,7 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
         const AttnDims a = layer_attention(m, l);
         attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
                                 ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
-        residual_update<real>(ln, nl, m, Xin, ws + w.U, Xout);
+        residual_update<real>(ln, nl, m, a.q0, Xin, ws + w.U, Xout);
         warp_sync();
         if (ln == 0) ws[w.readout + l] = -Xout[TD - 1];  // SPEC 2.6: y_hat = -H[query, -1]
     }
@@ -131,7 +147,9 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
             attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
                                     ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
         const real lam = (real)m.lam, c = (real)m.clip;
-        for (int e = ln; e < TD; e += nl) {
+        // rows below q0 (the last layer's context rows): their incoming gradient is zero and
+        // attention_backward reads no dU there
+        for (int e = a.q0 * m.D + ln; e < TD; e += nl) {
             const real mask = (!m.y_update || e % m.D == m.D - 1) ? real(1) : real(0);
             real dx = ws[w.dX + e];
             if (m.clip > 0) {  // the gradient passes where the pre-clip value was inside
@@ -153,6 +171,45 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
 }
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// The step's outputs from the summed row g = (gradients (P), sum_b 0.5 r_l^2 (L)) and its norm:
+// grads_out, stats (per-layer losses, norm), then clipping and Adam on all P entries. Run by the
+// threads of one block.
+template <typename real>
+__device__ void step_outputs(const real* g, int P, int L, int B, double norm, real* grads_out,
+                             real* stats, int apply, real* params, real* adam_m, real* adam_v,
+                             int* step, int t_step, double lr, double b1, double b2, double eps,
+                             double grad_clip) {
+    if (grads_out)
+        for (int e = threadIdx.x; e < P; e += blockDim.x) grads_out[e] = LOAD_CG(g + e);
+    for (int l = threadIdx.x; l < L; l += blockDim.x) stats[l] = LOAD_CG(g + P + l) / (real)B;
+    if (threadIdx.x == 0) stats[L] = (real)norm;
+    if (!apply) return;
+    const int t = t_step + 1;
+    const bool clipping = grad_clip > 0 && norm > grad_clip;
+    const real factor = (real)(grad_clip / norm);
+    const real bc1 = (real)(1.0 - pow(b1, (double)t)), bc2 = (real)(1.0 - pow(b2, (double)t));
+    for (int e = threadIdx.x; e < P; e += blockDim.x) {
+        real ge = LOAD_CG(g + e);
+        if (clipping) ge = ge * factor;
+        adam_entry<real>(params + e, adam_m + e, adam_v + e, ge, (real)lr, (real)b1, (real)(1.0 - b1),
+                         (real)b2, (real)(1.0 - b2), (real)eps, bc1, bc2);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *step = t;
+}
+
+// Sum of g[0:P]^2 in float64 by the block's threads (strided, then block_tree_sum): the same
+// order on every run.
+template <typename real>
+__device__ double block_sumsq(const real* g, int e0, int e1, double* scratch) {
+    double sq = 0.0;
+    for (int e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
+        const double ge = (double)LOAD_CG(g + e);
+        sq += ge * ge;
+    }
+    return block_tree_sum(sq, scratch);
+}
+
 template <typename real>
 __global__ void model_step(
     // model
@@ -161,8 +218,10 @@ __global__ void model_step(
     // batch: B tasks, read from tokens (B, T, D) / targets (B,), or drawn at step *step
     int B, int tasks_per_warp, const real* __restrict__ tokens, const real* __restrict__ targets,
     int draw, unsigned long long seed, int N, int d, double input_range, double weight_scale,
-    // parameters (P,) and reduction buffers: partials (gridDim.x, P + L), ticket (1,)
+    // parameters (P,) and reduction buffers: partials (gridDim.x, P + L), ticket (1,);
+    // finish = 0: stop after writing partials (model_step_finish completes the step)
     real* __restrict__ params, real* __restrict__ partials, unsigned int* __restrict__ ticket,
+    int finish,
     // outputs: grads (P,) or null; stats (L + 1,): per-layer losses, then the gradient norm
     real* __restrict__ grads_out, real* __restrict__ stats,
     // Adam (apply = 0: gradients only)
@@ -170,16 +229,28 @@ __global__ void model_step(
     double lr, double b1, double b2, double eps, double grad_clip) {
     extern __shared__ __align__(16) unsigned char smem[];
     ModelDims m;
+#ifdef MS_T
+    // Compiled for one model (kernels/cupy/build.py model_step_defines): its sizes and flags are
+    // compile-time constants, which the inlined per-task code folds into every loop bound and
+    // offset. A launch with other shapes stops the kernel rather than compute with the wrong ones.
+    if (T != MS_T || D != MS_D || H != MS_H || K != MS_K || S != MS_S || L != MS_L ||
+        tied != MS_TIED || first_softmax != MS_FSOFT || softmax != MS_SOFT || causal != MS_CAUSAL ||
+        y_update != MS_YUP)
+        __trap();
+    m.T = MS_T; m.D = MS_D; m.H = MS_H; m.K = MS_K; m.S = MS_S; m.L = MS_L; m.tied = MS_TIED;
+    m.first_softmax = MS_FSOFT; m.softmax = MS_SOFT; m.causal = MS_CAUSAL; m.y_update = MS_YUP;
+#else
     m.T = T; m.D = D; m.H = H; m.K = K; m.S = S; m.L = L; m.tied = tied;
     m.first_softmax = first_softmax; m.softmax = softmax; m.causal = causal; m.y_update = y_update;
+#endif
     m.lam = lam; m.clip = clip;
     const StepWorkspace w = model_step_workspace(m);
     const int warp_bytes = model_step_warp_bytes(m, d, sizeof(real));
     const int wpb = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     double* wdraw = (double*)(smem + warp * warp_bytes);
     real* ws = (real*)(smem + warp * warp_bytes + 8 * d);
-    const int P = model_num_params(m), G = P + L;
-    const int TD = T * D;
+    const int P = model_num_params(m), G = P + m.L;
+    const int TD = m.T * m.D;
     const int t_step = *step;
 
     for (int e = lane; e < G; e += 32) ws[w.gacc + e] = real(0);
@@ -205,33 +276,38 @@ __global__ void model_step(
         shared_tree_sum_rows<real>(base, wpb, warp_bytes / (int)sizeof(real), G);
         for (int e = threadIdx.x; e < G; e += blockDim.x) partials[(size_t)blockIdx.x * G + e] = base[e];
     }
+    if (!finish || !last_block_done(ticket)) return;
+    // the last block: blocks -> row 0 of partials (column-parallel), then the outputs and Adam;
+    // the warps' shared memory is free now and serves as scratch (blockDim.x reals, then doubles)
+    block_sum_columns<real>(partials, gridDim.x, G, 0, G, (real*)smem);
+    const double norm = sqrt(block_sumsq<real>(partials, 0, P, (double*)smem));
+    step_outputs<real>(partials, P, m.L, B, norm, grads_out, stats, apply, params, adam_m, adam_v,
+                       step, t_step, lr, b1, b2, eps, grad_clip);
+}
+
+// The end of a step whose partial rows are too many for one block (kernels/cupy/build.py
+// REDUCE_IN_KERNEL_ENTRIES): block j sums columns [32 j, 32 j + 32) of partials (rows, P + L) into
+// row 0 and the float64 sum of squares of its gradient columns into block_sums[j]; the last block
+// (integer ticket) adds block_sums in order for the norm and writes the outputs and the Adam step.
+// Launch: grid ceil((P + L) / SUM_COLUMNS), block FINISH_THREADS threads, no dynamic shared memory.
+#define FINISH_THREADS 256
+template <typename real>
+__global__ void model_step_finish(int P, int L, int B, int rows, real* __restrict__ partials,
+                                  double* __restrict__ block_sums, unsigned int* __restrict__ ticket,
+                                  real* __restrict__ grads_out, real* __restrict__ stats, int apply,
+                                  real* __restrict__ params, real* __restrict__ adam_m,
+                                  real* __restrict__ adam_v, int* __restrict__ step, double lr,
+                                  double b1, double b2, double eps, double grad_clip) {
+    __shared__ double scratch[FINISH_THREADS];  // blockDim.x == FINISH_THREADS
+    const int G = P + L;
+    grid_sum_columns<real>(partials, rows, G, (real*)scratch);
+    const int c0 = blockIdx.x * SUM_COLUMNS, c1 = c0 + SUM_COLUMNS < P ? c0 + SUM_COLUMNS : P;
+    const double sq = block_sumsq<real>(partials, c0, c1 > c0 ? c1 : c0, scratch);
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = sq;
     if (!last_block_done(ticket)) return;
-    // the last block: blocks -> one row, then the outputs and the optimiser step
-    block_tree_sum_rows<real>(partials, gridDim.x, G, threadIdx.x, blockDim.x);
-    const real* g = partials;
-    if (grads_out)
-        for (int e = threadIdx.x; e < P; e += blockDim.x) grads_out[e] = LOAD_CG(g + e);
-    for (int l = threadIdx.x; l < L; l += blockDim.x) stats[l] = LOAD_CG(g + P + l) / (real)B;
-    double sq = 0.0;
-    for (int e = threadIdx.x; e < P; e += blockDim.x) {
-        const double ge = (double)LOAD_CG(g + e);
-        sq += ge * ge;
-    }
-    __shared__ double scratch[256];  // blockDim.x <= 256
-    const double norm = sqrt(block_tree_sum(sq, scratch));
-    if (threadIdx.x == 0) stats[L] = (real)norm;
-    if (!apply) return;
-    const int t = t_step + 1;
-    const bool clipping = grad_clip > 0 && norm > grad_clip;
-    const real factor = (real)(grad_clip / norm);
-    const real bc1 = (real)(1.0 - pow(b1, (double)t)), bc2 = (real)(1.0 - pow(b2, (double)t));
-    for (int e = threadIdx.x; e < P; e += blockDim.x) {
-        real ge = LOAD_CG(g + e);
-        if (clipping) ge = ge * factor;
-        adam_entry<real>(params + e, adam_m + e, adam_v + e, ge, (real)lr, (real)b1, (real)(1.0 - b1),
-                         (real)b2, (real)(1.0 - b2), (real)eps, bc1, bc2);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) *step = t;
+    double total = 0.0;  // blocks in order
+    for (int j = 0; j < (int)gridDim.x; ++j) total += LOAD_CG(block_sums + j);
+    step_outputs<real>(partials, P, L, B, sqrt(total), grads_out, stats, apply, params, adam_m,
+                       adam_v, step, *step, lr, b1, b2, eps, grad_clip);
 }
 #endif

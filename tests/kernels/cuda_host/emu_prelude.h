@@ -45,6 +45,7 @@ inline void emu_after_barrier() {
 inline void __syncwarp() { emu_warp_barrier->arrive_and_wait(); emu_after_barrier(); }
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); emu_after_barrier(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+[[noreturn]] inline void __trap() { std::abort(); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 template <typename T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
 inline double __dadd_rn(double a, double b) { return a + b; }

@@ -37,27 +37,38 @@ def emulated_source(src):
 
 
 class Emulator:
-    """kernels by name: emu(src, kernel, dtype)((grid,), (block,), args, shared_mem=...)."""
+    """kernels by name: emu(src, kernel, dtype, defines)((grid,), (block,), args, shared_mem=...).
+    Each source is built once without defines (up front) and once per set of -D options asked
+    for (on first use), as NVRTC would compile it with those options."""
 
     def __init__(self, workdir):
-        cxx = shutil.which("g++")
-        if cxx is None:
+        self.cxx = shutil.which("g++")
+        if self.cxx is None:
             raise RuntimeError("g++ not found")
+        self.workdir = workdir
         self.libs = {}
         for src in cb.KERNELS:
-            cpp = os.path.join(workdir, src.replace(".cu", "_emu.cpp"))
+            self.lib(src, ())
+
+    def lib(self, src, defines):
+        key = (src, tuple(defines))
+        if key not in self.libs:
+            tag = f"_{len(self.libs)}" if defines else ""
+            cpp = os.path.join(self.workdir, src.replace(".cu", f"_emu{tag}.cpp"))
             so = cpp.replace(".cpp", ".so")
             with open(cpp, "w") as f:
                 f.write(emulated_source(src))
-            res = subprocess.run([cxx, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread",
-                                  "-ffp-contract=off", cpp, "-o", so], capture_output=True, text=True)
+            res = subprocess.run([self.cxx, "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread",
+                                  "-ffp-contract=off", *defines, cpp, "-o", so],
+                                 capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"g++ failed on the emulated {src}:\n{res.stderr[-4000:]}")
-            self.libs[src] = ctypes.CDLL(so)
+            self.libs[key] = ctypes.CDLL(so)
+        return self.libs[key]
 
-    def __call__(self, src, kernel, dtype):
+    def __call__(self, src, kernel, dtype, defines=()):
         real = cb.real_type(dtype)
-        fn = getattr(self.libs[src], f"emu_{kernel}_{real}")
+        fn = getattr(self.lib(src, defines), f"emu_{kernel}_{real}")
         sig = cb.kernel_signature(src, kernel)
 
         def launch(grid, block, args, shared_mem=0):

@@ -47,9 +47,27 @@ class FakeStream:
         return graph
 
 
+class FakeEvent:
+    """Host clock at record time (launches on the emulator are synchronous)."""
+
+    def record(self, stream=None):
+        import time
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def fake_elapsed_ms(start, end):
+    return (end.t - start.t) * 1e3
+
+
 class FakeKernel:
-    def __init__(self, emu, src, kernel, dtype):
-        self.launch = emu(src, kernel, dtype)
+    max_threads_per_block = 512  # as a compiled kernel limited by its registers would report
+    num_regs = 96
+
+    def __init__(self, emu, src, kernel, dtype, defines=()):
+        self.launch = emu(src, kernel, dtype, defines)
         self.max_dynamic_shared_size_bytes = cb.SMEM_DEFAULT
 
     def __call__(self, grid, block, args, shared_mem=0):
@@ -65,16 +83,21 @@ class FakeKernel:
 class FakeRawModule:
     emulator = None  # set by make_fake_cupy
 
+    compiled = []  # (source, name expressions, -D options) of every module made, in order
+
     def __init__(self, code, options=(), name_expressions=()):
         src = [s for s in cb.KERNELS if cb.source(s) == code]
         assert len(src) == 1, "code is not one of kernels/cupy/cuda/*.cu"
         self.src = src[0]
         self.names = set(name_expressions)
+        self.defines = tuple(o for o in options if o.startswith("-D"))  # built into the emulation
+        FakeRawModule.compiled.append((self.src, sorted(self.names), self.defines))
 
     def get_function(self, name):
         assert name in self.names, f"{name} was not a name expression"
         kernel, real = name[:-1].split("<")
-        return FakeKernel(self.emulator, self.src, kernel, np.float32 if real == "float" else np.float64)
+        return FakeKernel(self.emulator, self.src, kernel, np.float32 if real == "float" else np.float64,
+                          self.defines)
 
 
 def make_fake_cupy(emulator):
@@ -94,8 +117,14 @@ def make_fake_cupy(emulator):
         getDeviceProperties=lambda i: {"name": b"CPU emulator", "major": 0, "minor": 0,
                                        "multiProcessorCount": 1, "totalGlobalMem": 0},
         driverGetVersion=lambda: 0, runtimeGetVersion=lambda: 0)
+    # a small device: few SMs and little shared memory, so that small batches already give several
+    # tasks per warp, several warps per block and several blocks (kernels/cupy/build.py _task_launch)
+    attributes = {"MultiProcessorCount": 2, "MaxSharedMemoryPerBlockOptin": 64 * 1024,
+                  "MaxSharedMemoryPerMultiprocessor": 64 * 1024}
     cp.cuda = types.SimpleNamespace(runtime=runtime, Stream=FakeStream, Graph=FakeGraph,
-                                    Device=lambda i=0: types.SimpleNamespace(synchronize=lambda: None))
+                                    Event=FakeEvent, get_elapsed_time=fake_elapsed_ms,
+                                    Device=lambda i=0: types.SimpleNamespace(
+                                        synchronize=lambda: None, attributes=attributes))
     cp.fake = True
     return cp
 
@@ -108,7 +137,9 @@ def installed(monkeypatch, emulator):
     cp = make_fake_cupy(emulator)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     cupy_backend._module.cache_clear()
+    cupy_backend.device_limits.cache_clear()
     try:
         yield cp
     finally:
         cupy_backend._module.cache_clear()
+        cupy_backend.device_limits.cache_clear()
