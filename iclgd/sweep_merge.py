@@ -1,0 +1,189 @@
+"""sweep.json: the runs of a sweep merged, per point, across seeds; its summary and its figure.
+
+sweep.json keys: experiment, figure, seeds, grid ([[key, [values]], ...]), overrides, backend, quick,
+status ("complete"; "incomplete" when a job failed or diverged; "interrupted"), versions, runtime_s
+(the invocation that wrote it), notes, and points: one entry per grid point with
+    name, folder, settings {key: value}, seeds (those with complete results), jobs {seed: {status,
+    attempts, error}}, and, over those seeds,
+    final        the tree of each run's `final`, every number replaced by {mean, std, per_seed}
+    curves       the tree of each run's `curves`, every curve by {mean, std, per_seed} (lists,
+                 element-wise), "step" kept as it is
+    tail_median  per curve, the median over its last TAIL_FRACTION of evaluations (a statistic that
+                 does not depend on where a noisy curve happens to end), as {mean, std, per_seed}
+std is the sample standard deviation (ddof 1; null for one seed); a mean or std is null where a
+seed's value is null (not finite).
+"""
+import math
+import os
+
+import numpy as np
+
+from iclgd.results import RESULTS_FILE, read_results
+
+SWEEP_FILE = "sweep.json"
+TAIL_FRACTION = 0.1
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _stats(values):
+    """{mean, std, per_seed} of numbers (None where any is None or not finite)."""
+    ok = all(_is_number(v) and math.isfinite(v) for v in values)
+    arr = np.array(values, dtype=float) if ok else None
+    return {"mean": float(arr.mean()) if ok else None,
+            "std": float(arr.std(ddof=1)) if ok and len(values) > 1 else None,
+            "per_seed": list(values)}
+
+
+def _curve_stats(curves):
+    """{mean, std, per_seed} element-wise over equally long curves (lists of numbers or None)."""
+    columns = [_stats([c[i] for c in curves]) for i in range(len(curves[0]))]
+    return {"mean": [s["mean"] for s in columns], "std": [s["std"] for s in columns], "per_seed": list(curves)}
+
+
+def _numeric_list(v):
+    return isinstance(v, list) and all(x is None or _is_number(x) for x in v) and v
+
+
+def stats_tree(trees, curves=False):
+    """The tree of `trees` (one per seed, shaped alike) with each number (each numeric list where
+    `curves`) replaced by its stats across them; other leaves kept when equal, else listed."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: stats_tree([t[k] for t in trees], curves and k != "step")  # steps: kept as they are
+                for k in first if all(k in t for t in trees)}
+    if curves and _numeric_list(first) and all(_numeric_list(t) and len(t) == len(first) for t in trees):
+        return _curve_stats(trees)
+    if _is_number(first) or (first is None and any(_is_number(t) for t in trees)):
+        return _stats(trees)
+    return first if all(t == first for t in trees) else {"per_seed": list(trees)}
+
+
+def tail_median(curve, fraction=TAIL_FRACTION):
+    """The median of the last ceil(fraction * len) entries of a curve; None if any is None."""
+    tail = curve[len(curve) - max(1, math.ceil(fraction * len(curve))):]
+    return None if any(v is None for v in tail) else float(np.median(tail))
+
+
+def tail_medians(curves):
+    """The tree of `curves` with each curve (but "step") replaced by its tail median."""
+    if isinstance(curves, dict):
+        return {k: tail_medians(v) for k, v in curves.items() if k != "step" and (isinstance(v, dict) or _numeric_list(v))}
+    return tail_median(curves)
+
+
+def merge_point(name, sweep_dir, settings, seeds, jobs):
+    """One point's entry of sweep.json from the results.json of its complete seeds, read from
+    SWEEP_DIR/NAME/seedS ({seed: job outcome dict} in `jobs`)."""
+    runs = {s: read_results(os.path.join(sweep_dir, name, f"seed{s}")) for s in seeds
+            if jobs[s]["status"] in ("complete", "skipped")}
+    entry = {"name": name, "folder": name, "settings": dict(settings), "seeds": sorted(runs), "jobs": jobs}
+    if runs:
+        ordered = [runs[s] for s in sorted(runs)]
+        entry["final"] = stats_tree([r["final"] for r in ordered])
+        entry["curves"] = stats_tree([r["curves"] for r in ordered], curves=True)
+        entry["tail_median"] = stats_tree([tail_medians(r["curves"]) for r in ordered])
+    return entry
+
+
+def merge(header, points):
+    """sweep.json's content: `header` (experiment ... runtime_s) and the points
+    [(name, sweep folder, settings, seeds, {seed: job outcome dict})]."""
+    merged = [merge_point(*p) for p in points]
+    statuses = [j["status"] for p in merged for j in p["jobs"].values()]
+    status = ("interrupted" if any(s in ("interrupted", "pending") for s in statuses) else
+              "complete" if all(s in ("complete", "skipped") for s in statuses) else "incomplete")
+    return {**header, "status": status, "points": merged,
+            "notes": f"per point over its complete seeds: final and curves as mean, std (ddof 1) and "
+                     f"per_seed; tail_median: the median of each curve over its last {TAIL_FRACTION:.0%} "
+                     f"of evaluations. Each run is in POINT/seedS/{RESULTS_FILE}."}
+
+
+def _fmt(stats):
+    if not isinstance(stats, dict) or stats.get("mean") is None:
+        return "-"
+    std = f" +- {stats['std']:.2g}" if stats.get("std") is not None else ""
+    return f"{stats['mean']:.4g}{std}"
+
+
+def summary_lines(sweep):
+    """Per point: each REFERENCE row of the experiment as mean +- std over seeds, its baseline's
+    mean, and what the paper reports (SPEC 6)."""
+    from iclgd.summary import REFERENCE
+    rows = REFERENCE.get(sweep["experiment"], [])
+    quick = " | QUICK: reduced settings, not the paper's" if sweep.get("quick") else ""
+    lines = [f"sweep {sweep['experiment']} ({sweep.get('figure', '?')}) on {sweep.get('backend')}, "
+             f"seeds {', '.join(map(str, sweep['seeds']))}; {len(sweep['points'])} point(s); "
+             f"status {sweep['status']}{quick}"]
+    for p in sweep["points"]:
+        lines.append(f"{p['name']}: {len(p['seeds'])} of {len(p['jobs'])} seed(s) complete"
+                     + "".join(f"; seed {s} {j['status']}{': ' + j['error'] if j.get('error') else ''}"
+                               for s, j in p["jobs"].items() if j["status"] not in ("complete", "skipped")))
+        final = p.get("final") or {}
+        nested = final and all(isinstance(v, dict) and "per_seed" not in v for v in final.values())
+        for group, values in (final.items() if nested else [(None, final)]):
+            for label, key, base, paper in rows:
+                if key not in values:
+                    continue
+                base_text = "-"
+                if base:
+                    b = values.get(base.lstrip("-"))
+                    base_text = ("-" if not isinstance(b, dict) or b.get("mean") is None
+                                 else f"{-b['mean'] if base.startswith('-') else b['mean']:.4g}")
+                where = f"[{group}] " if group else ""
+                lines.append(f"  {where}{label}: {_fmt(values[key])} (baseline {base_text}; paper: {paper})")
+    return lines
+
+
+def plot_sweep(sweep, out_dir, max_panels=12):
+    """DIR/sweep.png and .pdf: for every loss curve (per variant; not the per-layer ones) one panel,
+    each point its mean over seeds with a band of +- one std and each seed thin. The paths."""
+    from iclgd.plots import _arr, _plt, _save
+    panels = []
+    for p in sweep["points"]:
+        for path, node in _curve_nodes(p.get("curves") or {}):
+            if path[-1].startswith("loss") and "layer" not in path[-1] and path not in panels:
+                panels.append(path)
+    panels = panels[:max_panels] or [("loss",)]
+    plt = _plt()
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), layout="constrained", squeeze=False)
+    for ax, path in zip(axes.flat, panels):
+        for i, p in enumerate(sweep["points"]):
+            node, steps = _lookup(p.get("curves") or {}, path)
+            if node is None:
+                continue
+            x, mean = _arr(steps), _arr(node["mean"])
+            std = _arr([0.0 if s is None else s for s in node["std"]])
+            color = f"C{i % 10}"
+            ax.plot(x, mean, color=color, label=f"{p['name']} ({len(p['seeds'])} seeds)")
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
+            for curve in node["per_seed"]:
+                ax.plot(x, _arr(curve), color=color, lw=0.5, alpha=0.35)
+        ax.set(xlabel="training step", ylabel=path[-1], title=" / ".join(path), yscale="log")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    r = {"quick": sweep.get("quick")}
+    return _save(r, fig, out_dir, "sweep", f"{sweep['experiment']} over seeds "
+                 f"{', '.join(map(str, sweep['seeds']))}: mean, +- 1 std band, each seed thin")
+
+
+def _curve_nodes(tree, path=()):
+    for k, v in tree.items():
+        if isinstance(v, dict) and "mean" in v and isinstance(v["mean"], list):
+            yield path + (k,), v
+        elif isinstance(v, dict):
+            yield from _curve_nodes(v, path + (k,))
+
+
+def _lookup(tree, path):
+    """(the curve stats node at `path`, the step list beside it), or (None, None)."""
+    for k in path[:-1]:
+        tree = tree.get(k) if isinstance(tree, dict) else None
+    if not isinstance(tree, dict) or path[-1] not in tree or "step" not in tree:
+        return None, None
+    return tree[path[-1]], tree["step"]
