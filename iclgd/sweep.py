@@ -113,9 +113,10 @@ class Job:
     backend: str
     quick: bool
     out: str  # the run folder: DIR/POINT/seedS
+    figure: bool = False  # draw the run's own figure too (`iclgd plot DIR/POINT/seedS` draws it later)
 
 
-def plan(experiment, seeds, grid, overrides, backend, quick, out):
+def plan(experiment, seeds, grid, overrides, backend, quick, out, figure=False):
     """The jobs of a sweep, each point's config resolved (so bad keys or values fail here, before
     anything runs): [(Job, config as a dict)]. ValueError when two points share a folder name."""
     from iclgd.cli.run import resolve_config
@@ -131,7 +132,7 @@ def plan(experiment, seeds, grid, overrides, backend, quick, out):
         _, cfg = resolve_config(experiment, quick, list(every))
         for seed in seeds:
             jobs.append((Job(experiment, name, tuple(settings), every, int(seed), backend, bool(quick),
-                             os.path.join(out, name, f"seed{seed}")), config_to_dict(cfg)))
+                             os.path.join(out, name, f"seed{seed}"), figure), config_to_dict(cfg)))
     return jobs
 
 
@@ -171,7 +172,7 @@ def run_job(job):
     start = time.perf_counter()
     mod, cfg = resolve_config(job.experiment, job.quick, list(job.overrides))
     results = run_in_folder(job.experiment, mod, cfg, [job.seed], job.backend, job.out, quick=job.quick,
-                            resume=bool(rundir.checkpoint_files(job.out)), progress=False)
+                            resume=bool(rundir.checkpoint_files(job.out)), progress=False, figure=job.figure)
     return {"status": results["status"], "pid": os.getpid(), "seconds": time.perf_counter() - start}
 
 

@@ -74,10 +74,11 @@ def run(args):
 
 
 def run_in_folder(experiment, mod, cfg, seeds, backend_name, out, quick=False, resume=False, force=False,
-                  progress=True, verbose=False):
+                  progress=True, verbose=False, figure=True):
     """One run into folder `out` under its lock (refusing a folder holding other work, as `iclgd run`
-    does): train and evaluate `seeds`, write results.json and the figure. The results dict, whose
-    status is "complete" or "diverged". `iclgd run` and every point of `iclgd sweep` go through here."""
+    does): train and evaluate `seeds`, write results.json and (if `figure`) the figure. The results
+    dict, whose status is "complete" or "diverged". `iclgd run` and every run of `iclgd sweep` go
+    through here."""
     from kernels import get_backend
     from refimpl.config import config_to_dict
     from iclgd import rundir
@@ -85,10 +86,11 @@ def run_in_folder(experiment, mod, cfg, seeds, backend_name, out, quick=False, r
     with rundir.locked(out):
         rundir.check_out(out, experiment, config_to_dict(cfg), resume, force)
         return _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, quick, resume,
-                                progress, verbose)
+                                progress, verbose, figure)
 
 
-def _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, quick, resume, progress, verbose):
+def _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, quick, resume, progress, verbose,
+                     figure):
     from iclgd.experiments import EXPERIMENTS
     from iclgd.train import Diverged
     from iclgd.versions import versions
@@ -103,7 +105,7 @@ def _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, qu
         results = diverged_results(header, e)
         if verbose:
             print(f"iclgd run: {e}", file=sys.stderr)
-    paths = write_and_plot(out, results)
+    paths = write_and_plot(out, results, figure)
     if verbose:
         for p in paths:
             print(f"wrote {p}")
@@ -121,11 +123,11 @@ def diverged_results(header, e):
             "notes": "the run stopped at a non-finite value; final and per_seed are empty"}
 
 
-def write_and_plot(out, results):
-    """Write results.json and the figure; a diverged run never replaces complete results: it is
-    written beside them as results.diverged.json, unplotted. The paths written."""
+def write_and_plot(out, results, figure=True):
+    """Write results.json and (if `figure`) the figure; a diverged run never replaces complete
+    results: it is written beside them as results.diverged.json, unplotted. The paths written."""
     from iclgd.plots import plot_results
     from iclgd.results import RESULTS_FILE, read_status, write_results
     if results["status"] != "complete" and read_status(os.path.join(out, RESULTS_FILE)) == "complete":
         return [write_results(out, results, name="results.diverged.json")]
-    return [write_results(out, results), *plot_results(results, out)]
+    return [write_results(out, results), *(plot_results(results, out) if figure else [])]

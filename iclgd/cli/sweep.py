@@ -46,6 +46,9 @@ def add_arguments(parser):
                              f"memory=8GB (repeatable; default {SLURM_DEFAULTS}); a JSON value is parsed")
     parser.add_argument("--retries", type=int, default=2,
                         help="times a run whose worker died is submitted again, resuming (default 2)")
+    parser.add_argument("--run-figures", action="store_true",
+                        help="draw each run's own figure too (off: a sweep draws sweep.png; `iclgd plot "
+                             "DIR/POINT/seedS` draws one run's later)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are complete; run none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -65,7 +68,8 @@ def run(args):
         raise ValueError("--cluster-option: expected with --cluster slurm, got it without")
     get_backend(args.backend)  # unavailable: the reason and the install command, before anything runs
     out = args.out or os.path.join("runs", f"sweep-{args.experiment}")
-    jobs = plan(args.experiment, seeds, grid, args.overrides, args.backend, args.quick, os.path.abspath(out))
+    jobs = plan(args.experiment, seeds, grid, args.overrides, args.backend, args.quick, os.path.abspath(out),
+                args.run_figures)
     complete = {job for job, config in jobs if is_complete(job, config)}
     todo = [job for job, _ in jobs if job not in complete]
     if args.dry_run:
@@ -73,17 +77,17 @@ def run(args):
             print(f"{os.path.join(out, job.point, f'seed{job.seed}')}: {'complete' if job in complete else 'to run'}")
         return 0
     with rundir.locked(out):
-        return _sweep(args, out, seeds, grid, [job for job, _ in jobs], complete, todo)
+        return _sweep(args, out, seeds, grid, jobs, complete, todo)
 
 
-def _sweep(args, out, seeds, grid, jobs, complete, todo):
-    from iclgd.sweep import Interrupted, Outcome, Progress, execute
+def _sweep(args, out, seeds, grid, planned, complete, todo):
+    from iclgd.sweep import Interrupted, Outcome, Progress, execute, is_complete
     start = time.perf_counter()
     outcomes = {job: Outcome("skipped") for job in complete}
     interrupted = False
     if todo:
-        progress = Progress(len(jobs), len(complete), f"sweep {args.experiment}", not args.no_progress)
-        make_executor, capacity, close = executor_for(args, len(todo))
+        make_executor, capacity, close = executor_for(args, len(todo))  # no dask: its one-line error
+        progress = Progress(len(planned), len(complete), f"sweep {args.experiment}", not args.no_progress)
         try:
             outcomes.update(execute(todo, make_executor, capacity, args.retries, progress))
         except Interrupted as e:
@@ -92,6 +96,10 @@ def _sweep(args, out, seeds, grid, jobs, complete, todo):
         finally:
             progress.close()
             close()
+    for job, config in planned:  # a run stopped after writing its results (while drawing, say) is complete
+        if outcomes[job].status in ("interrupted", "pending") and is_complete(job, config):
+            outcomes[job].status = "complete"
+    jobs = [job for job, _ in planned]
     sweep = write_sweep(args, out, seeds, grid, jobs, outcomes, time.perf_counter() - start)
     from iclgd.sweep_merge import summary_lines
     print("\n".join(summary_lines(sweep)))
