@@ -101,6 +101,31 @@ def merge(header, points):
                      f"of evaluations. Each run is in POINT/seedS/{RESULTS_FILE}."}
 
 
+SWEEP_KEYS = ("experiment", "seeds", "status", "points")
+
+
+def read_sweep(folder):
+    """DIR/sweep.json as a dict; ValueError naming the file when it is absent, not JSON or lacks a key."""
+    import json
+    path = os.path.join(folder, SWEEP_FILE)
+    try:
+        with open(path) as f:
+            sweep = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"DIR: expected a folder holding {SWEEP_FILE}, found none at {path}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON file ({e})") from None
+    missing = [k for k in SWEEP_KEYS if not isinstance(sweep, dict) or k not in sweep]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; expected a file written by `iclgd sweep`")
+    return sweep
+
+
+def is_sweep_folder(folder):
+    """True for a folder holding sweep.json and no results.json (a sweep's, not a run's)."""
+    return os.path.isfile(os.path.join(folder, SWEEP_FILE)) and not os.path.isfile(os.path.join(folder, RESULTS_FILE))
+
+
 def _fmt(stats):
     if not isinstance(stats, dict) or stats.get("mean") is None:
         return "-"

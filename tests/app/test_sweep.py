@@ -130,8 +130,17 @@ def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
     lines = sm.summary_lines({**merged, "backend": "numpy"})
     assert any("seed 1 failed: E" in line for line in lines)
     assert any(line.strip().startswith("loss: trained TF vs 1 GD step:") for line in lines)
-    paths = sm.plot_sweep({**merged, "quick": True}, str(tmp_path))
-    assert all(os.path.getsize(p) > 0 for p in paths)
+    (tmp_path / "sweep.json").write_text(json.dumps({**merged, "backend": "numpy", "quick": True}))
+    assert main(["show", str(tmp_path)]) == 0 and main(["plot", str(tmp_path)]) == 0  # from sweep.json alone
+    assert os.path.getsize(tmp_path / "sweep.png") > 0 and os.path.getsize(tmp_path / "sweep.pdf") > 0
+
+
+def test_show_and_plot_name_a_bad_sweep_file(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text(json.dumps({"experiment": "fig2"}))
+    for command in ("show", "plot"):
+        assert main([command, str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "sweep.json: missing key(s)" in err
 
 
 # ----------------------------------------------------------------------------- the executor loop
