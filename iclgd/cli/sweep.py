@@ -183,13 +183,11 @@ def _dask_executor(args, n_todo):
     return (lambda: executor), capacity, close
 
 
-def _slurm_cluster(args, n_todo):
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError:
-        raise ValueError(f"--cluster slurm: needs dask-jobqueue, which is not installed; install: {INSTALL_CLUSTER}") from None
-    options = dict(SLURM_DEFAULTS, job_script_prologue=SLURM_PROLOGUE)
-    for item in args.cluster_option:
+def slurm_options(items):
+    """SLURMCluster's keyword arguments: SLURM_DEFAULTS, the one-thread prologue, then each
+    --cluster-option KEY=VALUE (VALUE parsed as JSON where it is JSON, else kept as text)."""
+    options = dict(SLURM_DEFAULTS, job_script_prologue=list(SLURM_PROLOGUE))
+    for item in items:
         if "=" not in item:
             raise ValueError(f"--cluster-option: expected KEY=VALUE, got {item!r}")
         key, text = (s.strip() for s in item.split("=", 1))
@@ -197,6 +195,17 @@ def _slurm_cluster(args, n_todo):
             options[key] = json.loads(text)
         except ValueError:
             options[key] = text
-    cluster = SLURMCluster(**options)
+    return options
+
+
+def _slurm_cluster(args, n_todo):
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ValueError(f"--cluster slurm: needs dask-jobqueue, which is not installed; install: {INSTALL_CLUSTER}") from None
+    try:
+        cluster = SLURMCluster(**slurm_options(args.cluster_option))
+    except TypeError as e:  # an argument SLURMCluster does not take
+        raise ValueError(f"--cluster-option: {e}") from None
     cluster.scale(jobs=args.jobs or min(n_todo, 4))
     return cluster

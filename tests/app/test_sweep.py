@@ -220,3 +220,25 @@ def test_cli_dry_run_lists_the_runs(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(line.endswith(": to run") for line in lines)
     assert lines[3].startswith(os.path.join(str(tmp_path), "train.lr=0.002", "seed1"))
+
+
+def test_slurm_job_script_has_the_options_and_one_thread_each():
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    from iclgd.cli.sweep import slurm_options
+    options = slurm_options(["queue=gpu", "memory=8GB", 'job_extra_directives=["--gres=gpu:1"]'])
+    with dask_jobqueue.SLURMCluster(**options) as cluster:  # starts no job until scaled
+        script = cluster.job_script()
+    for line in ("#SBATCH -p gpu", "#SBATCH --mem=8G", "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=1",
+                 "export OPENBLAS_NUM_THREADS=1", "export NUMBA_NUM_THREADS=1"):
+        assert line in script, line
+    assert "--nthreads 1" in script
+    with pytest.raises(ValueError, match="--cluster-option"):
+        slurm_options(["queue"])
+
+
+def test_a_second_sweep_on_a_folder_in_use_is_refused(capsys, tmp_path):
+    from iclgd import rundir
+    with rundir.locked(str(tmp_path)):
+        assert main(["sweep", "fig2", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"PID {os.getpid()}" in err
