@@ -168,7 +168,7 @@ def _dask_executor(args, n_todo):
     else:
         try:
             client = Client(args.scheduler, timeout="30s")
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, ValueError) as e:  # unreachable; not an address
             raise ValueError(f"--scheduler {args.scheduler}: cannot connect ({type(e).__name__}: {e}); expected "
                              f"the address of a running dask scheduler, e.g. tcp://HOST:8786") from None
     executor = client.get_executor(pure=False)  # pure=False: a resubmitted run is a new task

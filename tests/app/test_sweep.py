@@ -2,6 +2,7 @@
 against NumPy, the executor loop's retry of a job whose worker died (a real process pool whose
 worker exits), its handling of a job that raised, and one-device-per-worker pinning."""
 import concurrent.futures as cf
+import importlib.util
 import json
 import os
 
@@ -208,7 +209,9 @@ def test_cli_bad_flags_are_one_line_errors(capsys, tmp_path):
     for argv, what in [(["--seeds", "2-1"], "--seeds"), (["--grid", "train.lr"], "--grid"),
                        (["--jobs", "0"], "--jobs"), (["--retries", "-1"], "--retries"),
                        (["--cluster-option", "queue=x"], "--cluster-option"),
-                       (["--grid", "train.nope=1,2"], "train.nope")]:
+                       (["--grid", "train.nope=1,2"], "train.nope"),
+                       *([(["--scheduler", "not-an-address"], "--scheduler not-an-address")]
+                         if importlib.util.find_spec("distributed") else [])]:
         assert main(["sweep", "fig2", "--quick", "--out", str(tmp_path), *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and what in err, (argv, err)
