@@ -6,6 +6,7 @@ status ("complete"; "incomplete" when a job failed or diverged; "interrupted"), 
     name, folder, settings {key: value}, seeds (those with complete results), jobs {seed: {status,
     attempts, error}}, and, over those seeds,
     final        the tree of each run's `final`, every number replaced by {mean, std, per_seed}
+                 (a list of numbers, such as the losses per layer, element-wise)
     curves       the tree of each run's `curves`, every curve by {mean, std, per_seed} (lists,
                  element-wise), "step" kept as it is
     tail_median  per curve, the median over its last TAIL_FRACTION of evaluations (a statistic that
@@ -47,18 +48,23 @@ def _numeric_list(v):
     return isinstance(v, list) and all(x is None or _is_number(x) for x in v) and v
 
 
-def stats_tree(trees, curves=False):
-    """The tree of `trees` (one per seed, shaped alike) with each number (each numeric list where
-    `curves`) replaced by its stats across them; other leaves kept when equal, else listed."""
+def stats_tree(trees):
+    """The tree of `trees` (one per seed, shaped alike) with each number, and each list of numbers
+    element-wise (a curve, the losses per layer), replaced by its stats across them; a list under
+    the key "step" and other leaves kept when equal across seeds, else listed."""
     first = trees[0]
     if isinstance(first, dict):
-        return {k: stats_tree([t[k] for t in trees], curves and k != "step")  # steps: kept as they are
-                for k in first if all(k in t for t in trees)}
-    if curves and _numeric_list(first) and all(_numeric_list(t) and len(t) == len(first) for t in trees):
+        return {k: (_kept(v) if k == "step" else stats_tree(v))
+                for k in first if all(k in t for t in trees) for v in [[t[k] for t in trees]]}
+    if _numeric_list(first) and all(_numeric_list(t) and len(t) == len(first) for t in trees):
         return _curve_stats(trees)
     if _is_number(first) or (first is None and any(_is_number(t) for t in trees)):
         return _stats(trees)
-    return first if all(t == first for t in trees) else {"per_seed": list(trees)}
+    return _kept(trees)
+
+
+def _kept(values):
+    return values[0] if all(v == values[0] for v in values) else {"per_seed": list(values)}
 
 
 def tail_median(curve, fraction=TAIL_FRACTION):
@@ -83,7 +89,7 @@ def merge_point(name, sweep_dir, settings, seeds, jobs):
     if runs:
         ordered = [runs[s] for s in sorted(runs)]
         entry["final"] = stats_tree([r["final"] for r in ordered])
-        entry["curves"] = stats_tree([r["curves"] for r in ordered], curves=True)
+        entry["curves"] = stats_tree([r["curves"] for r in ordered])
         entry["tail_median"] = stats_tree([tail_medians(r["curves"]) for r in ordered])
     return entry
 

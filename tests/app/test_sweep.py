@@ -73,7 +73,8 @@ def test_is_complete_needs_the_same_config_seed_and_status(tmp_path):
 
 # ----------------------------------------------------------------------------- the merge
 def _run_results(rng, n_eval):
-    return {"final": {"loss_tf": float(rng.random()), "label": "x", "A": {"m": float(rng.random())}},
+    return {"final": {"loss_tf": float(rng.random()), "label": "x", "A": {"m": float(rng.random())},
+                      "layers": list(rng.random(3))},
             "curves": {"step": list(range(0, 10 * n_eval, 10)), "loss_tf": list(rng.random(n_eval)),
                        "A": {"step": [0, 5], "loss": list(rng.random(2))}}}
 
@@ -87,7 +88,9 @@ def test_stats_tree_equals_numpy_mean_and_sample_std():
     np.testing.assert_allclose(final["loss_tf"]["std"], np.std(vals, ddof=1), **TOL["float64_reordered"])
     assert final["loss_tf"]["per_seed"] == vals and final["label"] == "x"
     assert final["A"]["m"]["per_seed"] == [r["final"]["A"]["m"] for r in runs]
-    curves = sm.stats_tree([r["curves"] for r in runs], curves=True)
+    np.testing.assert_allclose(final["layers"]["mean"], np.mean([r["final"]["layers"] for r in runs], 0),
+                               **TOL["float64_reordered"])
+    curves = sm.stats_tree([r["curves"] for r in runs])
     stack = np.array([r["curves"]["loss_tf"] for r in runs])  # (seeds, evaluations)
     np.testing.assert_allclose(curves["loss_tf"]["mean"], stack.mean(0), **TOL["float64_reordered"])
     np.testing.assert_allclose(curves["loss_tf"]["std"], stack.std(0, ddof=1), **TOL["float64_reordered"])
@@ -98,7 +101,7 @@ def test_stats_of_one_seed_or_a_null_value():
     one = sm.stats_tree([{"a": 2.0}])
     assert one["a"] == {"mean": 2.0, "std": None, "per_seed": [2.0]}
     assert sm.stats_tree([{"a": 1.0}, {"a": None}])["a"]["mean"] is None
-    c = sm.stats_tree([{"l": [1.0, None]}, {"l": [3.0, 4.0]}], curves=True)["l"]
+    c = sm.stats_tree([{"l": [1.0, None]}, {"l": [3.0, 4.0]}])["l"]
     assert c["mean"] == [2.0, None]
 
 
