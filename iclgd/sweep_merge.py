@@ -9,8 +9,9 @@ status ("complete"; "incomplete" when a job failed or diverged; "interrupted"), 
                  (a list of numbers, such as the losses per layer, element-wise)
     curves       the tree of each run's `curves`, every curve by {mean, std, per_seed} (lists,
                  element-wise), "step" kept as it is
-    tail_median  per curve, the median over its last TAIL_FRACTION of evaluations (a statistic that
-                 does not depend on where a noisy curve happens to end), as {mean, std, per_seed}
+    tail_median  per curve (those in `final` too, as fig3's GD++ fit), the median over its last
+                 TAIL_FRACTION of evaluations (a statistic that does not depend on where a noisy
+                 curve happens to end), as {mean, std, per_seed}
 std is the sample standard deviation (ddof 1; null for one seed); a mean or std is null where a
 seed's value is null (not finite).
 """
@@ -73,11 +74,26 @@ def tail_median(curve, fraction=TAIL_FRACTION):
     return None if any(v is None for v in tail) else float(np.median(tail))
 
 
-def tail_medians(curves):
-    """The tree of `curves` with each curve (but "step") replaced by its tail median."""
-    if isinstance(curves, dict):
-        return {k: tail_medians(v) for k, v in curves.items() if k != "step" and (isinstance(v, dict) or _numeric_list(v))}
-    return tail_median(curves)
+def tail_medians(tree):
+    """The tail median of every list of numbers in a dict that has a "step" list (the curves, and
+    curves kept in `final` such as fig3's GD++ fit), in the tree's shape; other leaves dropped."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            sub = tail_medians(v)
+            if sub:
+                out[k] = sub
+        elif k != "step" and "step" in tree and _numeric_list(v):
+            out[k] = tail_median(v)
+    return out
+
+
+def _merged(a, b):
+    """Two trees of dicts merged (b's leaves where both have one)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
 
 
 def merge_point(name, sweep_dir, settings, seeds, jobs):
@@ -90,7 +106,8 @@ def merge_point(name, sweep_dir, settings, seeds, jobs):
         ordered = [runs[s] for s in sorted(runs)]
         entry["final"] = stats_tree([r["final"] for r in ordered])
         entry["curves"] = stats_tree([r["curves"] for r in ordered])
-        entry["tail_median"] = stats_tree([tail_medians(r["curves"]) for r in ordered])
+        entry["tail_median"] = stats_tree([_merged(tail_medians(r["curves"]), tail_medians(r["final"]))
+                                           for r in ordered])
     return entry
 
 
@@ -170,7 +187,8 @@ def summary_lines(sweep):
 
 def plot_sweep(sweep, out_dir, max_panels=12):
     """DIR/sweep.png and .pdf: for every loss curve (per variant; not the per-layer ones) one panel,
-    each point its mean over seeds with a band of +- one std and each seed thin. The paths."""
+    each point its mean over seeds with a band of +- one std, each seed thin, and the mean of each
+    baseline the summary compares it with (GD, GD++) as a horizontal line. The paths."""
     from iclgd.plots import _arr, _plt, _save
     panels = []
     for p in sweep["points"]:
@@ -191,16 +209,34 @@ def plot_sweep(sweep, out_dir, max_panels=12):
             std = _arr([0.0 if s is None else s for s in node["std"]])
             color = f"C{i % 10}"
             ax.plot(x, mean, color=color, label=f"{p['name']} ({len(p['seeds'])} seeds)")
+            for j, base in enumerate(_baselines(sweep["experiment"], p.get("final") or {}, path)):
+                ax.axhline(base[1], color=color, ls=("--", ":", "-.")[j % 3], lw=1,
+                           label=f"{p['name']}: {base[0]} {base[1]:.4g}")
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
             for curve in node["per_seed"]:
                 ax.plot(x, _arr(curve), color=color, lw=0.5, alpha=0.35)
-        ax.set(xlabel="training step", ylabel=path[-1], title=" / ".join(path), yscale="log")
+        ax.set(xlabel="training step", ylabel=f"{path[-1]} (evaluation tasks)", title=" / ".join(path),
+               yscale="log")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     r = {"quick": sweep.get("quick")}
     return _save(r, fig, out_dir, "sweep", f"{sweep['experiment']} over seeds "
                  f"{', '.join(map(str, sweep['seeds']))}: mean, +- 1 std band, each seed thin")
+
+
+def _baselines(experiment, final, path):
+    """[(key, mean)] of the baselines REFERENCE names for the curve at `path` (per variant)."""
+    from iclgd.summary import REFERENCE
+    group = final
+    for k in path[:-1]:
+        group = group.get(k, {}) if isinstance(group, dict) else {}
+    out = []
+    for _, key, base, _ in REFERENCE.get(experiment, []):
+        node = group.get(base) if key == path[-1] and base and not base.startswith("-") else None
+        if isinstance(node, dict) and node.get("mean") is not None and (base, node["mean"]) not in out:
+            out.append((base, node["mean"]))
+    return out
 
 
 def _curve_nodes(tree, path=()):

@@ -112,6 +112,8 @@ def test_tail_median_is_the_median_of_the_last_tenth():
     assert sm.tail_median([1.0, None]) is None
     tails = sm.tail_medians({"step": [0, 1], "loss": [3.0, 1.0], "v": {"step": [0], "loss": [2.0]}})
     assert tails == {"loss": 1.0, "v": {"loss": 2.0}}
+    final = {"deep5": {"loss_tf": 0.1, "layers_loss": [1.0, 2.0], "fit": {"step": [0, 1], "loss_gdpp": [4.0, 3.0]}}}
+    assert sm.tail_medians(final) == {"deep5": {"fit": {"loss_gdpp": 3.0}}}  # curves kept in finals only
 
 
 def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
