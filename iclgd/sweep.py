@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -165,20 +166,29 @@ def one_thread_each():
 
 def run_job(job):
     """Run one job in its folder (in a worker): resume its checkpoints if it has some. Returns
-    {"status": "complete" | "diverged", "pid": worker PID, "seconds": wall time}."""
+    {"status": "complete" | "diverged", "pid": worker PID, "seconds": wall time}. In a local pool's
+    worker (the main thread) Ctrl-C interrupts the job as it does `iclgd run`; between jobs it is
+    ignored there, and the pool's shutdown ends the worker."""
     one_thread_each()
     from iclgd import rundir
     from iclgd.cli.run import resolve_config, run_in_folder
     start = time.perf_counter()
-    mod, cfg = resolve_config(job.experiment, job.quick, list(job.overrides))
-    results = run_in_folder(job.experiment, mod, cfg, [job.seed], job.backend, job.out, quick=job.quick,
-                            resume=bool(rundir.checkpoint_files(job.out)), progress=False, figure=job.figure)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
+    try:
+        mod, cfg = resolve_config(job.experiment, job.quick, list(job.overrides))
+        results = run_in_folder(job.experiment, mod, cfg, [job.seed], job.backend, job.out, quick=job.quick,
+                                resume=bool(rundir.checkpoint_files(job.out)), progress=False, figure=job.figure)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     return {"status": results["status"], "pid": os.getpid(), "seconds": time.perf_counter() - start}
 
 
 def _init_local_worker(devices):
     """Initializer of a local pool's worker: one thread per library; with `devices` (a queue of
-    GPU ids), one device per worker through CUDA_VISIBLE_DEVICES."""
+    GPU ids), one device per worker through CUDA_VISIBLE_DEVICES; Ctrl-C ignored between jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     if devices is not None:
@@ -293,7 +303,9 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
     except KeyboardInterrupt:
         for future, (job, _) in inflight.items():
             future.cancel()
-            outcomes[job].status = "interrupted"
+        for outcome in outcomes.values():  # submitted (perhaps as Ctrl-C came) and not finished
+            if outcome.status == "pending" and outcome.attempts:
+                outcome.status = "interrupted"
         stop_workers(executor)
         raise Interrupted(outcomes) from None
     finally:
