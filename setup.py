@@ -28,8 +28,11 @@ setup(
         # numba-cuda runs its kernels under the simulator and compiles them to PTX with NVVM.
         # numba-cuda is in maintenance mode: pinned. 0.30.4 with the cu12 extra (NVVM, NVRTC) leaves
         # numba 0.68.1 / llvmlite 0.50 / numpy untouched (checked with pip install --dry-run).
+        # dask[distributed] (pure Python, about 30 MB installed with its dependencies) runs the sweep tests on a LocalCluster
         "test": ["pytest>=7", "hypothesis>=6.100", "cuda-bindings>=12.6,<13", "nvidia-cuda-nvrtc-cu12",
-                 "numba-cuda[cu12]==0.30.4"],
+                 "numba-cuda[cu12]==0.30.4", "dask[distributed]>=2024.1"],
+        # iclgd sweep --scheduler ADDRESS (a dask.distributed Client) and --cluster slurm (dask-jobqueue)
+        "cluster": ["dask[distributed]>=2024.1", "dask-jobqueue>=0.8.2"],
         "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12", "numba-cuda[cu12]==0.30.4"],
         "peers": ["jax[cpu]==0.10.2", "torch==2.13.0"],  # CPU builds; cross-tests against autodiff
     },

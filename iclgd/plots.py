@@ -168,7 +168,8 @@ def plot_fig3(r, out_dir):
             g.axhline(f["loss_tf"], color="tab:blue", ls="--", label=f"trained TF ({f['loss_tf']:.4f})")
             g.set(xlabel="Adam step of the GD++ fit", ylabel="loss", yscale="log")
             g.legend(fontsize=8)
-    return _save(r, fig, out_dir, "fig3", f"multi-layer LSA vs GD and GD++ ({_seeds(r)})")
+    extra = f", {r['config']['heads']} heads, MLP {'on' if r['config']['mlp'] else 'off'}" if "heads" in r["config"] else ""
+    return _save(r, fig, out_dir, r["experiment"], f"multi-layer LSA vs GD and GD++ ({_seeds(r)}{extra})")
 
 
 def plot_fig6(r, out_dir):
@@ -260,4 +261,4 @@ def plot_results(results, out_dir):
     return PLOTTERS[name](results, out_dir)
 
 
-PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}

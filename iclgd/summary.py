@@ -29,6 +29,11 @@ REFERENCE = {
         ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "matches GD++"),
         ("model cos (TF vs GD++)", "model_cos_gdpp", None, "~1"),
     ],
+    "fig8": [
+        ("loss: trained TF vs L-step GD", "loss_tf", "loss_gd", "qualitatively as figure 3"),
+        ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "qualitatively as figure 3"),
+        ("model cos (TF vs GD++)", "model_cos_gdpp", None, "qualitatively as figure 3"),
+    ],
     "fig6": [
         ("loss in distribution: TF vs GD", "loss_tf", "loss_gd", "TF, GD and interpolation overlap"),
         *[(f"loss at input scale {r}: TF vs GD", f"loss_tf_input_{r}", f"loss_gd_input_{r}", paper)

@@ -26,6 +26,7 @@ COMMANDS = {
     "list": ("iclgd.cli.list", "the experiments, with the paper figure each reproduces"),
     "config": ("iclgd.cli.config", "an experiment's resolved config: each key's value, default, type and meaning"),
     "run": ("iclgd.cli.run", "train and evaluate one experiment; write results.json and its figure"),
+    "sweep": ("iclgd.cli.sweep", "one run per (grid point, seed) on a local pool or a Dask cluster, merged"),
     "plot": ("iclgd.cli.plot", "re-render an experiment's figure from its results.json alone"),
     "show": ("iclgd.cli.show", "print a run's summary again from its results.json alone"),
     "report": ("iclgd.cli.report", "one self-contained HTML page of runs: figures, summaries, configs"),

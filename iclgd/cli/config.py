@@ -19,7 +19,15 @@ def add_arguments(parser):
 
 
 def field_comments(cls):
-    """{field: the comment after it in the class source, with any comment-only lines below it}."""
+    """{field: the comment after it in the class source, with any comment-only lines below it};
+    a field a dataclass inherits has the comment of the class that declares it."""
+    out = {}
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        out.update(_own_comments(base))
+    return out
+
+
+def _own_comments(cls):
     out, last = {}, None
     for line in inspect.getsource(cls).splitlines():
         m = FIELD_LINE.match(line)

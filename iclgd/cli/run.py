@@ -69,46 +69,63 @@ def announce_compilation(backend):
 
 
 def run(args):
-    from kernels import get_backend
-    from refimpl.config import config_to_dict
     from iclgd import rundir
     if args.seeds < 1:
         raise ValueError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     mod, cfg = resolve_config(args.experiment, args.quick, args.overrides)
-    backend = get_backend(args.backend)
     out = args.out or rundir.default_out(args.experiment)
+    try:
+        results = run_in_folder(args.experiment, mod, cfg, list(range(args.seeds)), args.backend, out,
+                                quick=args.quick, resume=args.resume, force=args.force,
+                                progress=not args.no_progress, verbose=True)
+    except KeyboardInterrupt:
+        saved = rundir.last_checkpoints(out) or "none yet"
+        print(f"iclgd run: interrupted; checkpoints in {os.path.join(out, 'checkpoints')}: {saved}; "
+              f"continue with: {resume_command(args, out)}", file=sys.stderr)
+        return 130
+    return 0 if results["status"] == "complete" else 1
+
+
+def run_in_folder(experiment, mod, cfg, seeds, backend_name, out, quick=False, resume=False, force=False,
+                  progress=True, verbose=False, figure=True):
+    """One run into folder `out` under its lock (refusing a folder holding other work, as `iclgd run`
+    does): train and evaluate `seeds`, write results.json and (if `figure`) the figure. The results
+    dict, whose status is "complete" or "diverged". `iclgd run` and every run of `iclgd sweep` go
+    through here."""
+    from kernels import get_backend
+    from refimpl.config import config_to_dict
+    from iclgd import rundir
+    backend = get_backend(backend_name)
     with rundir.locked(out):
-        rundir.check_out(out, args.experiment, config_to_dict(cfg), args.resume, args.force)
+        rundir.check_out(out, experiment, config_to_dict(cfg), resume, force)
         announce_compilation(backend)
-        try:
-            return _train_and_write(args, mod, cfg, backend, out)
-        except KeyboardInterrupt:
-            saved = rundir.last_checkpoints(out) or "none yet"
-            print(f"iclgd run: interrupted; checkpoints in {os.path.join(out, 'checkpoints')}: {saved}; "
-                  f"continue with: {resume_command(args, out)}", file=sys.stderr)
-            return 130
+        return _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, quick, resume,
+                                progress, verbose, figure)
 
 
-def _train_and_write(args, mod, cfg, backend, out):
+def _train_and_write(experiment, mod, cfg, seeds, backend_name, backend, out, quick, resume, progress, verbose,
+                     figure):
     from iclgd.experiments import EXPERIMENTS
     from iclgd.train import Diverged
     from iclgd.versions import versions
     from refimpl.config import config_to_dict
-    seeds = list(range(args.seeds))
-    header = {"experiment": args.experiment, "figure": EXPERIMENTS[args.experiment][1],
-              "config": config_to_dict(cfg), "seeds": seeds, "backend": args.backend,
-              "versions": versions(), "quick": bool(args.quick)}
+    header = {"experiment": experiment, "figure": EXPERIMENTS[experiment][1],
+              "config": config_to_dict(cfg), "seeds": list(seeds), "backend": backend_name,
+              "versions": versions(), "quick": bool(quick)}
     try:
-        results = mod.run(cfg, seeds, backend, out, resume=args.resume, progress=not args.no_progress)
+        results = mod.run(cfg, list(seeds), backend, out, resume=resume, progress=progress)
         results.update({**header, "status": "complete"})
     except Diverged as e:
         results = diverged_results(header, e)
-        print(f"iclgd run: {e}", file=sys.stderr)
-    for p in write_and_plot(out, results):
-        print(f"wrote {p}")
-    from iclgd.summary import summary_lines
-    print("\n".join(summary_lines(results)))
-    return 0 if results["status"] == "complete" else 1
+        if verbose:
+            print(f"iclgd run: {e}", file=sys.stderr)
+    paths = write_and_plot(out, results, figure)
+    if verbose:
+        for p in paths:
+            print(f"wrote {p}")
+        from iclgd.summary import summary_lines
+        print("\n".join(summary_lines(results)))
+    return results
 
 
 def diverged_results(header, e):
@@ -120,11 +137,11 @@ def diverged_results(header, e):
             "notes": "the run stopped at a non-finite value; final and per_seed are empty"}
 
 
-def write_and_plot(out, results):
-    """Write results.json and the figure; a diverged run never replaces complete results: it is
-    written beside them as results.diverged.json, unplotted. The paths written."""
+def write_and_plot(out, results, figure=True):
+    """Write results.json and (if `figure`) the figure; a diverged run never replaces complete
+    results: it is written beside them as results.diverged.json, unplotted. The paths written."""
     from iclgd.plots import plot_results
     from iclgd.results import RESULTS_FILE, read_status, write_results
     if results["status"] != "complete" and read_status(os.path.join(out, RESULTS_FILE)) == "complete":
         return [write_results(out, results, name="results.diverged.json")]
-    return [write_results(out, results), *plot_results(results, out)]
+    return [write_results(out, results), *(plot_results(results, out) if figure else [])]

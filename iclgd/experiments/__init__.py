@@ -16,6 +16,8 @@ EXPERIMENTS = {
              "weight-tied 2-layer and deep 2/3/5-layer LSA vs L-step GD and GD++ (per-layer losses)"),
     "fig6": ("iclgd.experiments.fig6", "Figures 6, 7",
              "out-of-distribution losses (input scale, weight scale, other input laws), distractors"),
+    "fig8": ("iclgd.experiments.fig8", "Figures 7, 8",
+             "figure 3's weight-tied and deep models with several heads and MLPs vs GD and GD++"),
     "fig16": ("iclgd.experiments.fig16", "Figure 16",
               "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
 }

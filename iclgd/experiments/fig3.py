@@ -45,6 +45,11 @@ class Config:
         if not self.deep_layers and not self.tied_layers:
             raise ValueError("deep_layers: expected at least one depth when tied_layers = 0, got []")
 
+    def model_options(self):
+        """ModelConfig fields of the trained models beyond lsa_config's: none here (one head, no
+        MLP); fig8's Config adds heads and MLPs."""
+        return {}
+
 
 QUICK = {"train.steps": "200", "train.batch": "256", "train.eval_every": "100",
          "task.eval_tasks": "1000", "train.checkpoint_every": "100", "deep_layers": "[3]",
@@ -73,7 +78,7 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
                                      progress=progress, backend=backend)
     gdpp_cfg = baselines.gdpp_model_config(d, L, tied, token_clip=paper_token_clip(L))
     ref_gdpp = metrics.Reference(baselines.gdpp_params(d, etas, gammas, N), gdpp_cfg, tokens, targets, ops)
-    cfg_tf = lsa_config(task, num_layers=L, tied=tied)
+    cfg_tf = lsa_config(task, num_layers=L, tied=tied, **cfg.model_options())
     evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref_gd, "gdpp": ref_gdpp}, backend)
     train_cfg = dataclasses.replace(cfg.train, steps=steps)
     res = train_model(cfg_tf, cfg, seed, backend, out_dir, name, evaluate, resume, progress, train_cfg)

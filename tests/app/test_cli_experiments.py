@@ -99,10 +99,12 @@ def test_run_resume_reaches_the_uninterrupted_final_state(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fig1", "fig3", "fig6", "fig16"])
+@pytest.mark.parametrize("name", ["fig1", "fig3", "fig6", "fig8", "fig16"])
 def test_other_experiments_write_their_keys(tmp_path, name):
     extra = {"fig1": ["--set", "train.steps=60", "--set", "repeats=7"],
              "fig3": ["--set", "train.steps=30", "--set", "deep_steps=[30]", "--set", "deep_layers=[2,4]"],
+             "fig8": ["--set", "train.steps=30", "--set", "deep_steps=[30]", "--set", "deep_layers=[2]",
+                      "--set", "heads=3"],
              "fig6": ["--set", "train.steps=60"],
              "fig16": ["--set", "train.steps=60"]}[name]
     assert _run(["run", name, "--out", tmp_path, *TINY, *extra]) == 0
@@ -123,6 +125,13 @@ def test_other_experiments_write_their_keys(tmp_path, name):
             assert fit["step"][0] == 0 and fit["step"][-1] == int(r["config"]["gdpp"]["steps_tied" if v["weight_tied"] else "steps_deep"])
             rtol = TOL["recomputed_scalar"]["rtol"]
             assert abs(fit["loss_gdpp"][-1] - v["loss_gdpp"]) <= rtol * v["loss_gdpp"]
+    if name in ("fig3", "fig8"):  # fig3: one head, no MLP; fig8: its heads (key size D each) and MLPs
+        from iclgd.summary import REFERENCE
+        heads, mlp = (1, False) if name == "fig3" else (3, True)
+        p = np.load(tmp_path / "checkpoints" / "deep2_seed0.npz")
+        assert p["param/layer1.attn.W_q"].shape == (11, 11 * heads)
+        assert ("param/layer1.mlp.W1" in p.files) is mlp
+        assert all(key in r["final"]["deep2"] for _, key, _, _ in REFERENCE[name])
     if name == "fig6":
         for fam in ("input", "weight", "laws"):
             assert len(r["ood"][fam]["tf"]) == len(r["ood"]["alpha"][fam])

@@ -11,6 +11,11 @@ from iclgd.experiments import EXPERIMENTS, get_experiment
 from iclgd.summary import REFERENCE, summary_lines
 from tests.conftest import cli_subprocess
 
+# experiments whose paper-settings results are not committed yet (the README says so): the tests of
+# the committed results skip them, and fail once their results land, until taken off this list
+NOT_RUN_YET = ("fig8",)
+COMMITTED = [name for name in EXPERIMENTS if name not in NOT_RUN_YET]
+
 TINY = ["--quick", "--no-progress", "--set", "task.eval_tasks=200", "--set", "train.steps=20",
         "--set", "train.batch=64"]
 
@@ -66,7 +71,7 @@ def test_every_experiment_has_summary_rows_that_name_real_keys():
     """Each reference row names a key the experiment writes (checked on the committed results)."""
     import os
     from tests.conftest import ROOT
-    for name in EXPERIMENTS:
+    for name in COMMITTED:
         path = os.path.join(ROOT, "results", name, "results.json")
         with open(path) as f:
             final = json.load(f)["final"]
@@ -109,7 +114,16 @@ def test_field_comments_follow_continuation_lines():
     assert set(field_comments(ModelConfig)) == {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiments_not_run_yet_have_no_results_and_the_readme_says_so():
+    import os
+    from tests.conftest import ROOT
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for name in NOT_RUN_YET:
+        assert not os.path.exists(os.path.join(ROOT, "results", name, "results.json")), name
+        assert f"`{name}` is registered but not run at the paper's settings yet" in readme, name
+
+
+@pytest.mark.parametrize("name", COMMITTED)
 def test_every_panel_of_every_figure_is_labelled_and_drawn(name, tmp_path, monkeypatch):
     """Structure of each committed figure: every panel has data, an x label and a y label; the
     title names the seeds without Python list brackets."""
