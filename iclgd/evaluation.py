@@ -21,6 +21,19 @@ class BackendOps:
         readouts, cache = b.model_forward(b.asarray(params), b.asarray(np.ascontiguousarray(tokens)), cfg)
         return np.asarray(b.to_numpy(readouts)), cache  # (L, B)
 
+    def readouts_and_query_gradient(self, params, tokens, cfg):
+        """(readouts (L, B), d (final read-out) / d (query token) (B, D_in)); the backend's own
+        function where it has one (numba-cpu: linear attention from its training kernel)."""
+        b = self.backend
+        own = getattr(b, "readouts_and_query_gradient", None)
+        if own is None:
+            readouts, cache = self.model_forward(params, tokens, cfg)
+            dread = np.zeros_like(readouts)  # (L, B)
+            dread[-1] = 1.0
+            return readouts, self.model_backward(dread, cache)[0][:, -1]
+        readouts, dquery = own(b.asarray(params), b.asarray(np.ascontiguousarray(tokens)), cfg)
+        return np.asarray(b.to_numpy(readouts)), np.asarray(b.to_numpy(dquery))
+
     def model_backward(self, dreadouts, cache):
         b = self.backend
         dtokens, grads = b.model_backward(b.asarray(np.ascontiguousarray(dreadouts)), cache)

@@ -2,9 +2,11 @@
 distractor curves, on host arrays.
 
 The model is run by `ops`: any object with the oracle's `model_forward(params, tokens, cfg) ->
-(readouts, cache)` and `model_backward(dreadouts, cache) -> (dtokens, grads)` on host arrays. None
-means the oracle itself (refimpl.model); the application passes a backend's (iclgd.evaluation),
-whose float64 results equal the oracle's to rounding.
+(readouts, cache)` and `model_backward(dreadouts, cache) -> (dtokens, grads)` on host arrays, and
+optionally `readouts_and_query_gradient(params, tokens, cfg) -> (readouts (L, B), d (final
+read-out) / d (query token) (B, D))`, all an evaluation needs in one call. None means the oracle
+itself (refimpl.model); the application passes a backend's (iclgd.evaluation), whose float64
+results equal the oracle's to rounding.
 
 Shape legend: B tasks, T tokens, D = d + 1 token width, L layers.
 """
@@ -18,7 +20,11 @@ NORM_EPS = 1e-8  # added to the sensitivity norms in the cosine (SPEC 5)
 
 def losses(params, tokens, targets, cfg, ops=None):
     """(loss of the final read-out, per-layer losses (L,), predictions (B,)): mean 0.5 r^2."""
-    readouts, _ = (ops or oracle_model).model_forward(params, tokens, cfg)  # (L, B)
+    both = getattr(ops, "readouts_and_query_gradient", None)
+    if both is not None:
+        readouts = both(params, tokens, cfg)[0]  # (L, B)
+    else:
+        readouts, _ = (ops or oracle_model).model_forward(params, tokens, cfg)  # (L, B)
     per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)
     return float(per_layer[-1]), per_layer, readouts[-1]
 
@@ -26,11 +32,16 @@ def losses(params, tokens, targets, cfg, ops=None):
 def losses_and_sensitivity(params, tokens, targets, cfg, ops=None):
     """losses(...) and query_sensitivity(...) from one forward and one backward pass."""
     ops = ops or oracle_model
-    readouts, cache = ops.model_forward(params, tokens, cfg)  # (L, B)
+    both = getattr(ops, "readouts_and_query_gradient", None)
+    if both is not None:
+        readouts, dquery = both(params, tokens, cfg)  # (L, B), (B, D)
+        sens = dquery[:, :-1]  # (B, d)
+    else:
+        readouts, cache = ops.model_forward(params, tokens, cfg)  # (L, B)
+        dread = np.zeros_like(readouts)  # (L, B): only the final read-out
+        dread[-1] = 1.0
+        sens = ops.model_backward(dread, cache)[0][:, -1, :-1]  # (B, d)
     per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)
-    dread = np.zeros_like(readouts)  # (L, B): only the final read-out
-    dread[-1] = 1.0
-    sens = ops.model_backward(dread, cache)[0][:, -1, :-1]  # (B, d)
     return float(per_layer[-1]), per_layer, readouts[-1], sens
 
 

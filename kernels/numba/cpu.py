@@ -192,6 +192,20 @@ def model_backward(dreadouts, cache):
     return dtok, unpack(g, cfg)
 
 
+def readouts_and_query_gradient(params, tokens, cfg):
+    """(readouts (L, B), d (final read-out) / d (query token) (B, D_in)): model_forward's read-outs
+    and the query row of the input gradient of the final read-out (refimpl.model.
+    prediction_input_gradient), what an evaluation needs. Linear-attention models get both from
+    the training kernel (kernels.numba.lsa), so evaluating them compiles nothing more."""
+    tok = _check_inputs(params, tokens, cfg)
+    if numba_lsa.supports(cfg):
+        return numba_lsa.readouts_and_query_gradient(params, tok, cfg)
+    readouts, cache = model_forward(params, tok, cfg)
+    dread = np.zeros_like(readouts)  # (L, B)
+    dread[-1] = 1
+    return readouts, model_backward(dread, cache)[0][:, -1]
+
+
 def _loss_grads_flat(pv, tok, y, cfg):
     if numba_lsa.supports(cfg):  # linear attention only: the parameter-space kernel
         loss, per_layer, grads = numba_lsa.loss_and_grads(unpack(pv, cfg), tok, y, cfg)

@@ -70,6 +70,7 @@ class _Plan:
         self.dW_KQ_lanes, self.dW_PV_lanes = e(Lp, H, D, D, LANES), e(Lp, H, D, D, LANES)
         self.dW_KQ_rows, self.dW_PV_rows = e(Lp, H, D, D), e(Lp, H, D, D)
         self.SQ = e(L)
+        self.no_rd, self.no_dq = np.empty((L, 1), dtype), np.empty((1, D), dtype)  # training: unused
         self.players = np.array([cfg.param_layer(l) for l in range(L)], np.int64)
 
     def buffers(self):
@@ -108,9 +109,8 @@ def parameter_space(params, cfg):
     return W_KQ, W_PV, views
 
 
-def loss_and_grads(params, tok, y, cfg):
-    """(loss, per-layer losses (L,), {name: gradient}) as refimpl.loss.loss_and_grads, for models
-    with supports(cfg); tok (B, T, D) and y (B,) contiguous, already checked by the caller."""
+def _run(params, tok, y, cfg, evaluate, RD, DQ):
+    """lsa_kernel on the tasks tok (B, T, D); returns the plan and the per-head views."""
     B, T, _ = tok.shape
     dtype = tok.dtype
     pl = plan(cfg, T, B, dtype)
@@ -123,9 +123,30 @@ def loss_and_grads(params, tok, y, cfg):
             lsa_kernel(tok, y, np.ascontiguousarray(W_KQ), np.ascontiguousarray(W_PV),
                        transposed(W_PV), transposed(W_KQ), pl.players, S, dtype.type(cfg.dampening),
                        cfg.y_update, dtype.type(cfg.token_clip), dtype.type(1.0 / B), pl.gpc,
-                       *pl.buffers())
+                       *pl.buffers(), evaluate, RD, DQ)
     finally:
         set_parallel_chunksize(old)
+    return pl, views
+
+
+def readouts_and_query_gradient(params, tok, cfg):
+    """(readouts (L, B), d (final read-out) / d (query token) (B, D)) for models with
+    supports(cfg): what refimpl.model_forward and the backward of the final read-out give (the
+    query row of refimpl.model.prediction_input_gradient), from the training kernel itself."""
+    B, T, D = tok.shape
+    RD = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
+    DQ = np.full((B, D), np.nan, tok.dtype)  # (B, D)
+    _run(params, tok, np.zeros(B, tok.dtype), cfg, True, RD, DQ)
+    return RD, DQ
+
+
+def loss_and_grads(params, tok, y, cfg):
+    """(loss, per-layer losses (L,), {name: gradient}) as refimpl.loss.loss_and_grads, for models
+    with supports(cfg); tok (B, T, D) and y (B,) contiguous, already checked by the caller."""
+    B = tok.shape[0]
+    dtype = tok.dtype
+    pl0 = plan(cfg, tok.shape[1], B, dtype)
+    pl, views = _run(params, tok, y, cfg, False, pl0.no_rd, pl0.no_dq)
     dW_KQ = pl.dW_KQ_rows.sum(axis=0)  # (Lp, H, D, D), chunk order: deterministic
     dW_PV = pl.dW_PV_rows.sum(axis=0)  # (Lp, H, D, D)
     grads = {}

@@ -5,7 +5,9 @@ LANES tasks per group. Per head: W_KQ = W_q W_k^T and W_PV = W_v W_p (D, D), sha
 A = C^T C (D, D, LANES) per task. A layer is U_h = X W_KQ^h, V_h = U_h A, O = sum_h V_h W_PV^h.
 
 Kernel (`@njit(cache=True, parallel=True)`): `lsa_kernel`, prange over chunks of groups; every
-other function here works on one group of LANES tasks.
+other function here works on one group of LANES tasks. One kernel serves training (the loss and
+its parameter gradients) and evaluation (every application's read-out and the input gradient of
+the final read-out at the query token), so an evaluation compiles nothing more.
 """
 from numba import njit, prange
 
@@ -213,11 +215,29 @@ def sum_lanes(dW_KQ, dW_PV, row_KQ, row_PV):
                     row_PV[p, h, i, k] = s_pv
 
 
+@njit(cache=True, fastmath={"contract"})
+def readout_gradient(X, z, clip, real, b0, RD, dz):
+    """Evaluation: the group's read-outs into RD (L, B) (application l reads out -X[l + 1] query
+    label, the last one -clip(z)) and dz (LANES,) = d (final read-out) / d z."""
+    T, D = X.shape[1], X.shape[2]
+    L = RD.shape[0]
+    for j in range(LANES):
+        if real[j] > 0:
+            for l in range(L - 1):
+                RD[l, b0 + j] = -X[l + 1, T - 1, D - 1, j]
+            RD[L - 1, b0 + j] = -(min(max(z[j], -clip), clip) if clip > 0 else z[j])
+            dz[j] = 0 if clip > 0 and abs(z[j]) > clip else -1
+        else:
+            dz[j] = 0
+
+
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, inv_b, gpc,
                Xs, Zs, As, Us, Vs, tmp, dA, small, dW_KQ_lanes, dW_PV_lanes, dW_KQ_rows,
-               dW_PV_rows, SQ):
-    """Loss and parameter-space gradients of a linear-attention model over all tasks.
+               dW_PV_rows, SQ, evaluate, RD, DQ):
+    """Loss and parameter-space gradients of a linear-attention model over all tasks; with
+    `evaluate`, instead, every application's read-out RD (L, B) and the gradient of the final
+    read-out with respect to the query token DQ (B, D) (y unused; the gradient rows are scratch).
 
     tok (B, T, D), y (B,); W_KQ, W_PV, W_PV_T, W_KQ_T (Lp, H, D, D): W_KQ^h, W_PV^h and their
     transposes per parameter set; players (L,) parameter set of each application. Per chunk c
@@ -247,11 +267,21 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
             p = players[L - 1]
             readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
                             V[L - 1, :, 0], z)
-            readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
+            if evaluate:
+                readout_gradient(X, z, clip, real, g * LANES, RD, dz)
+            else:
+                readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
             readout_backward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
-                             V[L - 1, :, 0], dz, L > 1, tm[0], sm[1], sm[2], sm[3], dKQ[p], dPV[p])
+                             V[L - 1, :, 0], dz, L > 1 or evaluate, tm[0], sm[1], sm[2], sm[3], dKQ[p],
+                             dPV[p])
             for l in range(L - 2, -1, -1):
                 p = players[l]
                 full_backward(X[l], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[l], U[l], V[l],
-                              Z[l], tm[0], l > 0, tm[1], tm[2], tm[3], dAc, dKQ[p], dPV[p])
+                              Z[l], tm[0], l > 0 or evaluate, tm[1], tm[2], tm[3], dAc, dKQ[p], dPV[p])
+            if evaluate:  # tm[0] holds d (final read-out) / d X[0], the group's tokens
+                Dm = tm.shape[2]
+                for j in range(LANES):
+                    if real[j] > 0:
+                        for i in range(Dm):
+                            DQ[g * LANES + j, i] = tm[0, tm.shape[1] - 1, i, j]
         sum_lanes(dKQ, dPV, dW_KQ_rows[c], dW_PV_rows[c])

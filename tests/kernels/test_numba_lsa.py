@@ -50,6 +50,37 @@ def test_loss_and_grads_match_oracle(name, B, dtype, rng):
         assert_close_to_oracle(grads[k], grads_o[k], dtype, red, f"grads[{k}]")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_evaluation_readouts_and_query_gradient_match_oracle(name, B, dtype, rng):
+    """The kernel's evaluation mode: every application's read-out and the query row of the final
+    read-out's input gradient, as refimpl.model_forward and prediction_input_gradient give them,
+    with no buffer entry read unwritten (NaN-poisoned)."""
+    cfg, T = CONFIGS[name]
+    params, tok, _ = inputs(cfg, T, B, rng, dtype)
+    numba_lsa.fill_buffers(cfg, T, B, dtype, np.nan)
+    readouts, dquery = get_backend("numba-cpu").readouts_and_query_gradient(params, tok, cfg)
+    p64, t64 = params_astype(params, np.float64), tok.astype(np.float64)
+    readouts_o, _ = oracle_model.model_forward(p64, t64, cfg)
+    dquery_o = oracle_model.prediction_input_gradient(p64, t64, cfg)[:, -1]  # (B, D)
+    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads
+    assert readouts.dtype == dtype and dquery.dtype == dtype
+    assert_close_to_oracle(readouts, readouts_o, dtype, red, "read-outs")
+    assert_close_to_oracle(dquery, dquery_o, dtype, red, "d read-out / d query")
+
+
+def test_evaluation_through_the_general_kernel_for_other_models(rng):
+    """Models the linear-attention kernel does not take get the same pair from the general one."""
+    cfg = model_configs("softmax_ln_mlp_2layer")["softmax_ln_mlp_2layer"]
+    assert not numba_lsa.supports(cfg)
+    params, tok, _ = inputs(cfg, 6, 9, rng, np.float64)
+    readouts, dquery = get_backend("numba-cpu").readouts_and_query_gradient(params, tok, cfg)
+    np.testing.assert_allclose(readouts, oracle_model.model_forward(params, tok, cfg)[0], rtol=RTOL_FLOAT64)
+    np.testing.assert_allclose(dquery, oracle_model.prediction_input_gradient(params, tok, cfg)[:, -1],
+                               rtol=RTOL_FLOAT64, atol=1e-14)
+
+
 def test_clipping_is_exercised(rng):
     """The clipping configs really clip some entries (else their gradient masks go untested)."""
     for name in ("deep3_2head_clip_damp", "deep2_3head_wide_key_clip"):
