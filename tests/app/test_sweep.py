@@ -182,6 +182,22 @@ def test_a_worker_that_always_dies_fails_after_its_retries(tmp_path):
     assert out[job].status == "failed" and out[job].attempts == 2 and "died 2 times" in out[job].error
 
 
+def test_a_pool_found_broken_at_submission_is_replaced(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenAtSubmit(cf.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            raise BrokenProcessPool("a worker died")
+    made = []
+
+    def make():
+        made.append(BrokenAtSubmit(1) if not made else cf.ThreadPoolExecutor(1))
+        return made[-1]
+    job = _job(tmp_path, 0)
+    out = sw.execute([job], make, lambda: 1, poll_s=0.05, fn=lambda j: {"status": "complete"})
+    assert out[job].status == "complete" and out[job].attempts == 1 and len(made) == 2
+
+
 def raise_bad(job):
     raise ValueError(f"bad seed {job.seed}")
 
