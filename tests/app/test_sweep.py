@@ -74,7 +74,8 @@ def test_is_complete_needs_the_same_config_seed_and_status(tmp_path):
 # ----------------------------------------------------------------------------- the merge
 def _run_results(rng, n_eval):
     return {"final": {"loss_tf": float(rng.random()), "label": "x", "A": {"m": float(rng.random())},
-                      "layers": list(rng.random(3))},
+                      "layers": list(rng.random(3)), "loss_gd": float(rng.random()),
+                      "fit": {"step": [0, 1, 2], "loss_gd": list(rng.random(3))}},
             "curves": {"step": list(range(0, 10 * n_eval, 10)), "loss_tf": list(rng.random(n_eval)),
                        "A": {"step": [0, 5], "loss": list(rng.random(2))}}}
 
@@ -135,7 +136,14 @@ def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
     assert point["tail_median"]["loss_tf"]["per_seed"] == [sm.tail_median(runs[s]["curves"]["loss_tf"]) for s in (0, 2)]
     lines = sm.summary_lines({**merged, "backend": "numpy"})
     assert any("seed 1 failed: E" in line for line in lines)
-    assert any(line.strip().startswith("loss: trained TF vs 1 GD step:") for line in lines)
+    row = next(line.strip() for line in lines if line.strip().startswith("loss: trained TF vs 1 GD step:"))
+    tf, gd = ([sm.tail_median(runs[s]["curves"]["loss_tf"]) for s in (0, 2)],
+              [runs[s]["final"]["fit"]["loss_gd"][-1] for s in (0, 2)])  # a baseline's curve kept in final
+    final_tf, final_gd = [runs[s]["final"]["loss_tf"] for s in (0, 2)], [runs[s]["final"]["loss_gd"] for s in (0, 2)]
+    assert row == (f"loss: trained TF vs 1 GD step: final {np.mean(final_tf):.4g} +- {np.std(final_tf, ddof=1):.2g}, "
+                   f"tail {np.mean(tf):.4g} +- {np.std(tf, ddof=1):.2g} (baseline final {np.mean(final_gd):.4g} +- "
+                   f"{np.std(final_gd, ddof=1):.2g}, tail {np.mean(gd):.4g} +- {np.std(gd, ddof=1):.2g}; "
+                   f"paper: ~0.205, equal to one GD step)")
     (tmp_path / "sweep.json").write_text(json.dumps({**merged, "backend": "numpy", "quick": True}))
     assert main(["show", str(tmp_path)]) == 0 and main(["plot", str(tmp_path)]) == 0  # from sweep.json alone
     assert os.path.getsize(tmp_path / "sweep.png") > 0 and os.path.getsize(tmp_path / "sweep.pdf") > 0
