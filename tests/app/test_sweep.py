@@ -274,3 +274,20 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused(capsys, tmp_path):
         assert main(["sweep", "fig2", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"PID {os.getpid()}" in err
+
+
+def test_gpu_backends_get_one_worker_per_visible_device(monkeypatch):
+    import argparse
+    from iclgd.cli.sweep import executor_for
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert sw.gpu_devices() == ["2", "5", "7"]
+    args = argparse.Namespace(scheduler=None, cluster=None, backend="cupy", jobs=None)
+    _, capacity, _ = executor_for(args, n_todo=10)
+    assert capacity() == 3  # one run per GPU, not one per core
+    _, capacity, _ = executor_for(argparse.Namespace(**{**vars(args), "backend": "numpy"}), n_todo=1)
+    assert capacity() == 1  # never more workers than runs
+    with pytest.raises(ValueError, match="--jobs: expected at most 3 with backend cupy"):
+        executor_for(argparse.Namespace(**{**vars(args), "jobs": 4}), n_todo=10)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match="--backend cupy: expected a visible GPU"):
+        executor_for(args, n_todo=10)
