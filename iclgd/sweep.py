@@ -262,10 +262,9 @@ class Progress:
 
 def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5, fn=run_job):
     """Run `fn(job)` (run_job) for `jobs` on the executor `make_executor()` returns, at most
-    `capacity()` in flight;
-    a job whose worker died goes again (a broken pool is replaced by a new one), at most `retries`
-    times more. Returns {job: Outcome}; Ctrl-C raises Interrupted with the outcomes so far, after
-    stopping the pool's workers (their jobs keep their checkpoints)."""
+    `capacity()` in flight; a job whose worker died goes again (a broken pool is replaced by a new
+    one), at most `retries` times more. Returns {job: Outcome}; Ctrl-C raises Interrupted with the
+    outcomes so far, after stopping the pool's workers (their jobs keep their checkpoints)."""
     outcomes = {job: Outcome("pending") for job in jobs}
     pending, inflight = collections.deque(jobs), {}  # future -> (job, executor generation)
     executor, generation = make_executor(), 0
@@ -274,7 +273,14 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
             while pending and len(inflight) < max(1, capacity()):
                 job = pending.popleft()
                 outcomes[job].attempts += 1
-                inflight[executor.submit(fn, job)] = (job, generation)
+                try:
+                    future = executor.submit(fn, job)
+                except RuntimeError as e:  # the pool broke before its futures told us
+                    if type(e).__name__ != "BrokenProcessPool":
+                        raise
+                    executor, generation = _replaced(executor, make_executor), generation + 1
+                    future = executor.submit(fn, job)
+                inflight[future] = (job, generation)
             if progress:
                 progress.show(len(inflight))
             done, _ = cf.wait(list(inflight), timeout=poll_s, return_when=cf.FIRST_COMPLETED)
@@ -298,8 +304,7 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
                 if progress:
                     progress.finished(outcome.status == "complete")
             if broken:  # the pool is unusable: its other jobs fail with it and go again on a new one
-                executor.shutdown(wait=False, cancel_futures=True)
-                executor, generation = make_executor(), generation + 1
+                executor, generation = _replaced(executor, make_executor), generation + 1
     except KeyboardInterrupt:
         for future, (job, _) in inflight.items():
             future.cancel()
@@ -313,6 +318,12 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
             progress.show(len(inflight))
     executor.shutdown(wait=True)
     return outcomes
+
+
+def _replaced(executor, make_executor):
+    """A new executor in place of a broken local pool."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    return make_executor()
 
 
 def stop_workers(executor):

@@ -149,40 +149,53 @@ def is_sweep_folder(folder):
     return os.path.isfile(os.path.join(folder, SWEEP_FILE)) and not os.path.isfile(os.path.join(folder, RESULTS_FILE))
 
 
-def _fmt(stats):
+def _fmt(stats, sign=1.0):
     if not isinstance(stats, dict) or stats.get("mean") is None:
         return "-"
     std = f" +- {stats['std']:.2g}" if stats.get("std") is not None else ""
-    return f"{stats['mean']:.4g}{std}"
+    return f"{sign * stats['mean']:.4g}{std}"
 
 
 def summary_lines(sweep):
-    """Per point: each REFERENCE row of the experiment as mean +- std over seeds, its baseline's
-    mean, and what the paper reports (SPEC 6)."""
+    """Per point: each REFERENCE row of the experiment as mean +- std over seeds of its final value
+    and, where the number has a curve, of that curve's tail median; the same for its baseline; and
+    what the paper reports (SPEC 6)."""
     from iclgd.summary import REFERENCE
     rows = REFERENCE.get(sweep["experiment"], [])
     quick = " | QUICK: reduced settings, not the paper's" if sweep.get("quick") else ""
     lines = [f"sweep {sweep['experiment']} ({sweep.get('figure', '?')}) on {sweep.get('backend')}, "
              f"seeds {', '.join(map(str, sweep['seeds']))}; {len(sweep['points'])} point(s); "
-             f"status {sweep['status']}{quick}"]
+             f"status {sweep['status']}{quick}; final: the value at the end, tail: the median over the "
+             f"last {TAIL_FRACTION:.0%} of evaluations (mean +- std over seeds)"]
     for p in sweep["points"]:
         lines.append(f"{p['name']}: {len(p['seeds'])} of {len(p['jobs'])} seed(s) complete"
                      + "".join(f"; seed {s} {j['status']}{': ' + j['error'] if j.get('error') else ''}"
                                for s, j in p["jobs"].items() if j["status"] not in ("complete", "skipped")))
-        final = p.get("final") or {}
+        final, tails = p.get("final") or {}, p.get("tail_median") or {}
         nested = final and all(isinstance(v, dict) and "per_seed" not in v for v in final.values())
         for group, values in (final.items() if nested else [(None, final)]):
+            tail = tails.get(group, {}) if group else tails
             for label, key, base, paper in rows:
                 if key not in values:
                     continue
-                base_text = "-"
+                text = _both(values, tail, key)
                 if base:
-                    b = values.get(base.lstrip("-"))
-                    base_text = ("-" if not isinstance(b, dict) or b.get("mean") is None
-                                 else f"{-b['mean'] if base.startswith('-') else b['mean']:.4g}")
-                where = f"[{group}] " if group else ""
-                lines.append(f"  {where}{label}: {_fmt(values[key])} (baseline {base_text}; paper: {paper})")
+                    text += f" (baseline {_both(values, tail, base)}; paper: {paper})"
+                else:
+                    text += f" (paper: {paper})"
+                lines.append(f"  {f'[{group}] ' if group else ''}{label}: {text}")
     return lines
+
+
+def _both(values, tail, key):
+    """'final M +- S, tail M +- S' of `key` ('-key': negated), the tail where a curve of that name
+    is in `tail` or one level below it (fig3's GD++ fit curve `gdpp_fit.loss_gdpp`)."""
+    sign, key = (-1.0, key[1:]) if key.startswith("-") else (1.0, key)
+    text = f"final {_fmt(values.get(key), sign)}"
+    found = tail.get(key) if isinstance(tail.get(key), dict) and "mean" in tail.get(key) else next(
+        (v[key] for v in tail.values() if isinstance(v, dict) and isinstance(v.get(key), dict)
+         and "mean" in v[key]), None)
+    return text + (f", tail {_fmt(found, sign)}" if found is not None else "")
 
 
 def plot_sweep(sweep, out_dir, max_panels=12):

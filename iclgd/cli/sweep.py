@@ -148,6 +148,9 @@ def executor_for(args, n_todo):
     limit = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if args.backend in GPU_BACKENDS:
         devices = gpu_devices()
+        if not devices:
+            raise ValueError(f"--backend {args.backend}: expected a visible GPU (CUDA_VISIBLE_DEVICES, or "
+                             f"nvidia-smi -L), found none")
         if args.jobs is not None and args.jobs > len(devices):
             raise ValueError(f"--jobs: expected at most {len(devices)} with backend {args.backend} (one run per "
                              f"GPU; visible: {', '.join(devices) or 'none'}), got {args.jobs}")

@@ -74,7 +74,8 @@ def test_is_complete_needs_the_same_config_seed_and_status(tmp_path):
 # ----------------------------------------------------------------------------- the merge
 def _run_results(rng, n_eval):
     return {"final": {"loss_tf": float(rng.random()), "label": "x", "A": {"m": float(rng.random())},
-                      "layers": list(rng.random(3))},
+                      "layers": list(rng.random(3)), "loss_gd": float(rng.random()),
+                      "fit": {"step": [0, 1, 2], "loss_gd": list(rng.random(3))}},
             "curves": {"step": list(range(0, 10 * n_eval, 10)), "loss_tf": list(rng.random(n_eval)),
                        "A": {"step": [0, 5], "loss": list(rng.random(2))}}}
 
@@ -135,7 +136,14 @@ def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
     assert point["tail_median"]["loss_tf"]["per_seed"] == [sm.tail_median(runs[s]["curves"]["loss_tf"]) for s in (0, 2)]
     lines = sm.summary_lines({**merged, "backend": "numpy"})
     assert any("seed 1 failed: E" in line for line in lines)
-    assert any(line.strip().startswith("loss: trained TF vs 1 GD step:") for line in lines)
+    row = next(line.strip() for line in lines if line.strip().startswith("loss: trained TF vs 1 GD step:"))
+    tf, gd = ([sm.tail_median(runs[s]["curves"]["loss_tf"]) for s in (0, 2)],
+              [runs[s]["final"]["fit"]["loss_gd"][-1] for s in (0, 2)])  # a baseline's curve kept in final
+    final_tf, final_gd = [runs[s]["final"]["loss_tf"] for s in (0, 2)], [runs[s]["final"]["loss_gd"] for s in (0, 2)]
+    assert row == (f"loss: trained TF vs 1 GD step: final {np.mean(final_tf):.4g} +- {np.std(final_tf, ddof=1):.2g}, "
+                   f"tail {np.mean(tf):.4g} +- {np.std(tf, ddof=1):.2g} (baseline final {np.mean(final_gd):.4g} +- "
+                   f"{np.std(final_gd, ddof=1):.2g}, tail {np.mean(gd):.4g} +- {np.std(gd, ddof=1):.2g}; "
+                   f"paper: ~0.205, equal to one GD step)")
     (tmp_path / "sweep.json").write_text(json.dumps({**merged, "backend": "numpy", "quick": True}))
     assert main(["show", str(tmp_path)]) == 0 and main(["plot", str(tmp_path)]) == 0  # from sweep.json alone
     assert os.path.getsize(tmp_path / "sweep.png") > 0 and os.path.getsize(tmp_path / "sweep.pdf") > 0
@@ -180,6 +188,22 @@ def test_a_worker_that_always_dies_fails_after_its_retries(tmp_path):
     job = _job(tmp_path, 0)
     out = sw.execute([job], lambda: sw.local_executor(1), lambda: 1, retries=1, poll_s=0.05, fn=always_die)
     assert out[job].status == "failed" and out[job].attempts == 2 and "died 2 times" in out[job].error
+
+
+def test_a_pool_found_broken_at_submission_is_replaced(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenAtSubmit(cf.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            raise BrokenProcessPool("a worker died")
+    made = []
+
+    def make():
+        made.append(BrokenAtSubmit(1) if not made else cf.ThreadPoolExecutor(1))
+        return made[-1]
+    job = _job(tmp_path, 0)
+    out = sw.execute([job], make, lambda: 1, poll_s=0.05, fn=lambda j: {"status": "complete"})
+    assert out[job].status == "complete" and out[job].attempts == 1 and len(made) == 2
 
 
 def raise_bad(job):
@@ -250,3 +274,20 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused(capsys, tmp_path):
         assert main(["sweep", "fig2", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"PID {os.getpid()}" in err
+
+
+def test_gpu_backends_get_one_worker_per_visible_device(monkeypatch):
+    import argparse
+    from iclgd.cli.sweep import executor_for
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert sw.gpu_devices() == ["2", "5", "7"]
+    args = argparse.Namespace(scheduler=None, cluster=None, backend="cupy", jobs=None)
+    _, capacity, _ = executor_for(args, n_todo=10)
+    assert capacity() == 3  # one run per GPU, not one per core
+    _, capacity, _ = executor_for(argparse.Namespace(**{**vars(args), "backend": "numpy"}), n_todo=1)
+    assert capacity() == 1  # never more workers than runs
+    with pytest.raises(ValueError, match="--jobs: expected at most 3 with backend cupy"):
+        executor_for(argparse.Namespace(**{**vars(args), "jobs": 4}), n_todo=10)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ValueError, match="--backend cupy: expected a visible GPU"):
+        executor_for(args, n_todo=10)
