@@ -158,6 +158,7 @@ def test_multi_block_reduction_matches_oracle_and_the_in_kernel_one(cp, be, rng,
         np.testing.assert_array_equal(multi[2][k], in_kernel[2][k])
 
 
+@pytest.mark.slow
 def test_multi_block_reduction_in_the_graph_trainer_equals_eager_in_kernel(cp, be, rng, monkeypatch):
     """GraphTrainer with the two-launch step (captured together) follows the one-launch step."""
     cfg = gpu_tests.CONFIGS["deep5_clip"]
