@@ -268,12 +268,14 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
 
 
 def kernels_to_compile(cfg=None):
-    """The kernels that training and evaluating `cfg` (None: any model) call and that have no cached
-    machine code yet (kernels.numba.cache): what a first run compiles, once; [] when all are cached."""
+    """The kernels that training and evaluating `cfg` call and that have no cached machine code yet
+    (kernels.numba.cache): what a first run compiles, once; [] when all are cached. cfg None: those
+    of the linear-attention models (every linear-regression experiment)."""
     from kernels.numba import draw
     from kernels.numba.cache import missing_kernels
-    step = [numba_lsa.lsa_kernel] if cfg is None or numba_lsa.supports(cfg) else []
-    return missing_kernels(step + [draw.draw_kernel, sum_squares, adam_kernel, task_kernel, reduce_rows])
+    lsa = cfg is None or numba_lsa.supports(cfg)
+    model = [numba_lsa.lsa_kernel] if lsa else [task_kernel, reduce_rows]
+    return missing_kernels(model + [draw.draw_kernel, sum_squares, adam_kernel])
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
