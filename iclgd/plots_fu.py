@@ -39,6 +39,7 @@ def plot_fu_algorithms(r, out_dir):
         for name, err in f["error_vs_examples"].items():
             style = CURVE_STYLE.get(name, "-" if name.startswith("newton") else "--")
             a.plot(n, _arr(err), style, lw=1, label=name)
+        a.set_ylim(bottom=1e-6)  # least squares reaches rounding (1e-30) once n >= d
         a.set(xlabel="in-context examples", ylabel="squared error / d", yscale="log",
               title=f"{fam}: error vs examples ({f['prompts'] - f['gd_diverged_prompts']} prompts)")
         a.legend(fontsize=6, ncol=2)

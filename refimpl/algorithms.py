@@ -113,6 +113,15 @@ def gd_predictions(x, y, ts, eta=GD_ETA):
     return _spectral_predict(x, V, coef, bV)
 
 
+def gd_stable(x, eta=GD_ETA):
+    """Per prompt (B,): whether GD at step eta converges on every prefix, eta lambda_max(S) <= 2 for
+    S of the longest prefix (its first n - 1 pairs; S only grows with the prefix). Elsewhere
+    (1 - eta lambda)^t grows without bound in t."""
+    check_array("x", x, ndim=3)
+    S = np.einsum("bnd,bne->bde", x[:, :-1], x[:, :-1])  # (B, d, d)
+    return eta * np.linalg.eigvalsh(S)[:, -1] <= 2.0
+
+
 def gd_iterative(x, y, t, eta=GD_ETA):
     """GD by its recursion, t steps: predictions (B, n) (the reference for the closed form)."""
     t = check_positive_int("t", t, minimum=0)

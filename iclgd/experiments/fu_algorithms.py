@@ -18,7 +18,6 @@ from refimpl.fieldcheck import check_fields, check_items
 from refimpl.gaussian import COVARIANCES, GaussianTaskConfig, eval_prompts
 from refimpl.similarity import best_matches, residuals
 
-DIVERGED = 1e100  # a GD prediction this large (or not finite) marks its prompt as diverged
 LOG_GRID = tuple(2**j for j in range(13))  # GD t on 2^0 .. 2^12
 LINEAR_GRID = (1,) + tuple(range(50, 1301, 50))  # GD t on {1, 50, 100, ..., 1300}
 
@@ -70,7 +69,7 @@ def family_results(cfg: Config, task: GaussianTaskConfig):
         gd = alg.gd_predictions(x, y, np.concatenate([logs, lins, curve_t]), cfg.gd_eta)  # (Tl + Tn + Tc, b, n)
         # GD at a fixed eta diverges on a prompt whose prefix has eta lambda_max(S) > 2: such prompts
         # are counted and left out of every statistic (all learners on the same prompts)
-        kept = np.all(np.abs(np.nan_to_num(gd, nan=np.inf)) < DIVERGED, axis=(0, 2))  # (b,)
+        kept = alg.gd_stable(x, cfg.gd_eta)  # (b,)
         diverged += int(np.sum(~kept))
         x, y, newton, gd = x[kept], y[kept], newton[:, kept], gd[:, kept]
         r_newton, r_gd = _unit(residuals(newton[:len(ks)], y)), _unit(residuals(gd, y))
@@ -92,7 +91,6 @@ def family_results(cfg: Config, task: GaussianTaskConfig):
            "heatmap_newton_gd_log": heat_log, "heatmap_newton_gd_linear": heat_lin,
            "error_vs_examples": {name: v / (used * d) for name, v in sq.items()},
            "prompts": B, "gd_diverged_prompts": diverged,
-           "gd_eta_lambda_max_over_2": _divergent_fraction(x_all, cfg.gd_eta),
            "sigma_condition_number": float(eig[-1] / eig[0]), "sigma_trace": float(np.trace(sigma))}
     for k, tt, s in zip(ks, best_t, best_sim):
         out[f"best_gd_t_newton_k{int(k)}"] = int(tt)
@@ -101,12 +99,6 @@ def family_results(cfg: Config, task: GaussianTaskConfig):
         out[f"err_{name}_at_n{d}"] = float(v[d])  # squared error / d with d examples
         out[f"err_{name}_at_n{n - 1}"] = float(v[n - 1])
     return out
-
-
-def _divergent_fraction(x, eta):
-    """The fraction of prompts whose full prefix (all n - 1 context pairs) has eta lambda_max(S) > 2."""
-    S = np.einsum("bnd,bne->bde", x[:, :-1], x[:, :-1])  # (B, d, d)
-    return float(np.mean(eta * np.linalg.eigvalsh(S)[:, -1] > 2))
 
 
 def _unit(r):

@@ -31,7 +31,7 @@ from refimpl.gaussian import COVARIANCES, GaussianTaskConfig, GaussianTaskSource
 from refimpl.similarity import best_matches, layer_states, probe_fit, probe_predict, sime_heatmap
 from iclgd.train import Diverged, TrainConfig, resolved_adam
 from iclgd.experiments.common import mean_over_seeds, train_model
-from iclgd.experiments.fu_algorithms import DIVERGED, LINEAR_GRID, LOG_GRID
+from iclgd.experiments.fu_algorithms import LINEAR_GRID, LOG_GRID
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def algorithm_residuals(cfg: Config, x, y):
     where GD at cfg.gd_eta does not diverge (mask (B,))."""
     newton = alg.newton_predictions(x, y, cfg.newton_ks)  # (K, B, n)
     gd = alg.gd_predictions(x, y, tuple(cfg.gd_log_grid) + tuple(cfg.gd_linear_grid), cfg.gd_eta)
-    kept = np.all(np.abs(np.nan_to_num(gd, nan=np.inf)) < DIVERGED, axis=(0, 2))  # (B,)
+    kept = alg.gd_stable(x, cfg.gd_eta)  # (B,)
     n_log = len(cfg.gd_log_grid)
     return {"newton": newton[:, kept] - y[kept], "gd_log": gd[:n_log, kept] - y[kept],
             "gd_linear": gd[n_log:, kept] - y[kept]}, kept

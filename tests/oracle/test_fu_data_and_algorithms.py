@@ -188,3 +188,17 @@ def test_online_gd_averaging_and_nearest_neighbours_against_per_prompt_loops(rng
             near = np.argsort(np.linalg.norm(x[b, :i] - x[b, i], axis=1))[:3]
             knn[b, i] = y[b, near].mean()
     np.testing.assert_allclose(alg.nearest_neighbour_predictions(x, y), knn, **TOL["oracle_vs_per_task_loop"])
+
+
+def test_gd_stable_tells_converging_from_diverging_prompts(rng):
+    """eta lambda_max(S) <= 2 on the longest prefix: GD stays bounded at t = 10^5; above, it blows up."""
+    x, y, _ = _prompts(rng, B=40, n=12, d=3)
+    S = np.einsum("bnd,bne->bde", x[:, :-1], x[:, :-1])
+    lam_max = np.linalg.eigvalsh(S)[:, -1]
+    eta = 2.0 / np.median(lam_max)  # about half the prompts on each side
+    stable = alg.gd_stable(x, eta)
+    assert 0 < stable.sum() < len(stable)
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = alg.gd_predictions(x, y, [100_000], eta=eta)[0]  # (B, n)
+    assert np.all(np.isfinite(far[stable])) and np.max(np.abs(far[stable])) < 1e3 * np.max(np.abs(y))
+    assert np.all(np.max(np.abs(np.nan_to_num(far[~stable], nan=np.inf)), axis=1) > 1e10)
