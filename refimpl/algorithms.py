@@ -52,11 +52,19 @@ def prefix_eigen(S):
     return lam, V, nonzero
 
 
-def _spectral_predict(x, V, coef, bV):
-    """Predictions (K, B, n) = x_i . V diag(coef) V^T b for spectral coefficients coef (K, B, n, d),
-    with bV = V^T b (B, n, d) and x (B, n, d)."""
-    xV = np.einsum("bnd,bnde->bne", x, V)  # (B, n, d): x_i in the eigenbasis of S_i
-    return np.einsum("bne,kbne,bne->kbn", xV, coef, bV)  # (K, B, n)
+def prefix_spectra(x, y):
+    """Everything the spectral learners need, computed once per set of prompts: S, b (prefix_moments),
+    lam, V, nonzero (prefix_eigen), b and x_i in the eigenbasis (bV, xV: (B, n, d)). Pass it as
+    `spectra` to newton_predictions, gd_predictions and least_squares_predictions."""
+    S, b = prefix_moments(x, y)  # (B, n, d, d), (B, n, d)
+    lam, V, nonzero = prefix_eigen(S)
+    return {"S": S, "b": b, "lam": lam, "V": V, "nonzero": nonzero,
+            "bV": np.einsum("bnde,bnd->bne", V, b), "xV": np.einsum("bnd,bnde->bne", x, V)}
+
+
+def _spectral_predict(sp, coef):
+    """Predictions (K, B, n) = x_i . V diag(coef) V^T b for spectral coefficients coef (K, B, n, d)."""
+    return np.einsum("bne,kbne,bne->kbn", sp["xV"], coef, sp["bV"])  # (K, B, n)
 
 
 def newton_alpha(S, scale=NEWTON_ALPHA_SCALE):
@@ -65,13 +73,13 @@ def newton_alpha(S, scale=NEWTON_ALPHA_SCALE):
     return np.divide(scale, norm, out=np.zeros_like(norm), where=norm > 0)
 
 
-def newton_predictions(x, y, ks, alpha_scale=NEWTON_ALPHA_SCALE):
+def newton_predictions(x, y, ks, alpha_scale=NEWTON_ALPHA_SCALE, spectra=None):
     """Iterative Newton through the identity I - M_k S = (I - alpha S^2)^(2^k): predictions
-    (K, B, n) for every k in `ks` from one eigendecomposition per prefix."""
+    (K, B, n) for every k in `ks` from one eigendecomposition per prefix (`spectra`, or computed)."""
     ks = np.asarray(ks, dtype=int)  # (K,)
-    S, b = prefix_moments(x, y)  # (B, n, d, d), (B, n, d)
-    lam, V, nonzero = prefix_eigen(S)
-    alpha = newton_alpha(S, alpha_scale)  # (B, n)
+    sp = prefix_spectra(x, y) if spectra is None else spectra
+    lam, nonzero = sp["lam"], sp["nonzero"]
+    alpha = newton_alpha(sp["S"], alpha_scale)  # (B, n)
     u = np.where(nonzero, alpha[..., None] * lam**2, 0.0)  # (B, n, d): in [0, 1] (in [0, 2] with alpha_scale 2)
     # 1 - (1 - u)^(2^k) = -expm1(2^k log|1 - u|) for k >= 1 (an even power): no cancellation for tiny u
     with np.errstate(divide="ignore"):
@@ -79,8 +87,7 @@ def newton_predictions(x, y, ks, alpha_scale=NEWTON_ALPHA_SCALE):
     power = np.exp2(ks.astype(float))[:, None, None, None]  # (K, 1, 1, 1)
     gain = np.where(power == 1, u[None], -np.expm1(power * log_abs[None]))  # (K, B, n, d); k = 0: u
     coef = np.where(nonzero[None], gain / np.where(nonzero, lam, 1.0)[None], 0.0)  # (K, B, n, d)
-    bV = np.einsum("bnde,bnd->bne", V, b)  # (B, n, d)
-    return _spectral_predict(x, V, coef, bV)
+    return _spectral_predict(sp, coef)
 
 
 def newton_iterative(x, y, k, alpha_scale=NEWTON_ALPHA_SCALE):
@@ -96,12 +103,12 @@ def newton_iterative(x, y, k, alpha_scale=NEWTON_ALPHA_SCALE):
     return np.einsum("bnd,bnd->bn", x, w)  # (B, n)
 
 
-def gd_predictions(x, y, ts, eta=GD_ETA):
+def gd_predictions(x, y, ts, eta=GD_ETA, spectra=None):
     """GD from w_0 = 0 in closed form, w_t = [I - (I - eta S)^t] S^+ b: predictions (K, B, n) for
     every t in `ts`."""
     ts = np.asarray(ts, dtype=float)  # (K,)
-    S, b = prefix_moments(x, y)
-    lam, V, nonzero = prefix_eigen(S)
+    sp = prefix_spectra(x, y) if spectra is None else spectra
+    lam, nonzero = sp["lam"], sp["nonzero"]
     r = np.where(nonzero, 1.0 - eta * lam, 1.0)  # (B, n, d): the contraction per direction
     t = ts[:, None, None, None]  # (K, 1, 1, 1)
     small = np.abs(eta * lam) < 0.5  # log1p is accurate there; elsewhere the power directly
@@ -109,8 +116,7 @@ def gd_predictions(x, y, ts, eta=GD_ETA):
         gain = np.where(small[None], -np.expm1(t * np.log1p(-np.where(small, eta * lam, 0.0))[None]),
                         1.0 - np.power(r[None], t))  # (K, B, n, d): 1 - (1 - eta lam)^t
         coef = np.where(nonzero[None], gain / np.where(nonzero, lam, 1.0)[None], 0.0)  # (K, B, n, d)
-    bV = np.einsum("bnde,bnd->bne", V, b)  # (B, n, d)
-    return _spectral_predict(x, V, coef, bV)
+    return _spectral_predict(sp, coef)
 
 
 def gd_stable(x, eta=GD_ETA):
@@ -132,13 +138,12 @@ def gd_iterative(x, y, t, eta=GD_ETA):
     return np.einsum("bnd,bnd->bn", x, w)  # (B, n)
 
 
-def least_squares_predictions(x, y):
+def least_squares_predictions(x, y, spectra=None):
     """The minimum-norm least-squares fit S^+ b of every prefix: predictions (B, n)."""
-    S, b = prefix_moments(x, y)
-    lam, V, nonzero = prefix_eigen(S)
-    coef = np.where(nonzero, 1.0 / np.where(nonzero, lam, 1.0), 0.0)[None]  # (1, B, n, d)
-    bV = np.einsum("bnde,bnd->bne", V, b)
-    return _spectral_predict(x, V, coef, bV)[0]
+    sp = prefix_spectra(x, y) if spectra is None else spectra
+    nonzero = sp["nonzero"]
+    coef = np.where(nonzero, 1.0 / np.where(nonzero, sp["lam"], 1.0), 0.0)[None]  # (1, B, n, d)
+    return _spectral_predict(sp, coef)[0]
 
 
 def online_gd_predictions(x, y, eta=GD_ETA, normalised=False):
@@ -179,10 +184,10 @@ def nearest_neighbour_predictions(x, y, k=3):
     return np.where(count > 0, np.sum(labels * used, axis=-1) / np.maximum(count, 1), 0.0)
 
 
-def all_learners(x, y, eta=GD_ETA):
+def all_learners(x, y, eta=GD_ETA, spectra=None):
     """{name: predictions (B, n)} of the classical learners (least squares, online GD both ways,
     averaging, 3-NN); Newton and GD take their k / t grids separately."""
-    return {"least_squares": least_squares_predictions(x, y),
+    return {"least_squares": least_squares_predictions(x, y, spectra),
             "online_gd": online_gd_predictions(x, y, eta),
             "online_gd_normalised": online_gd_predictions(x, y, normalised=True),
             "averaging": averaging_predictions(x, y),

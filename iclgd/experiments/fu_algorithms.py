@@ -48,7 +48,7 @@ class Config:
             check_items(key, getattr(self, key), int, ">= 0")
 
 
-QUICK = {"task.eval_tasks": "100", "newton_ks": "[1, 2, 3, 4]", "gd_log_grid": "[1, 4, 16, 64, 256]",
+QUICK = {"task.eval_tasks": "60", "task.input_dim": "5", "task.num_pairs": "13", "newton_ks": "[1, 2, 3, 4]", "gd_log_grid": "[1, 4, 16, 64, 256]",
          "gd_linear_grid": "[1, 50, 100]", "curve_newton_ks": "[1, 3]", "curve_gd_steps": "[1, 64]"}
 
 
@@ -64,20 +64,22 @@ def family_results(cfg: Config, task: GaussianTaskConfig):
     curve_k, curve_t = list(cfg.curve_newton_ks), list(cfg.curve_gd_steps)
     for start in range(0, B, cfg.chunk):
         x, y = x_all[start:start + cfg.chunk], y_all[start:start + cfg.chunk]  # (b, n, d), (b, n)
+        sp = alg.prefix_spectra(x, y)  # one eigendecomposition per prefix serves every learner
         newton = alg.newton_predictions(x, y, np.concatenate([ks, curve_k]).astype(int),
-                                        cfg.newton_alpha_scale)  # (K + Kc, b, n)
-        gd = alg.gd_predictions(x, y, np.concatenate([logs, lins, curve_t]), cfg.gd_eta)  # (Tl + Tn + Tc, b, n)
+                                        cfg.newton_alpha_scale, spectra=sp)  # (K + Kc, b, n)
+        gd = alg.gd_predictions(x, y, np.concatenate([logs, lins, curve_t]), cfg.gd_eta, spectra=sp)  # (Tl + Tn + Tc, b, n)
         # GD at a fixed eta diverges on a prompt whose prefix has eta lambda_max(S) > 2: such prompts
         # are counted and left out of every statistic (all learners on the same prompts)
         kept = alg.gd_stable(x, cfg.gd_eta)  # (b,)
         diverged += int(np.sum(~kept))
         x, y, newton, gd = x[kept], y[kept], newton[:, kept], gd[:, kept]
+        sp = {k: v[kept] for k, v in sp.items()}
         r_newton, r_gd = _unit(residuals(newton[:len(ks)], y)), _unit(residuals(gd, y))
         heat_log += np.einsum("kbn,tbn->kt", r_newton, r_gd[:len(logs)])
         heat_lin += np.einsum("kbn,tbn->kt", r_newton, r_gd[len(logs):len(logs) + len(lins)])
         curves = {f"newton_k{k}": newton[len(ks) + i] for i, k in enumerate(curve_k)}
         curves.update({f"gd_t{s}": gd[len(logs) + len(lins) + i] for i, s in enumerate(curve_t)})
-        curves.update(alg.all_learners(x, y, cfg.gd_eta))
+        curves.update(alg.all_learners(x, y, cfg.gd_eta, spectra=sp))
         for name, pred in curves.items():
             sq[name] = sq.get(name, 0.0) + np.sum((pred - y) ** 2, axis=0)  # (n,)
     used = B - diverged

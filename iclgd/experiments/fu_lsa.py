@@ -93,8 +93,9 @@ def query_states(params, cfg, x, y):
 def algorithm_residuals(cfg: Config, x, y):
     """Unit residual vectors (over positions) of Newton (K, B', n), GD on both grids, on the prompts
     where GD at cfg.gd_eta does not diverge (mask (B,))."""
-    newton = alg.newton_predictions(x, y, cfg.newton_ks)  # (K, B, n)
-    gd = alg.gd_predictions(x, y, tuple(cfg.gd_log_grid) + tuple(cfg.gd_linear_grid), cfg.gd_eta)
+    sp = alg.prefix_spectra(x, y)
+    newton = alg.newton_predictions(x, y, cfg.newton_ks, spectra=sp)  # (K, B, n)
+    gd = alg.gd_predictions(x, y, tuple(cfg.gd_log_grid) + tuple(cfg.gd_linear_grid), cfg.gd_eta, spectra=sp)
     kept = alg.gd_stable(x, cfg.gd_eta)  # (B,)
     n_log = len(cfg.gd_log_grid)
     return {"newton": newton[:, kept] - y[kept], "gd_log": gd[:n_log, kept] - y[kept],
