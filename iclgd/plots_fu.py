@@ -83,7 +83,7 @@ def plot_fu_lsa(r, out_dir):
             a.plot(np.arange(1, f["layers"] + 1), _arr(f["loss_readout_layers"]),
                    "o-" if f["tied"] else "s--", ms=3, lw=1, label=n.split("_")[0])
         a.set(xlabel="layer", ylabel="squared error / d (all positions)", yscale="log",
-              title=f"{fam}: read-out error after each layer")
+              title=f"{fam}: read-out error after each layer", xticks=_layer_ticks(r, mine))
         a.legend(fontsize=6, ncol=2)
         deepest = {tied: max((n for n in mine if r["final"][n]["tied"] == tied),
                              key=lambda n: r["final"][n]["layers"], default=None) for tied in (False, True)}
@@ -97,7 +97,7 @@ def plot_fu_lsa(r, out_dir):
                 a.plot(layers, f[key], "o-" if tied else "s--", label=f"{n.split('_')[0]}: probe")
                 a.plot(layers, f[key + "_readout"], "x:", label=f"{n.split('_')[0]}: read-out")
             a.set(xlabel="layer", ylabel=label, title=f"{fam}: {label} per layer (SimE)",
-                  yscale="log" if key == "best_gd_t" else "linear")
+                  yscale="log" if key == "best_gd_t" else "linear", xticks=_layer_ticks(r, mine))
             a.legend(fontsize=6)
         a = ax[i, 3]
         for tied, n in deepest.items():
@@ -107,7 +107,12 @@ def plot_fu_lsa(r, out_dir):
             layers = np.arange(1, f["layers"] + 1)
             a.plot(layers, f["best_newton_sime"], "o-", label=f"{n.split('_')[0]}: Newton")
             a.plot(layers, f["best_gd_sime"], "s--", label=f"{n.split('_')[0]}: GD")
-        a.set(xlabel="layer", ylabel="SimE of the best match", title=f"{fam}: similarity of the best match")
+        a.set(xlabel="layer", ylabel="SimE of the best match", title=f"{fam}: similarity of the best match",
+              xticks=_layer_ticks(r, mine))
         a.legend(fontsize=6)
     return _save(r, fig, out_dir, "fu-lsa", f"deep and weight-tied LSA on Gaussian data, matched layer by "
                                             f"layer ({_seeds(r)})")
+
+
+def _layer_ticks(r, names):
+    return np.arange(1, max(r["final"][n]["layers"] for n in names) + 1)
