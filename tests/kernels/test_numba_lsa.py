@@ -110,10 +110,9 @@ def test_fu_shapes_on_gaussian_prompts_match_the_oracle(tied, rng):
     """The second paper's size (d = 20, 40 context pairs: T = 41, D = 21) on ill-conditioned
     Gaussian prompts from the training source, deep and tied with the token clip fu-lsa uses:
     three numba-cpu training steps against the oracle's."""
-    from iclgd.experiments.fu_lsa import model_config
     from refimpl.gaussian import GaussianTaskConfig, GaussianTaskSource
     task = GaussianTaskConfig(covariance="ill_conditioned")
-    cfg = model_config(task, 4, tied, 5.0)  # a low clip, so that clipping happens
+    cfg = ModelConfig(token_dim=21, key_size=21, num_layers=4, weight_tied=tied, token_clip=5.0)  # clips
     be, acfg = get_backend("numba-cpu"), AdamConfig(lr=1e-2, grad_clip=10.0)
     p64 = {k: v * 50 for k, v in init_params(cfg, rng).items()}  # large enough to reach the clip
     p, s, s_o = be.asarray(p64), be.adam_init(be.asarray(p64)), optim.adam_init(p64)
