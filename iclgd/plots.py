@@ -261,4 +261,15 @@ def plot_results(results, out_dir):
     return PLOTTERS[name](results, out_dir)
 
 
-PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}
+def _second_paper(name):
+    """A plotter of iclgd.plots_fu (imported when used: that module reads this one's helpers)."""
+    def plot(r, out_dir):
+        from iclgd import plots_fu
+        return getattr(plots_fu, name)(r, out_dir)
+    return plot
+
+
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16,
+            "fu-algorithms": _second_paper("plot_fu_algorithms"),
+            "theory-preconditioner": _second_paper("plot_theory_preconditioner"),
+            "fu-lsa": _second_paper("plot_fu_lsa")}

@@ -45,6 +45,29 @@ REFERENCE = {
         ("loss on its training set", "loss_train_tf", None, "-"),
         ("model cos (TF vs GD)", "model_cos", None, "a fixed set still aligns with GD"),
     ],
+    "fu-algorithms": [
+        *[(f"best GD t (2^j grid) for Newton k = {k}", f"best_gd_t_newton_k{k}", None,
+           "Fu: GD needs exponentially more steps per Newton iteration") for k in (1, 2, 3, 5, 10, 15, 23)],
+        *[(f"  its SimE (k = {k})", f"best_gd_t_sime_newton_k{k}", None, "-") for k in (1, 5, 10, 23)],
+        ("error / d at n = d: Newton k = 8 vs least squares", "err_newton_k8_at_n20", "err_least_squares_at_n20", "-"),
+        ("error / d at n = d: GD t = 4096 vs least squares", "err_gd_t4096_at_n20", "err_least_squares_at_n20", "-"),
+        ("error / d at n = 2d: Newton k = 8 vs least squares", "err_newton_k8_at_n40", "err_least_squares_at_n40", "-"),
+        ("prompts left out (GD at eta diverges)", "gd_diverged_prompts", None, "-"),
+    ],
+    "theory-preconditioner": [
+        ("loss: trained LSA vs closed-form risk", "loss_tf", "risk_closed_form", "Gamma^-1 is the optimum (theory)"),
+        ("loss: trained LSA vs Gamma^-1 predictor", "loss_tf", "loss_theory_empirical", "the same prompts"),
+        ("closed-form risk of the learned P", "risk_learned_preconditioner", "risk_closed_form", "-"),
+        ("learned P vs Gamma^-1: rel. Frobenius error", "preconditioner_rel_error", None, "0 (theory)"),
+        ("learned P vs Gamma^-1: worst diagonal entry", "preconditioner_max_diag_rel_error", None, "0 (theory)"),
+    ],
+    "fu-lsa": [
+        ("read-out error / d after the last layer", "loss_readout", None, "-"),
+        ("probe error / d after the last layer", "loss_probe", None, "-"),
+        ("best Newton k of the last layer (probe)", "best_newton_k_last", None,
+         "Fu (GPT-2): ~3 Newton iterations per middle layer"),
+        ("best GD t of the last layer (probe)", "best_gd_t_last", None, "Fu: exponentially many GD steps"),
+    ],
 }
 
 

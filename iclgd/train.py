@@ -196,6 +196,9 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
           checkpoint=None, resume=False, progress=True, desc="train", identity=None):
     """Train `cfg` with Adam (paper_adam) on batches from `source`; see the module docstring.
 
+    source: a task source, `next_batch(rng, step, draw=None) -> (tokens, targets)` (the interface
+    is documented at refimpl.tasks.TaskSource: the uniform tasks; refimpl.gaussian.GaussianTaskSource:
+    Gaussian and ill-conditioned inputs).
     backend: a module of `kernels` (get_backend(name)). evaluate(host params) -> {name: float}.
     checkpoint: path of the checkpoint file (None: no checkpoints); resume: start from it if present.
     identity: the run's resolved setup, saved in the checkpoint and compared on resume (default: the

@@ -66,6 +66,13 @@ def other_law_tasks(rng, batch, num_context=10, input_dim=10, weight_scale=1.0):
 class TaskSource:
     """Training batches, drawn on the host so that every backend sees identical numbers.
 
+    The task-source interface that iclgd.train.train takes (this class is its uniform-task
+    implementation; refimpl.gaussian.GaussianTaskSource is the Gaussian / ill-conditioned one):
+        next_batch(rng, step, draw=None) -> (tokens (B, T, D), targets (B,))
+    rng: the training Generator (its state is checkpointed, so a source that draws only from it
+    resumes bit for bit); step: the 0-based training step; draw: a backend's faster drawer of
+    linear_regression_tasks (same numbers), which a source may ignore.
+
     online (fixed_tasks = 0): a fresh batch from the training Generator at every step (SPEC 1.1).
     fixed (fixed_tasks = P > 0): P tasks drawn once from a Generator seeded by `fixed_seed`, cycled
     in consecutive slices of `batch` (with P = batch, the same single batch every step, figure 16).

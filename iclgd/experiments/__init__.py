@@ -20,6 +20,13 @@ EXPERIMENTS = {
              "figure 3's weight-tied and deep models with several heads and MLPs vs GD and GD++"),
     "fig16": ("iclgd.experiments.fig16", "Figure 16",
               "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
+    "fu-algorithms": ("iclgd.experiments.fu_algorithms", "Fu et al. (Newton vs GD)",
+                      "Iterative Newton vs GD (SimE heatmaps, best t per k) and the classical learners, "
+                      "isotropic and ill-conditioned"),
+    "theory-preconditioner": ("iclgd.experiments.theory_preconditioner", "Ahn et al. / Zhang et al. (theory)",
+                              "one LSA layer on diagonal-covariance Gaussian data vs Gamma^-1 and its closed-form risk"),
+    "fu-lsa": ("iclgd.experiments.fu_lsa", "Fu et al. (layer matching)",
+               "deep and weight-tied LSA on Gaussian and ill-conditioned data: per-layer Newton / GD matches"),
 }
 
 

@@ -72,15 +72,17 @@ def make_evaluator(cfg, tokens, targets, refs, backend=None):
     return evaluate
 
 
-def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress, train_cfg=None):
-    """Train one model for one seed (exp_cfg.train unless train_cfg is given); checkpoints under
+def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress, train_cfg=None,
+                source=None):
+    """Train one model for one seed (exp_cfg.train unless train_cfg is given) on batches from
+    `source` (default: the uniform tasks of exp_cfg.task); checkpoints under
     out_dir/checkpoints/TAG_seedS.npz."""
     ckpt = None
     if out_dir is not None:
         os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
         ckpt = os.path.join(out_dir, "checkpoints", f"{tag}_seed{seed}.npz")
     train_cfg = exp_cfg.train if train_cfg is None else train_cfg
-    source = TaskSource(exp_cfg.task, min(train_cfg.batch, train_cfg.fixed_tasks or train_cfg.batch),
+    source = source or TaskSource(exp_cfg.task, min(train_cfg.batch, train_cfg.fixed_tasks or train_cfg.batch),
                         fixed_tasks=train_cfg.fixed_tasks, fixed_seed=seed + 10_000)
     identity = {"experiment": experiment_name(exp_cfg), "model_tag": tag, "seed": seed, "backend": backend.name,
                 "config": config_to_dict(exp_cfg), "model": config_to_dict(cfg),

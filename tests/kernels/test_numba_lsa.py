@@ -134,3 +134,29 @@ def test_train_step_uses_it_and_follows_the_oracle(rng):
     for k in p64:
         np.testing.assert_allclose(p[k], p64[k], **TOL["training_trajectory"],
                                    atol=TOL["training_weights_atol_scale"] * np.abs(p64[k]).max())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fu_shapes_on_gaussian_prompts_match_the_oracle(tied, rng):
+    """The second paper's size (d = 20, 40 context pairs: T = 41, D = 21) on ill-conditioned
+    Gaussian prompts from the training source, deep and tied with the token clip fu-lsa uses:
+    three numba-cpu training steps against the oracle's."""
+    from refimpl.gaussian import GaussianTaskConfig, GaussianTaskSource
+    task = GaussianTaskConfig(covariance="ill_conditioned")
+    cfg = ModelConfig(token_dim=21, key_size=21, num_layers=4, weight_tied=tied, token_clip=5.0)  # clips
+    be, acfg = get_backend("numba-cpu"), AdamConfig(lr=1e-2, grad_clip=10.0)
+    p64 = {k: v * 50 for k, v in init_params(cfg, rng).items()}  # large enough to reach the clip
+    p, s, s_o = be.asarray(p64), be.adam_init(be.asarray(p64)), optim.adam_init(p64)
+    source = GaussianTaskSource(task, 19)
+    for step in range(3):
+        tok, y = source.next_batch(rng, step)
+        assert tok.shape == (19, 41, 21)
+        p, s, loss = be.train_step(p, s, tok, y, cfg, acfg)
+        loss_o, _, g_o = oracle_loss.loss_and_grads(p64, tok, y, cfg)
+        p64, s_o, _ = optim.adam_update(p64, g_o, s_o, acfg)
+        assert abs(loss - loss_o) <= RTOL_FLOAT64 * abs(loss_o)
+    unclipped = ModelConfig(**{**cfg.__dict__, "token_clip": 0.0})
+    assert oracle_loss.loss_and_grads(p64, tok, y, unclipped)[0] != oracle_loss.loss_and_grads(p64, tok, y, cfg)[0]
+    for k in p64:
+        np.testing.assert_allclose(p[k], p64[k], **TOL["training_trajectory"],
+                                   atol=TOL["training_weights_atol_scale"] * np.abs(p64[k]).max())
