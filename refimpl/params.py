@@ -10,6 +10,7 @@ Names (p = parameter set: always 0 for a weight-tied model, the layer index for 
     layer{p}.mlp.{W1,b1,W2,b2}      D -> wD -> D                                [mlp]
 D_in' = token_dim (+ pos_enc_size when concatenated); D = model width. Weights are (in, out).
 """
+import functools
 import math
 
 import numpy as np
@@ -25,7 +26,13 @@ def num_param_sets(cfg):
 
 
 def param_shapes(cfg: ModelConfig):
-    """Ordered {name: shape}: the single source of every parameter's name and shape."""
+    """Ordered {name: shape}: the single source of every parameter's name and shape (a new dict;
+    the layout is worked out once per config)."""
+    return dict(_param_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(cfg: ModelConfig):
     shapes = {}
     E, D, nhK = cfg.embed_dim, cfg.model_dim, cfg.num_heads * cfg.key_size
     if E:
@@ -55,9 +62,15 @@ def param_shapes(cfg: ModelConfig):
 
 def param_offsets(cfg: ModelConfig):
     """{name: (offset, shape)} of each parameter in one flat vector (param_shapes order), and the
-    vector's length: the packed layout of the fast backends."""
+    vector's length: the packed layout of the fast backends (a new dict each call)."""
+    out, total = _param_offsets(cfg)
+    return dict(out), total
+
+
+@functools.lru_cache(maxsize=64)
+def _param_offsets(cfg: ModelConfig):
     out, o = {}, 0
-    for name, shape in param_shapes(cfg).items():
+    for name, shape in _param_shapes(cfg).items():
         out[name] = (o, shape)
         o += math.prod(shape)
     return out, o
