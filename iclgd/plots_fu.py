@@ -2,7 +2,7 @@
 drawn from results.json alone; registered in iclgd.plots.PLOTTERS."""
 import numpy as np
 
-from iclgd.plots import _arr, _plt, _save, _seeds
+from iclgd import plots  # its helpers, looked up at call time (tests wrap plots._save)
 
 CURVE_STYLE = {"least_squares": "k-", "averaging": "c:", "3nn": "y-.", "online_gd": "m--",
                "online_gd_normalised": "m:"}
@@ -23,7 +23,7 @@ def _sime_map(ax, matrix, cols, rows, xlabel, ylabel, title, best=None):
 
 
 def plot_fu_algorithms(r, out_dir):
-    plt = _plt()
+    plt = plots._plt()
     g, families = r["grids"], list(r["final"])
     fig, ax = plt.subplots(len(families), 3, figsize=(17, 4.6 * len(families)), squeeze=False,
                            layout="constrained")
@@ -38,19 +38,19 @@ def plot_fu_algorithms(r, out_dir):
         n = np.array(g["examples"])
         for name, err in f["error_vs_examples"].items():
             style = CURVE_STYLE.get(name, "-" if name.startswith("newton") else "--")
-            a.plot(n, _arr(err), style, lw=1, label=name)
+            a.plot(n, plots._arr(err), style, lw=1, label=name)
         a.set_ylim(bottom=1e-6)  # least squares reaches rounding (1e-30) once n >= d
         a.set(xlabel="in-context examples", ylabel="squared error / d", yscale="log",
               title=f"{fam}: error vs examples ({f['prompts'] - f['gd_diverged_prompts']} prompts)")
         a.legend(fontsize=6, ncol=2)
-    return _save(r, fig, out_dir, "fu-algorithms", "Iterative Newton vs GD and the classical learners")
+    return plots._save(r, fig, out_dir, "fu-algorithms", "Iterative Newton vs GD and the classical learners")
 
 
 def plot_theory_preconditioner(r, out_dir):
-    plt = _plt()
+    plt = plots._plt()
     f, c = r["final"], r["curves"]
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.2), layout="constrained")
-    ax[0].plot(_arr(c["step"]), _arr(c["loss_tf"]), label="trained LSA")
+    ax[0].plot(plots._arr(c["step"]), plots._arr(c["loss_tf"]), label="trained LSA")
     ax[0].axhline(f["risk_closed_form"], color="k", ls="--", label=f"closed form ({f['risk_closed_form']:.4f})")
     ax[0].set(xlabel="training step", ylabel="loss", yscale="log", title="loss on the evaluation tasks")
     ax[0].legend(fontsize=8)
@@ -65,12 +65,12 @@ def plot_theory_preconditioner(r, out_dir):
     ax[2].set(xlabel="column", ylabel="row", title=f"learned - Gamma^-1 (rel. Frobenius error "
                                                     f"{f['preconditioner_rel_error']:.3f})")
     fig.colorbar(im, ax=ax[2], fraction=0.046)
-    return _save(r, fig, out_dir, "theory-preconditioner",
-                 f"one LSA layer on x ~ N(0, Lambda) learns Gamma^-1 ({_seeds(r)})")
+    return plots._save(r, fig, out_dir, "theory-preconditioner",
+                 f"one LSA layer on x ~ N(0, Lambda) learns Gamma^-1 ({plots._seeds(r)})")
 
 
 def plot_fu_lsa(r, out_dir):
-    plt = _plt()
+    plt = plots._plt()
     names = list(r["final"])
     families = sorted({r["final"][n]["family"] for n in names}, key=lambda s: s != "isotropic")
     fig, ax = plt.subplots(len(families), 4, figsize=(20, 4.4 * len(families)), squeeze=False,
@@ -80,7 +80,7 @@ def plot_fu_lsa(r, out_dir):
         a = ax[i, 0]
         for n in mine:
             f = r["final"][n]
-            a.plot(np.arange(1, f["layers"] + 1), _arr(f["loss_readout_layers"]),
+            a.plot(np.arange(1, f["layers"] + 1), plots._arr(f["loss_readout_layers"]),
                    "o-" if f["tied"] else "s--", ms=3, lw=1, label=n.split("_")[0])
         a.set(xlabel="layer", ylabel="squared error / d (all positions)", yscale="log",
               title=f"{fam}: read-out error after each layer", xticks=_layer_ticks(r, mine))
@@ -110,8 +110,8 @@ def plot_fu_lsa(r, out_dir):
         a.set(xlabel="layer", ylabel="SimE of the best match", title=f"{fam}: similarity of the best match",
               xticks=_layer_ticks(r, mine))
         a.legend(fontsize=6)
-    return _save(r, fig, out_dir, "fu-lsa", f"deep and weight-tied LSA on Gaussian data, matched layer by "
-                                            f"layer ({_seeds(r)})")
+    return plots._save(r, fig, out_dir, "fu-lsa", f"deep and weight-tied LSA on Gaussian data, matched layer by "
+                                            f"layer ({plots._seeds(r)})")
 
 
 def _layer_ticks(r, names):
