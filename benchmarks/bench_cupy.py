@@ -34,9 +34,10 @@ import time
 
 import numpy as np
 
-import kernels
-from refimpl.config import AdamConfig, ModelConfig, config_to_dict
-from refimpl.params import init_params
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import kernels  # noqa: E402
+from refimpl.config import AdamConfig, ModelConfig, config_to_dict  # noqa: E402
+from refimpl.params import init_params  # noqa: E402
 
 FIG2 = ModelConfig()  # one LSA layer, D = K = 11, one head
 FIG2_ADAM = AdamConfig(lr=1e-3, grad_clip=0.001)  # SPEC 3: L <= 2 -> clip 0.001, L <= 3 -> lr 1e-3
