@@ -178,11 +178,19 @@ def plot_fig6(r, out_dir):
     titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)",
               "laws": "exp / normal / Laplace inputs, scale alpha"}
     fig, ax = plt.subplots(1, 4, figsize=(18, 3.8), layout="constrained")
+    eta = o.get("eta_over_n", {})  # eta/N behind each curve (files written before it lack it)
+
+    def named(label, key):
+        return f"{label}, eta/N {eta[key]:.3f}" if eta.get(key) is not None else label
     for a, fam in zip(ax, ("input", "weight", "laws")):
         for name, (label, ls) in styles.items():
-            a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=label)
+            a.plot(_arr(o["alpha"][fam]), _arr(o[fam][name]), ls, label=named(label, name) if fam == "input" else label)
+        if fam == "input" and "input_closed_form" in o:
+            for key, curve, color in (("gd_closed_form", "gd", "k"), ("gd_closed_form_opt", "gd_opt", "tab:gray")):
+                a.plot(_arr(o["alpha"][fam]), _arr(o["input_closed_form"][curve]), color=color, lw=0.8,
+                       ls=(0, (1, 3)), label=named("GD, expected (closed form)", key))
         a.set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
-        a.legend(fontsize=8)
+        a.legend(fontsize=7 if fam == "input" else 8)
     for name, (label, ls) in styles.items():
         ax[3].plot(o["k"], _arr(o["distractors"][name]), ls, marker="o", label=label)
     ax[3].set(xlabel="distractor labels k", ylabel="loss", title="distractor labels")
@@ -232,10 +240,17 @@ def plot_diverged(r, out_dir):
 def plot_results(results, out_dir):
     name = results["experiment"]
     if name not in PLOTTERS:
+        PLOTTERS.update(_more_plotters())
+    if name not in PLOTTERS:
         raise ValueError(f"results['experiment']: no plot for {name!r}; known: {sorted(PLOTTERS)}")
     if results.get("status", "complete") == "diverged":
         return plot_diverged(results, out_dir)
     return PLOTTERS[name](results, out_dir)
+
+
+def _more_plotters():
+    from iclgd import plots_more
+    return plots_more.PLOTTERS
 
 
 PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16}

@@ -34,6 +34,19 @@ REFERENCE = {
         *[(f"loss at input scale {r}: TF vs GD", f"loss_tf_input_{r}", f"loss_gd_input_{r}", paper)
           for r, paper in SPEC6_FIG6_INPUT.items()],
         ("weight scale s: TF's deviation from s^2 x loss", "weight_scale_law_dev_tf", None, "0 for GD (exact)"),
+        ("eta/N of GD: grid optimum vs exact optimum", "gd_eta_over_n", "gd_eta_over_n_opt", "0.606 (exact)"),
+        *[(f"GD expected at input scale {r}: run's eta vs optimum", f"loss_gd_closed_form_input_{r}",
+           f"loss_gd_closed_form_opt_input_{r}", "closed form at the optimum (SPEC 6)")
+          for r in SPEC6_FIG6_INPUT],
+    ],
+    "fig13": [
+        *[(f"median kappa of X^T X after {v}'s transforms vs before", f"kappa_median_{v}_all",
+           "kappa_median_before", "GD++ lowers the condition number") for v in ("tied2", "deep2", "deep3", "deep5")],
+        *[(f"  {v}, on the law its gammas were fitted on", f"kappa_median_{v}_all_fitlaw",
+           "kappa_median_before_fitlaw", "GD++ lowers the condition number") for v in ("tied2", "deep2", "deep3", "deep5")],
+        ("fraction of tasks with a lower kappa (tied2)", "kappa_decreased_tied2_all", None, "-"),
+        ("optimum gamma from the extreme eigenvalues", "gamma_opt", None, "-"),
+        ("  its bound kappa++ vs lambda_max / lambda_min", "kappa_bound_opt", "kappa_extremes", "-"),
     ],
     "fig16": [
         ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),

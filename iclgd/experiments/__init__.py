@@ -18,6 +18,8 @@ EXPERIMENTS = {
              "out-of-distribution losses (input scale, weight scale, other input laws), distractors"),
     "fig16": ("iclgd.experiments.fig16", "Figure 16",
               "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
+    "fig13": ("iclgd.experiments.fig13", "Figure 13",
+              "GD++'s eigenvalue map of X^T X and the condition numbers before and after its transforms"),
 }
 
 
