@@ -52,4 +52,100 @@ def plot_fig13(r, out_dir):
     return base._save(r, fig, out_dir, "fig13", "how GD++ conditions X^T X (_1: first transform, _all: all)")
 
 
-PLOTTERS = {"fig13": plot_fig13}
+def _variant_curves(r, ax, refs_per_variant=False):
+    """Loss, model cos, preds diff and model diff over training for every variant of r (fig12, fig14),
+    with the variants' GD / GD++ losses as horizontal lines."""
+    names = list(r["final"])
+    colors = {}
+    for n in names:
+        c, f = r["curves"][n], r["final"][n]
+        step = base._arr(c["step"])
+        line, = ax[0].plot(step, base._arr(c["loss_tf"]), label=f"{n} (final {f['loss_tf']:.4f})")
+        colors[n] = line.get_color()
+        ax[1].plot(step, base._arr(c["model_cos"]), color=colors[n], label=f"{n} vs GD")
+        if "model_cos_gdpp" in c:
+            ax[1].plot(step, base._arr(c["model_cos_gdpp"]), color=colors[n], ls=":", label=f"{n} vs GD++")
+        ax[2].plot(step, base._arr(c["preds_diff"]), color=colors[n], label=f"{n} vs GD")
+        ax[3].plot(step, base._arr(c["model_diff"]), color=colors[n], label=f"{n} vs GD")
+    drawn = set()
+    for n in names:
+        f = r["final"][n]
+        for key, ls, label in (("loss_gd", "--", "GD"), ("loss_gdpp", "-.", "GD++")):
+            tag = f.get("gd_label", label) if key == "loss_gd" else f.get("gdpp_label", label)
+            if key in f and (tag, f[key]) not in drawn:
+                drawn.add((tag, f[key]))
+                ax[0].axhline(f[key], color=colors[n] if refs_per_variant else "k", ls=ls, lw=0.9,
+                              label=f"{tag} ({f[key]:.4f})")
+    ax[0].set(xlabel="training step", ylabel="loss on the evaluation tasks", title="loss", yscale="log")
+    base._log_ticks(ax[0])
+    ax[1].set(xlabel="training step", ylabel="cosine similarity", title="model cos", ylim=(-0.05, 1.05))
+    ax[2].set(xlabel="training step", ylabel="mean |y_TF - y_GD|", title="preds diff", yscale="log")
+    ax[3].set(xlabel="training step", ylabel="mean ||g_TF - g_GD||", title="model diff", yscale="log")
+    for a in ax:
+        a.legend(fontsize=6)
+
+
+def plot_fig12(r, out_dir):
+    plt = base._plt()
+    fig, ax = plt.subplots(1, 4, figsize=(19, 4.0), layout="constrained")
+    _variant_curves(r, ax)
+    return base._save(r, fig, out_dir, "fig12", f"one softmax self-attention layer, 1 and 2 heads, vs GD and "
+                      f"GD++ ({base._seeds(r)})")
+
+
+def plot_fig11(r, out_dir):
+    plt = base._plt()
+    w, f = r["per_seed"][0]["weights"], r["final"]
+    heads = w["scaled_W_KQ"]
+    fig, ax = plt.subplots(1, len(heads) + 2, figsize=(4.6 * (len(heads) + 2), 4.0), layout="constrained")
+    names = base._token_names(len(heads[0]))
+    for h, m in enumerate(heads):
+        base._heat(ax[h], m, f"head {h + 1}: W_KQ scaled by W_PV[-1,-1] (|off-diag| {f[f'offdiag_abs_head{h}']:.3g})",
+                   names)
+    base._heat(ax[len(heads)], w["scaled_W_KQ_sum"], f"sum of the heads (|off-diag| {f['offdiag_abs_sum']:.3g})", names)
+    c = r["curves"]
+    ax[-1].plot(base._arr(c["step"]), base._arr(c["loss_tf"]), label=f"2-head softmax (final {f['loss_tf']:.4f})")
+    ax[-1].axhline(f["loss_gd"], color="k", ls="--", label=f"1 step GD ({f['loss_gd']:.4f})")
+    ax[-1].set(xlabel="training step", ylabel="loss on the evaluation tasks", title="training", yscale="log")
+    ax[-1].legend(fontsize=7)
+    return base._save(r, fig, out_dir, "fig11", f"per-head products of the 2-head softmax layer ({base._seeds(r)}; "
+                      f"off-diagonal of the sum / heads' mean {f['offdiag_cancellation']:.2f})")
+
+
+def plot_fig14(r, out_dir):
+    plt = base._plt()
+    fig, ax = plt.subplots(1, 4, figsize=(19, 4.0), layout="constrained")
+    _variant_curves(r, ax, refs_per_variant=True)
+    names = ", ".join(f"{n}: {label}" for n, label in r.get("variants", {}).items())
+    return base._save(r, fig, out_dir, "fig14", f"LayerNorm before LSA vs GD and GD++ ({names}; {base._seeds(r)})")
+
+
+def plot_fig5(r, out_dir):
+    plt = base._plt()
+    c, f = r["curves"], r["final"]
+    step = base._arr(c["step"])
+    fig, ax = plt.subplots(1, 4, figsize=(19, 4.0), layout="constrained")
+    ax[0].plot(step, base._arr(c["loss_tf"]), label=f"2-layer TF (final {f['loss_tf']:.4f})")
+    ax[0].axhline(f["loss_gd"], color="k", ls="--", label=f"1 step GD ({f['loss_gd']:.4f})")
+    ax[0].axhline(f["loss_zero"], color="tab:gray", ls="-.", label=f"zero prediction ({f['loss_zero']:.4f})")
+    ax[0].set(xlabel="training step", ylabel="loss on the evaluation tasks", title="loss", yscale="log")
+    ax[0].legend(fontsize=7)
+    for key, label in (("copy_own", "token k (own)"), ("copy_next", "token k + 1 (next)"),
+                       ("copy_other", "other tokens (mean)")):
+        ax[1].plot(step, base._arr(c[key]), marker=".", label=f"{label}: final {f[key]:.3f}")
+    ax[1].set(xlabel="training step", ylabel="norm of the batch-mean Jacobian",
+              title="layer 0: d t(e_k) / d e_j (copy analysis)")
+    ax[1].legend(fontsize=7)
+    att = r["per_seed"][0]["attention"]
+    for a, (name, kind) in zip(ax[2:], (("layer0", "softmax weights"), ("layer1", "linear scores Q K^T"))):
+        m = np.asarray(att[name], dtype=float)[0]  # (T, N) of head 0
+        lim = float(np.max(np.abs(m))) or 1.0
+        im = a.imshow(m, cmap="RdBu_r" if kind.startswith("linear") else "viridis",
+                      vmin=-lim if kind.startswith("linear") else 0, vmax=lim)
+        a.set(xlabel="key token", ylabel="query token", title=f"{name}: mean {kind}")
+        fig.colorbar(im, ax=a, fraction=0.046)
+    return base._save(r, fig, out_dir, "fig5", f"copying on alternating tokens (encoding {r.get('layout', '?')}, "
+                      f"{base._seeds(r)})")
+
+
+PLOTTERS = {"fig5": plot_fig5, "fig11": plot_fig11, "fig12": plot_fig12, "fig13": plot_fig13, "fig14": plot_fig14}

@@ -50,3 +50,49 @@ def test_fig13_names_a_missing_gamma_file(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("iclgd run: error: gammas_from: expected a fig3 results.json or 'fit', "
                                    "found no file at 'nowhere/results.json'")
+
+
+TINY = ["--quick", "--no-progress", "--set", "task.eval_tasks=300", "--set", "train.steps=40",
+        "--set", "gdpp.steps_tied=20"]
+
+
+@pytest.fixture(scope="module")
+def fig12_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fig12")
+    assert _run(["run", "fig12", "--out", out, *TINY]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_fig12_writes_both_variants_with_per_head_products(fig12_dir):
+    r = _results(fig12_dir)
+    assert all(k in r for k in REQUIRED_KEYS) and set(r["final"]) == {"softmax1", "softmax2"}
+    for name, heads in (("softmax1", 1), ("softmax2", 2)):
+        f, c = r["final"][name], r["curves"][name]
+        assert f["heads"] == heads and c["step"][-1] == 40
+        assert all(np.isfinite(f[k]) for k in ("loss_tf", "loss_gd", "loss_gdpp", "model_cos", "model_cos_gdpp"))
+        w = r["per_seed"][0]["weights"][name]
+        assert np.shape(w["scaled_W_KQ"]) == (heads, 11, 11)
+        np.testing.assert_allclose(np.sum(w["scaled_W_KQ"], axis=0), w["scaled_W_KQ_sum"], rtol=1e-12, atol=1e-15)
+    assert r["final"]["softmax1"]["offdiag_cancellation"] == 1.0  # one head: the sum is the head
+    os.remove(fig12_dir / "fig12.png")
+    assert _run(["plot", fig12_dir]) == 0 and os.path.isfile(fig12_dir / "fig12.png")
+
+
+@pytest.mark.slow
+def test_fig11_reads_the_two_head_layer_of_a_full_fig12_run_and_refuses_a_quick_one(fig12_dir, tmp_path):
+    proc = cli_subprocess("run", "fig11", "--out", tmp_path / "q", "--set", f"weights_from={fig12_dir / 'results.json'}")
+    assert proc.returncode == 2 and "is a --quick fig12 run" in proc.stderr
+    full = _results(fig12_dir)
+    full["quick"] = False
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.json").write_text(json.dumps(full))
+    assert _run(["run", "fig11", "--no-progress", "--out", tmp_path / "out",
+                 "--set", f"weights_from={tmp_path / 'full' / 'results.json'}"]) == 0
+    r = _results(tmp_path / "out")
+    assert r["final"] == full["final"]["softmax2"] and r["steps_run"] == 0
+    assert r["per_seed"][0]["weights"] == full["per_seed"][0]["weights"]["softmax2"]
+    assert os.path.isfile(tmp_path / "out" / "fig11.png")
+    missing = cli_subprocess("run", "fig11", "--out", tmp_path / "m", "--set", "weights_from=nowhere.json")
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        "iclgd run: error: weights_from: expected a fig12 results.json or 'train', found no file at 'nowhere.json'")
