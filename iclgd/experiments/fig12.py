@@ -9,6 +9,8 @@ much closer and align far better. For every variant the per-head W_KQ_h scaled b
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from refimpl import metrics
 from refimpl.config import TaskConfig
 from refimpl.fieldcheck import check_fields, check_items
@@ -64,7 +66,6 @@ def softmax_variants(cfg, seeds, backend, out_dir, resume, progress, heads):
 def offdiagonal_stats(scaled, total, d):
     """On the x block (d, d) of the scaled W_KQ: mean |off-diagonal| per head and of the sum, mean
     diagonal of the sum (GD: -eta/N), and cancellation = |off-diagonal| of the sum / the heads' mean."""
-    import numpy as np
     off = ~np.eye(d, dtype=bool)
     per_head = [float(np.mean(np.abs(s[:d, :d][off]))) for s in scaled]
     out = {f"offdiag_abs_head{h}": v for h, v in enumerate(per_head)}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl import conditioning
+from refimpl import baselines, conditioning
 from refimpl.config import TaskConfig, config_from_dict
 from refimpl.fieldcheck import check_fields
 from refimpl.tasks import eval_tasks
@@ -57,7 +57,6 @@ def load_gammas(cfg: Config, seed, backend, progress):
     if cfg.gammas_from == "fit":
         fit_task = TaskConfig(eval_tasks=cfg.task.eval_tasks, eval_seed=cfg.task.eval_seed)
         tokens, targets = eval_tasks(fit_task)
-        from refimpl import baselines
         eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
         _, gammas, _ = fit_gdpp(fit_task, cfg.gdpp, cfg.train, seed, 2, True, eta, progress, backend,
                                 eval_set=(tokens, targets))
