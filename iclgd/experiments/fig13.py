@@ -69,6 +69,8 @@ def load_gammas(cfg: Config, seed, backend, progress):
     if r.get("experiment") != "fig3" or r.get("status", "complete") != "complete":
         raise ValueError(f"gammas_from: expected a complete fig3 results.json, got {r.get('experiment')!r} "
                          f"({r.get('status', 'complete')}) at {path!r}")
+    if r.get("quick"):
+        raise ValueError(f"gammas_from: {path!r} is a --quick fig3 run; name a full run, or 'fit'")
     return fitted_gammas(r), config_from_dict(TaskConfig, r["config"]["task"], "task"), path
 
 

@@ -2,6 +2,7 @@
 documented keys, the properties their figures show, re-plotting, and errors for bad input."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from iclgd import cli
 from iclgd.results import REQUIRED_KEYS
 from tests.conftest import ROOT, cli_subprocess
+
+ROOT_PATH = pathlib.Path(ROOT)
 
 
 def _run(argv):
@@ -43,6 +46,14 @@ def test_fig13_quick_run_lowers_the_condition_numbers(tmp_path):
     assert os.path.isfile(tmp_path / "fig13.png") and os.path.isfile(tmp_path / "fig13.pdf")
     os.remove(tmp_path / "fig13.png")
     assert _run(["plot", tmp_path]) == 0 and os.path.isfile(tmp_path / "fig13.png")
+
+
+def test_fig13_refuses_the_gammas_of_a_quick_fig3_run(tmp_path, capsys):
+    r = json.loads((ROOT_PATH / "results" / "fig3" / "results.json").read_text())
+    r["quick"] = True
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    assert _run(["run", "fig13", "--out", tmp_path / "out", "--set", f"gammas_from={tmp_path / 'results.json'}"]) == 2
+    assert "is a --quick fig3 run; name a full run, or 'fit'" in capsys.readouterr().err
 
 
 def test_fig13_names_a_missing_gamma_file(tmp_path):
