@@ -1,5 +1,6 @@
 """Figures of the experiments beyond the linear-regression LSA runs of iclgd.plots: GD++ conditioning
-(fig13), softmax attention (fig11, fig12) and LayerNorm (fig14), drawn from results.json alone.
+(fig13), softmax attention (fig11, fig12) and the copy layer (fig5), drawn from
+results.json alone.
 `PLOTTERS` maps an experiment to its plotter; iclgd.plots.plot_results dispatches to it.
 """
 import numpy as np
@@ -53,7 +54,7 @@ def plot_fig13(r, out_dir):
 
 
 def _variant_curves(r, ax, refs_per_variant=False):
-    """Loss, model cos, preds diff and model diff over training for every variant of r (fig12, fig14),
+    """Loss, model cos, preds diff and model diff over training for every variant of r (fig12),
     with the variants' GD / GD++ losses as horizontal lines."""
     names = list(r["final"])
     colors = {}
@@ -112,14 +113,6 @@ def plot_fig11(r, out_dir):
                       f"off-diagonal of the sum / heads' mean {f['offdiag_cancellation']:.2f})")
 
 
-def plot_fig14(r, out_dir):
-    plt = base._plt()
-    fig, ax = plt.subplots(1, 4, figsize=(19, 4.0), layout="constrained")
-    _variant_curves(r, ax, refs_per_variant=True)
-    names = ", ".join(f"{n}: {label}" for n, label in r.get("variants", {}).items())
-    return base._save(r, fig, out_dir, "fig14", f"LayerNorm before LSA vs GD and GD++ ({names}; {base._seeds(r)})")
-
-
 def plot_fig5(r, out_dir):
     plt = base._plt()
     c, f = r["curves"], r["final"]
@@ -148,4 +141,4 @@ def plot_fig5(r, out_dir):
                       f"{base._seeds(r)})")
 
 
-PLOTTERS = {"fig5": plot_fig5, "fig11": plot_fig11, "fig12": plot_fig12, "fig13": plot_fig13, "fig14": plot_fig14}
+PLOTTERS = {"fig5": plot_fig5, "fig11": plot_fig11, "fig12": plot_fig12, "fig13": plot_fig13}

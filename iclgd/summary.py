@@ -68,13 +68,6 @@ REFERENCE = {
         ("optimum gamma from the extreme eigenvalues", "gamma_opt", None, "-"),
         ("  its bound kappa++ vs lambda_max / lambda_min", "kappa_bound_opt", "kappa_extremes", "-"),
     ],
-    "fig14": [
-        ("loss: LN model vs L-step GD", "loss_tf", "loss_gd", "some loss is lost against GD"),
-        ("loss: LN model vs GD++", "loss_tf", "loss_gdpp", "inferior to GD++"),
-        ("model cos (vs GD)", "model_cos", None, "alignment decreases"),
-        ("model cos (vs GD++)", "model_cos_gdpp", None, "-"),
-        ("preds diff (vs GD)", "preds_diff", None, "-"),
-    ],
     "fig16": [
         ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),
         ("loss on its training set", "loss_train_tf", None, "-"),

@@ -14,16 +14,18 @@ EXPERIMENTS = {
              "a trained layer repeated 50 times with dampening vs GD at the same dampened step"),
     "fig3": ("iclgd.experiments.fig3", "Figure 3",
              "weight-tied 2-layer and deep 2/3/5-layer LSA vs L-step GD and GD++ (per-layer losses)"),
+    "fig5": ("iclgd.experiments.fig5", "Figure 5",
+             "two layers (softmax, then linear) on alternating x / y tokens: the first layer learns to copy"),
     "fig6": ("iclgd.experiments.fig6", "Figures 6, 7",
              "out-of-distribution losses (input scale, weight scale, other input laws), distractors"),
-    "fig16": ("iclgd.experiments.fig16", "Figure 16",
-              "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
     "fig11": ("iclgd.experiments.fig11", "Figure 11",
               "the 2-head softmax layer's per-head W_KQ scaled by W_PV[-1,-1], and their sum"),
     "fig12": ("iclgd.experiments.fig12", "Figure 12",
               "one softmax self-attention layer with 1 and 2 heads vs one GD step and GD++"),
     "fig13": ("iclgd.experiments.fig13", "Figure 13",
               "GD++'s eigenvalue map of X^T X and the condition numbers before and after its transforms"),
+    "fig16": ("iclgd.experiments.fig16", "Figure 16",
+              "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
 }
 
 

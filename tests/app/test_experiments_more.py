@@ -107,3 +107,30 @@ def test_fig11_reads_the_two_head_layer_of_a_full_fig12_run_and_refuses_a_quick_
     missing = cli_subprocess("run", "fig11", "--out", tmp_path / "m", "--set", "weights_from=nowhere.json")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         "iclgd run: error: weights_from: expected a fig12 results.json or 'train', found no file at 'nowhere.json'")
+
+
+@pytest.mark.slow
+def test_fig5_records_the_copy_analysis_over_training(tmp_path):
+    assert _run(["run", "fig5", "--out", tmp_path, "--quick", "--no-progress", "--set", "task.eval_tasks=200",
+                 "--set", "train.steps=100", "--set", "train.eval_every=50"]) == 0
+    r = _results(tmp_path)
+    c, f = r["curves"], r["final"]
+    assert c["step"] == [0, 50, 100] and r["layout"] == "back"
+    # at the small initialisation layer 0 is close to the identity: own = sqrt(d), next and other ~ 0
+    assert abs(c["copy_own"][0] - np.sqrt(10)) < 0.01 and c["copy_next"][0] < 0.01 and c["copy_other"][0] < 0.01
+    assert np.shape(r["per_seed"][0]["attention"]["layer0"]) == (1, 21, 20)
+    assert all(np.isfinite(f[k]) for k in ("loss_tf", "loss_gd", "copy_own", "copy_next", "copy_other"))
+    os.remove(tmp_path / "fig5.png")
+    assert _run(["plot", tmp_path]) == 0 and os.path.isfile(tmp_path / "fig5.png")
+
+
+def test_fig5_model_options_come_from_set_model(capsys):
+    from iclgd.cli.run import resolve_config
+    _, cfg = resolve_config("fig5", False, ["model.num_heads=2", "pos_enc_concat=front"])
+    assert cfg.model.num_heads == 2 and cfg.model.first_layer_softmax and cfg.pos_enc_concat == "front"
+    assert _run(["config", "fig5", "--set", "model.softmax=true"]) == 2
+    assert "unknown config key 'model.softmax'" in capsys.readouterr().err
+    assert _run(["config", "fig5", "--set", "model.token_dim=11"]) == 2
+    assert "model.token_dim: expected task.input_dim + pos_enc_size = 20, got 11" in capsys.readouterr().err
+    assert _run(["config", "fig5", "--set", "pos_enc_concat=middle"]) == 2
+    assert "pos_enc_concat: expected one of ('back', 'front'), got 'middle'" in capsys.readouterr().err
