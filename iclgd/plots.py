@@ -181,11 +181,21 @@ def plot_fig6(r, out_dir):
     styles = {"tf": ("trained TF", "-"), "gd": ("GD", "--"), "gdpp": ("GD++", "-."), "interp": ("interpolation", ":")}
     titles = {"input": "input scale alpha (x -> alpha x)", "weight": "weight scale alpha (w -> alpha w)"}
     fig, ax = plt.subplots(2, 4, figsize=(18, 7), layout="constrained")
+    eta = o.get("eta_over_n", {})  # eta/N behind each curve (files written before it lack it)
+
+    def named(label, key):
+        return f"{label}, eta/N {eta[key]:.3f}" if eta.get(key) is not None else label
     for col, fam in enumerate(("input", "weight")):
         alpha = _arr(o["alpha"][fam])
         for name, (label, ls) in styles.items():
-            ax[0, col].plot(alpha, _arr(o[fam][name]), ls, label=label)
+            ax[0, col].plot(alpha, _arr(o[fam][name]), ls, label=named(label, name) if fam == "input" else label)
             ax[1, col].plot(alpha, _arr(o[fam][name]) / _arr(o[fam]["gd"]), ls, label=label)
+        if fam == "input" and "input_closed_form" in o:  # one GD step's expected loss, closed form
+            for key, curve, color in (("gd_closed_form", "gd", "k"), ("gd_closed_form_opt", "gd_opt", "tab:gray")):
+                c = _arr(o["input_closed_form"][curve])
+                ax[0, col].plot(alpha, c, color=color, lw=0.8, ls=(0, (1, 3)), label=named("GD, expected (closed form)", key))
+                ax[1, col].plot(alpha, c / _arr(o[fam]["gd"]), color=color, lw=0.8, ls=(0, (1, 3)),
+                                label=named("GD, expected (closed form)", key))
         ax[0, col].set(xlabel="alpha", ylabel="loss", yscale="log", title=titles[fam])
         ax[1, col].set(xlabel="alpha", ylabel="loss / GD's loss")
     alpha = _arr(o["alpha"]["laws"])
@@ -255,6 +265,8 @@ def plot_diverged(r, out_dir):
 def plot_results(results, out_dir):
     name = results["experiment"]
     if name not in PLOTTERS:
+        PLOTTERS.update(_more_plotters())
+    if name not in PLOTTERS:
         raise ValueError(f"results['experiment']: no plot for {name!r}; known: {sorted(PLOTTERS)}")
     if results.get("status", "complete") == "diverged":
         return plot_diverged(results, out_dir)
@@ -273,3 +285,8 @@ PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plo
             "fu-algorithms": _second_paper("plot_fu_algorithms"),
             "theory-preconditioner": _second_paper("plot_theory_preconditioner"),
             "fu-lsa": _second_paper("plot_fu_lsa")}
+
+
+def _more_plotters():
+    from iclgd import plots_more
+    return plots_more.PLOTTERS

@@ -34,11 +34,44 @@ REFERENCE = {
         ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "qualitatively as figure 3"),
         ("model cos (TF vs GD++)", "model_cos_gdpp", None, "qualitatively as figure 3"),
     ],
+    "fig5": [
+        ("loss: trained TF vs 1 GD step", "loss_tf", "loss_gd", "reaches one GD step's (notebook 0.2047)"),
+        ("layer 0 Jacobian norm: own token", "copy_own", None, "~3.16 -> ~3.4"),
+        ("layer 0 Jacobian norm: next token", "copy_next", None, "0 -> ~0.8 at 4 000-4 500, ~1.0 by 9 500"),
+        ("layer 0 Jacobian norm: other tokens", "copy_other", None, "~0.05"),
+        ("first evaluation at half the final next-token norm", "step_next_half", None, "-"),
+    ],
     "fig6": [
         ("loss in distribution: TF vs GD", "loss_tf", "loss_gd", "TF, GD and interpolation overlap"),
         *[(f"loss at input scale {r}: TF vs GD", f"loss_tf_input_{r}", f"loss_gd_input_{r}", paper)
           for r, paper in SPEC6_FIG6_INPUT.items()],
         ("weight scale s: TF's deviation from s^2 x loss", "weight_scale_law_dev_tf", None, "0 for GD (exact)"),
+        ("eta/N of GD: grid optimum vs exact optimum", "gd_eta_over_n", "gd_eta_over_n_opt", "0.606 (exact)"),
+        *[(f"GD expected at input scale {r}: run's eta vs optimum", f"loss_gd_closed_form_input_{r}",
+           f"loss_gd_closed_form_opt_input_{r}", "closed form at the optimum (SPEC 6)")
+          for r in SPEC6_FIG6_INPUT],
+    ],
+    "fig12": [
+        ("loss: softmax layer vs 1 GD step", "loss_tf", "loss_gd", "1 head cannot match GD; 2 heads much closer"),
+        ("loss: softmax layer vs 1-layer GD++", "loss_tf", "loss_gdpp", "-"),
+        ("model cos (vs GD)", "model_cos", None, "2 heads align far better"),
+        ("preds diff (vs GD)", "preds_diff", None, "-"),
+        ("model diff (vs GD)", "model_diff", None, "-"),
+    ],
+    "fig11": [
+        ("loss: 2-head softmax vs 1 GD step", "loss_tf", "loss_gd", "-"),
+        ("mean |off-diagonal| of the scaled sum / heads'", "offdiag_cancellation", None,
+         "the heads' off-diagonal terms cancel"),
+        ("mean diagonal of the scaled sum", "diag_mean_sum", None, "-"),
+    ],
+    "fig13": [
+        *[(f"median kappa of X^T X after {v}'s transforms vs before", f"kappa_median_{v}_all",
+           "kappa_median_before", "GD++ lowers the condition number") for v in ("tied2", "deep2", "deep3", "deep5")],
+        *[(f"  {v}, on the law its gammas were fitted on", f"kappa_median_{v}_all_fitlaw",
+           "kappa_median_before_fitlaw", "GD++ lowers the condition number") for v in ("tied2", "deep2", "deep3", "deep5")],
+        ("fraction of tasks with a lower kappa (tied2)", "kappa_decreased_tied2_all", None, "-"),
+        ("optimum gamma from the extreme eigenvalues", "gamma_opt", None, "-"),
+        ("  its bound kappa++ vs lambda_max / lambda_min", "kappa_bound_opt", "kappa_extremes", "-"),
     ],
     "fig16": [
         ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),

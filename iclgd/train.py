@@ -45,11 +45,14 @@ class TrainConfig:
     eval_every: int = 100  # evaluation period in steps (SPEC 3)
     checkpoint_every: int = 1000  # checkpoint period in steps
     fixed_tasks: int = 0  # 0 = online batches; P > 0 = a fixed training set of P tasks, cycled
+    frozen: tuple = ()  # parameter names or name prefixes ("layer0.attn") kept at their initial values
 
     def __post_init__(self):
         # lr and grad_clip: None (the SPEC 3 rule) or a number (`--set train.lr=0.002` parses it as
         # a float, `--set train.lr=null` as None: refimpl.config reads the Optional[float] type)
         check_fields(self, "train", TRAIN_RULES)
+        if not all(isinstance(n, str) and n for n in self.frozen):
+            raise ValueError(f"train.frozen: expected a list of parameter names or prefixes, got {list(self.frozen)!r}")
 
 
 TRAIN_RULES = {**ADAM_RULES, "steps": ">= 1", "batch": f"[1, {MAX_BATCH}]", "eval_every": ">= 1",
@@ -72,6 +75,31 @@ def resolved_adam(train: TrainConfig, num_layers):
 def paper_token_clip(num_layers):
     """SPEC 3: tokens clipped to +-10 after every attention when L > 3."""
     return 10.0 if num_layers > 3 else 0.0
+
+
+def frozen_names(frozen, names):
+    """The parameter names that `frozen` (names or name prefixes ending at a dot) selects; a
+    ValueError naming the valid names for an entry that selects none."""
+    out = set()
+    for entry in frozen:
+        hit = {n for n in names if n == entry or n.startswith(entry + ".")}
+        if not hit:
+            raise ValueError(f"train.frozen: {entry!r} names no parameter of this model; valid names: "
+                             f"{', '.join(names)}")
+        out |= hit
+    return out
+
+
+def frozen_step(backend, frozen):
+    """A train_step that keeps the parameters `frozen` fixed: their gradients are set to exactly zero
+    before the global-norm clip and Adam, whose update of a parameter that has only ever seen zero
+    gradients is exactly zero (m = v = 0: 0 / (sqrt(0) + eps))."""
+    def step(params, state, tokens, y, cfg, adam_cfg):
+        loss, _, grads = backend.loss_and_grads(params, tokens, y, cfg)
+        grads = {k: (g * 0 if k in frozen else g) for k, g in grads.items()}
+        params, state, norm = backend.adam_update(params, grads, state, adam_cfg)
+        return params, {**state, "grad_norm": norm}, loss
+    return step
 
 
 @dataclass
@@ -230,6 +258,9 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
         _warm_up(backend, cfg, adam, params, state, source, rng, step, draw)
     if compiling is not None:
         print(f"{backend.name}: compiled in {time.perf_counter() - compiling:.0f} s", file=sys.stderr, flush=True)
+    train_step = backend.train_step
+    if train_cfg.frozen:
+        train_step = frozen_step(backend, frozen_names(train_cfg.frozen, list(params)))
     first, first_loss = step, None
     saver = _Checkpoints(checkpoint, identity, backend, saved_step)
     bar = tqdm(total=train_cfg.steps, initial=step, desc=desc, disable=not progress,
@@ -238,8 +269,8 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
         while step < train_cfg.steps:
             tokens, targets = source.next_batch(rng, step, draw=draw)
             try:
-                params, state, loss = backend.train_step(params, state, backend.asarray(tokens),
-                                                         backend.asarray(targets), cfg, adam)
+                params, state, loss = train_step(params, state, backend.asarray(tokens),
+                                                 backend.asarray(targets), cfg, adam)
                 bad = divergence(loss, state.get("grad_norm"), params, backend, first_loss)
             except NonFiniteError as e:  # the finite parameters went non-finite inside the step
                 bad = ("loss", f"a value inside the step is not finite ({e})")

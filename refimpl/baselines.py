@@ -91,16 +91,38 @@ def closed_form_eta(tokens):
     return X.shape[1] * float(tr_S.mean() / tr_S2.mean())
 
 
-def closed_form_eta_uniform(input_dim, num_context, input_range=1.0):
-    """The same ratio in exact expectation for x ~ U(-r/2, r/2)^d: E x^2 = r^2/12, E x^4 = r^4/80.
-
-    E tr S = N d m2; E tr S^2 = d (N m4 + N(N-1) m2^2) + d(d-1) N m2^2.
-    """
+def uniform_gram_moments(input_dim, num_context, input_range=1.0):
+    """(E tr S, E tr S^2) of S = X^T X for x ~ U(-r/2, r/2)^d, N rows: with E x^2 = m2 = r^2/12 and
+    E x^4 = m4 = r^4/80, E tr S = N d m2 and E tr S^2 = d (N m4 + N(N-1) m2^2) + d(d-1) N m2^2."""
     d, N, r = input_dim, num_context, input_range
     m2, m4 = r**2 / 12, r**4 / 80
     tr_S = N * d * m2
     tr_S2 = d * (N * m4 + N * (N - 1) * m2**2) + d * (d - 1) * N * m2**2
-    return N * tr_S / tr_S2
+    return tr_S, tr_S2
+
+
+def closed_form_eta_uniform(input_dim, num_context, input_range=1.0):
+    """eta = N E tr S / E tr S^2 in exact expectation for x ~ U(-r/2, r/2)^d (uniform_gram_moments)."""
+    tr_S, tr_S2 = uniform_gram_moments(input_dim, num_context, input_range)
+    return num_context * tr_S / tr_S2
+
+
+def expected_one_step_gd_loss_uniform(input_dim, num_context, eta, input_range=1.0, weight_scale=1.0):
+    """E 0.5 (y_hat - y)^2 of one GD step from W = 0 at learning rate eta, over tasks with
+    x ~ U(-r/2, r/2)^d and w ~ N(0, s^2 I) (SPEC 1.1, 4.1), in closed form.
+
+    With c = eta/N the step gives W_1 = c S w (S = X^T X), so y_hat - y = x_q^T (c S - I) w; averaging
+    over w, then over x_q (independent of X, E x_q x_q^T = m2 I):
+        E loss = 0.5 s^2 m2 (c^2 E tr S^2 - 2 c E tr S + d),   m2 = r^2/12.
+    For d = N = 10 this is SPEC 6's (r^2/24) (13.75 c^2 r^4 - 16.67 c r^2 + 10)."""
+    d = check_positive_int("input_dim", input_dim)
+    N = check_positive_int("num_context", num_context)
+    for name, v in (("input_range", input_range), ("weight_scale", weight_scale)):
+        if not v > 0:
+            raise ValueError(f"{name}: expected a number > 0, got {v!r}")
+    tr_S, tr_S2 = uniform_gram_moments(d, N, input_range)
+    c = np.asarray(eta, dtype=np.float64) / N
+    return 0.5 * weight_scale**2 * (input_range**2 / 12) * (c**2 * tr_S2 - 2 * c * tr_S + d)
 
 
 # -------------------------------------------------------------------------------- GD++ (4.2)

@@ -80,6 +80,25 @@ def layer_products(params, layer=0):
     return W_KQ, W_PV
 
 
+def head_products(params, num_heads, layer=0):
+    """[(W_KQ_h, W_PV_h) for each head h], each (D, D): W_KQ_h = W_q^h W_k^h^T and W_PV_h = W_v^h W_p^h
+    with W_q^h = W_q[:, hK:(h+1)K] (likewise W_k, W_v) and W_p^h = W_p[hK:(h+1)K, :]. A layer acts
+    through them: head h adds (H W_KQ_h C^T) C W_PV_h (linear) or softmax(H W_KQ_h C^T / sqrt(K)) C W_PV_h."""
+    p = f"layer{layer}.attn."
+    W_q, W_k, W_v, W_p = (params[p + n] for n in ("W_q", "W_k", "W_v", "W_p"))  # (D, nh*K) x 3, (nh*K, D)
+    if num_heads < 1 or W_q.shape[1] % num_heads:
+        raise ValueError(f"num_heads: expected a divisor >= 1 of the width {W_q.shape[1]}, got {num_heads}")
+    K = W_q.shape[1] // num_heads
+    heads = [slice(h * K, (h + 1) * K) for h in range(num_heads)]
+    return [(W_q[:, s] @ W_k[:, s].T, W_v[:, s] @ W_p[s, :]) for s in heads]  # (D, D) each
+
+
+def scaled_head_products(params, num_heads, layer=0):
+    """Figure 11: each head's W_KQ_h scaled by eta_h = W_PV_h[-1, -1], (nh, D, D), and their sum (D, D)."""
+    scaled = np.stack([W_KQ * W_PV[-1, -1] for W_KQ, W_PV in head_products(params, num_heads, layer)])
+    return scaled, scaled.sum(axis=0)
+
+
 def product_params(W_KQ, W_PV):
     """One-layer LSA weights (K = D) with W_q W_k^T = W_KQ and W_v W_p = W_PV: W_q = W_KQ,
     W_k = W_p = I, W_v = W_PV."""

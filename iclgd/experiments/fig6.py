@@ -7,6 +7,11 @@ evaluation set rescaled for every alpha (one draw, so the curves are smooth):
   weight  w -> alpha w (alpha in weight_grid; every loss is exactly alpha^2 times the alpha = 1 loss)
   laws    exponential / normal / Laplace inputs normalised by ||X||_F, times alpha (law_grid)
 and with k = 0 .. N context labels replaced by N(0, 1) draws (distractors).
+
+For the input scale, one GD step's expected loss over the uniform law in closed form
+(refimpl.baselines.expected_one_step_gd_loss_uniform) at the eta the run uses (the grid optimum on
+the evaluation set) and at the exact optimum eta/N = E tr S / E tr S^2 of the training law; the
+learning rate behind each curve is in ood.eta_over_n.
 """
 import time
 from dataclasses import dataclass, field
@@ -103,20 +108,51 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             w = np.array([np.nan if v is None else v for v in ood["weight"][name]])
             final[f"weight_scale_law_dev_{name}"] = float(np.nanmax(np.abs(
                 w / (grids["weight"] ** 2 * metrics.losses(models[name][0], tokens, targets, models[name][1], ops)[0]) - 1)))
+        for name in ("tf", "interp"):  # the step a learned layer takes: -W_KQ diagonal x W_PV[-1, -1]
+            W_KQ, W_PV = metrics.layer_products(models[name][0])  # (D, D) each
+            final[f"{name}_eta_over_n"] = float(-np.mean(np.diag(W_KQ)[:d]) * W_PV[d, d])
+        final["gdpp_eta_over_n"] = float(np.mean(etas)) / N
         for r in REPORTED_INPUT_SCALES:
             i = int(np.argmin(np.abs(grids["input"] - r)))
             final[f"loss_gd_input_{grids['input'][i]:.2f}"] = ood["input"]["gd"][i]
             final[f"loss_tf_input_{grids['input'][i]:.2f}"] = ood["input"]["tf"][i]
         per_seed.append({"seed": seed, "final": final, "curves": res.curves, "ood": ood})
-    return {"final": mean_over_seeds([s["final"] for s in per_seed]),
+    closed = closed_form_input_curves(task, eta, grids["input"])
+    final = mean_over_seeds([s["final"] for s in per_seed])
+    final.update({"gd_eta_over_n": eta / N, "gd_eta_over_n_opt": closed["eta_opt"] / N})
+    for r in REPORTED_INPUT_SCALES:
+        i = int(np.argmin(np.abs(grids["input"] - r)))
+        final[f"loss_gd_closed_form_input_{grids['input'][i]:.2f}"] = closed["gd"][i]
+        final[f"loss_gd_closed_form_opt_input_{grids['input'][i]:.2f}"] = closed["gd_opt"][i]
+    eta_over_n = {"tf": final["tf_eta_over_n"], "interp": final["interp_eta_over_n"], "gd": eta / N,
+                  "gdpp": final["gdpp_eta_over_n"], "gd_closed_form": eta / N,
+                  "gd_closed_form_opt": closed["eta_opt"] / N}
+    return {"final": final,
             "curves": mean_over_seeds([s["curves"] for s in per_seed]),
             "ood": {"alpha": {k: v for k, v in grids.items()}, "k": list(range(N + 1)),
                     "law_tasks": {name: int(np.sum(law == i)) for i, name in enumerate(INPUT_LAWS)},
-                    **mean_over_seeds([s["ood"] for s in per_seed])},
+                    **mean_over_seeds([s["ood"] for s in per_seed]),
+                    "input_closed_form": {"gd": closed["gd"], "gd_opt": closed["gd_opt"]},
+                    "eta_over_n": eta_over_n},
             "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved_settings(cfg.train),
             "runtime_s": time.perf_counter() - start,
             "notes": "ood[family][model]: mean loss over the evaluation set at each ood.alpha[family] "
                      "(None = diverged); ood.by_law[law][model]: the laws family split by input law, over "
                      "ood.law_tasks[law] tasks each (alpha from ood.alpha.laws); ood.distractors[model][i]: loss with ood.k[i] distractor labels. "
                      "GD++ with one layer trains eta only (gamma acts after the read-out's input). "
-                     "weight_scale_law_dev_*: max |loss(alpha) / (alpha^2 loss(1)) - 1|."}
+                     "weight_scale_law_dev_*: max |loss(alpha) / (alpha^2 loss(1)) - 1|. "
+                     "ood.input_closed_form: one GD step's expected loss over the uniform law in closed form "
+                     "at input scale alpha, at the run's eta (gd, the grid optimum on the evaluation set) and "
+                     "at the exact optimum of the training law (gd_opt); ood.eta_over_n: the eta/N of each "
+                     "curve (tf, interp: -mean diag W_KQ x W_PV[-1,-1] of the layer)."}
+
+
+def closed_form_input_curves(task, eta, alphas):
+    """One GD step's expected loss (closed form, uniform inputs) at input scale alpha (range
+    alpha * r), at `eta` and at the exact optimum eta_opt of the law at scale 1: {gd, gd_opt, eta_opt}."""
+    d, N = task.input_dim, task.num_context
+    eta_opt = baselines.closed_form_eta_uniform(d, N, task.input_range)
+    def curve(e):
+        return [float(baselines.expected_one_step_gd_loss_uniform(d, N, e, a * task.input_range, task.weight_scale))
+                for a in alphas]
+    return {"gd": curve(eta), "gd_opt": curve(eta_opt), "eta_opt": eta_opt}

@@ -144,6 +144,10 @@ def test_other_experiments_write_their_keys(tmp_path, name):
             np.testing.assert_allclose(mixed, r["ood"]["laws"][model], **TOL["float64_reordered"])
         # GD's loss is exactly quadratic in the scale
         assert r["final"]["weight_scale_law_dev_gd"] < TOL["recomputed_scalar"]["rtol"]
+        # the closed-form curves: one per eta, named with that eta
+        closed, eta = r["ood"]["input_closed_form"], r["ood"]["eta_over_n"]
+        assert len(closed["gd"]) == len(closed["gd_opt"]) == len(r["ood"]["alpha"]["input"])
+        assert eta["gd"] == r["final"]["gd_eta_over_n"] and eta["gd_closed_form_opt"] == r["final"]["gd_eta_over_n_opt"]
     if name == "fig16":
         assert set(r["final"]) == {"B16", "B256"}
 

@@ -158,3 +158,50 @@ def test_gdpp_config_rejects_unknown_entries():
     from iclgd.gdpp_fit import GDPPConfig
     with pytest.raises(ValueError, match="gdpp.entries"):
         GDPPConfig(entries="wq")
+
+
+@pytest.mark.parametrize("d, N, r, s, eta", [(3, 4, 1.7, 1.3, 1.5), (10, 10, 1.4, 1.0, 6.1)])
+def test_expected_one_step_gd_loss_matches_a_monte_carlo_estimate(d, N, r, s, eta):
+    """The closed form E 0.5 (y_hat - y)^2 of one GD step against the mean over 200 000 drawn
+    tasks, within 4 standard errors of that mean; a wrong moment (E x^4 = m2^2, or a lost factor)
+    moves it by many standard errors."""
+    tokens, targets = linear_regression_tasks(np.random.default_rng(7), 200_000, num_context=N, input_dim=d,
+                                              input_range=r, weight_scale=s)
+    err = 0.5 * (baselines.gd_explicit(tokens, eta, 1)[-1] - targets) ** 2  # (B,)
+    mean, se = err.mean(), err.std() / np.sqrt(err.size)
+    closed = baselines.expected_one_step_gd_loss_uniform(d, N, eta, r, s)
+    assert abs(closed - mean) < 4 * se, (closed, mean, se)
+    # the exact optimum eta minimises it, and at eta = 0 it is the zero prediction's 0.5 s^2 d m2
+    opt = baselines.closed_form_eta_uniform(d, N, r)
+    assert baselines.expected_one_step_gd_loss_uniform(d, N, opt, r, s) < min(
+        baselines.expected_one_step_gd_loss_uniform(d, N, opt * f, r, s) for f in (0.99, 1.01))
+    np.testing.assert_allclose(baselines.expected_one_step_gd_loss_uniform(d, N, 0.0, r, s),
+                               0.5 * s**2 * d * r**2 / 12, **TOL["recomputed_scalar"])
+
+
+def test_expected_one_step_gd_loss_rejects_bad_scales():
+    with pytest.raises(ValueError, match="input_range: expected a number > 0, got -1"):
+        baselines.expected_one_step_gd_loss_uniform(10, 10, 6.0, input_range=-1)
+
+
+def test_head_products_reproduce_a_multi_head_linear_layer(rng):
+    """Summing (H W_KQ_h C^T) C W_PV_h over the per-head products gives the layer's output; the
+    products of the summed matrices (heads mixed) do not."""
+    from refimpl.attention import lsa_forward
+    B, T, D, K, nh = 3, 6, 5, 4, 2
+    H = rng.standard_normal((B, T, D))
+    params = {"layer0.attn." + n: rng.standard_normal(s) for n, s in
+              (("W_q", (D, nh * K)), ("W_k", (D, nh * K)), ("W_v", (D, nh * K)), ("W_p", (nh * K, D)))}
+    out, _ = lsa_forward(H, {k.split(".")[-1]: v for k, v in params.items()}, num_heads=nh)
+    C = H[:, :-1]  # (B, N, D)
+    heads = metrics.head_products(params, nh)
+    got = sum(np.einsum("btd,de,bne,bnf,fg->btg", H, W_KQ, C, C, W_PV) for W_KQ, W_PV in heads)
+    np.testing.assert_allclose(got, out, **TOL["oracle_vs_per_task_loop"])
+    W_KQ, W_PV = metrics.layer_products(params)
+    mixed = np.einsum("btd,de,bne,bnf,fg->btg", H, W_KQ, C, C, W_PV)
+    assert np.max(np.abs(mixed - out)) > 1e-3
+    scaled, total = metrics.scaled_head_products(params, nh)
+    np.testing.assert_allclose(scaled[1], heads[1][0] * heads[1][1][-1, -1], **TOL["float64_reordered"])
+    np.testing.assert_allclose(total, scaled.sum(axis=0), **TOL["float64_reordered"])
+    with pytest.raises(ValueError, match="num_heads: expected a divisor >= 1 of the width 8, got 3"):
+        metrics.head_products(params, 3)
