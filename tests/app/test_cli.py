@@ -19,6 +19,7 @@ def test_gradcheck_json_has_exactly_the_promised_keys(capsys):
     assert {r["check"] for r in rows} >= {"lsa", "softmax_attention", "layernorm", "model_lsa_1layer"}
 
 
+@pytest.mark.slow
 def test_gradcheck_table_and_exit_status_from_a_subprocess():
     out = subprocess.run([sys.executable, "-m", "iclgd", "gradcheck"], capture_output=True,
                          text=True, check=False)

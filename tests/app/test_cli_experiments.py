@@ -41,6 +41,7 @@ def fig2_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fig2_results_have_the_documented_keys(fig2_dir):
     r = _results(fig2_dir)
     assert all(k in r for k in REQUIRED_KEYS)
@@ -55,6 +56,7 @@ def test_fig2_results_have_the_documented_keys(fig2_dir):
     assert os.path.isfile(os.path.join(fig2_dir, "fig2.png")) and os.path.isfile(os.path.join(fig2_dir, "fig2.pdf"))
 
 
+@pytest.mark.slow
 def test_plot_rerenders_from_results_alone_without_training(fig2_dir, tmp_path, monkeypatch):
     import iclgd.train
 
@@ -69,6 +71,7 @@ def test_plot_rerenders_from_results_alone_without_training(fig2_dir, tmp_path, 
     assert os.path.getsize(tmp_path / "fig2.png") > 1000
 
 
+@pytest.mark.slow
 def test_replotting_writes_the_same_bytes(fig2_dir, tmp_path, monkeypatch):
     """A re-plot of the same results.json gives byte-identical PNG and PDF files, also a second
     later (a PDF creation date would differ), so re-plotting a committed figure changes nothing."""
@@ -82,6 +85,7 @@ def test_replotting_writes_the_same_bytes(fig2_dir, tmp_path, monkeypatch):
         assert (tmp_path / f"fig2.{ext}").read_bytes() == data, ext
 
 
+@pytest.mark.slow
 def test_run_resume_reaches_the_uninterrupted_final_state(tmp_path):
     base = ["run", "fig2", *TINY, "--set", "train.checkpoint_every=40"]
     assert _run([*base, "--out", tmp_path / "full", "--set", "train.steps=80"]) == 0

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import ROOT, cli_subprocess
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: each case runs the command line, most in a subprocess
+
 TINY = ["--quick", "--no-progress", "--set", "task.eval_tasks=200", "--set", "train.batch=64",
         "--set", "train.checkpoint_every=10", "--set", "train.eval_every=10"]
 

@@ -31,6 +31,7 @@ def test_every_command_flag_is_explained(command):
         assert len(entry.split()) > 1, f"iclgd {command} {flag} has no help"
 
 
+@pytest.mark.slow
 def test_the_fast_subset_leaves_out_only_the_tests_marked_slow():
     """`pytest -m "not slow"` (the README's development subset) keeps most tests and drops the ones
     marked slow; the marker is registered, so a typo in it would be an error (--strict-markers)."""

@@ -24,6 +24,8 @@ from refimpl.config import ModelConfig, config_to_dict
 from tests.conftest import cli_subprocess
 from refimpl.params import init_params
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: each case runs the command line in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ModelConfig(token_dim=4, num_layers=2, num_heads=2, key_size=3, init_scale=2.0)  # deep LSA
 TIED = ModelConfig(token_dim=3, num_layers=2, weight_tied=True, key_size=3)

@@ -24,6 +24,8 @@ from refimpl.config import ModelConfig, config_to_dict
 from tests.conftest import cli_subprocess
 from refimpl.params import init_params, load_params, save_params
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: subprocess runs and PyTorch imports
+
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ModelConfig(token_dim=4, num_layers=2, key_size=3, layernorm=True, mlp=True)
 

@@ -28,6 +28,7 @@ def quick_run(tmp_path_factory):
     return cwd / "q", proc.stdout
 
 
+@pytest.mark.slow
 def test_a_run_ends_with_its_summary_and_show_prints_it_again(quick_run):
     out, stdout = quick_run
     r = json.loads((out / "results.json").read_text())
@@ -41,6 +42,7 @@ def test_a_run_ends_with_its_summary_and_show_prints_it_again(quick_run):
     assert "paper (SPEC 6)" in summary[1]
 
 
+@pytest.mark.slow
 def test_a_quick_run_is_marked_in_results_summary_and_figure(quick_run, tmp_path, monkeypatch):
     out, stdout = quick_run
     r = json.loads((out / "results.json").read_text())
@@ -123,6 +125,7 @@ def test_experiments_not_run_yet_have_no_results_and_the_readme_says_so():
         assert f"`{name}` is registered but not run at the paper's settings yet" in readme, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMMITTED)
 def test_every_panel_of_every_figure_is_labelled_and_drawn(name, tmp_path, monkeypatch):
     """Structure of each committed figure: every panel has data, an x label and a y label; the

@@ -25,6 +25,8 @@ from refimpl.loss import loss_and_grads  # noqa: E402
 from refimpl.params import init_params  # noqa: E402
 from tests.conftest import assert_close_to_oracle  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: the CPU emulation of the CUDA kernels: tens of seconds
+
 
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):

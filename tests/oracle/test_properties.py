@@ -351,6 +351,7 @@ def test_front_end(d, cfg, B):
     check_stage(lambda x, p: front_forward(x, p, cfg), front_backward, "tokens", tokens, params, d, rng)
 
 
+@pytest.mark.slow
 @MODEL_SETTINGS
 @given(d=draws(MODEL_SCALES), cfg=model_configs(), B=st.integers(1, 3))
 def test_model(d, cfg, B):

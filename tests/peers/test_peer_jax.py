@@ -15,6 +15,8 @@ from tests.peers.cases import CASES, WEIGHT_SCALE, export_and_check, make_data  
 from tests.peers.jax_model import haiku_tree, tree_readouts  # noqa: E402
 from iclgd.interop.convert import from_haiku  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: imports and compiles JAX
+
 
 @pytest.fixture(scope="module", autouse=True)
 def float64():

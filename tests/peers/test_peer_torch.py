@@ -16,6 +16,8 @@ from iclgd.interop.crosscheck import crosscheck_file  # noqa: E402
 from iclgd.interop.exchange import save_exchange  # noqa: E402
 from tests.peers.torch_model import random_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: imports PyTorch
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_torch_autograd_agrees_with_the_oracle(tmp_path, rng, case):

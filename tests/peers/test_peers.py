@@ -11,6 +11,8 @@ from refimpl.loss import loss_and_grads
 from refimpl.optim import adam_init, adam_update
 from refimpl.params import init_params
 
+pytestmark = pytest.mark.slow  # the fast subset leaves these out: imports and compiles JAX and PyTorch
+
 CONFIGS = {
     "fig2": ModelConfig(),
     "deep3_clip_yupdate_softmax0": ModelConfig(num_layers=3, token_clip=0.5, y_update=True,
