@@ -5,6 +5,8 @@ refimpl.optim (adam_update), with the same results (float64: to rounding; float3
 float32). Arrays are NumPy arrays; parameters are the oracle's {name: array} dicts. Training
 batches: `linear_regression_tasks` (kernels.numba.draw), refimpl.data's draws bit for bit, in parallel.
 
+Models with an embedding or an input MLP (kernels.numba.front.supports) run their token-wise front
+end on all tokens at once (BLAS matmuls, a parallel GELU) and their blocks on the kernels below.
 Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm, MLP or front end) get
 their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py, which works in
 parameter space with eight tasks per SIMD group; everything else uses the kernels below.
@@ -31,6 +33,7 @@ from refimpl.params import check_params
 from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
+from kernels.numba import front as numba_front
 from kernels.numba import lsa as numba_lsa
 from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
@@ -170,6 +173,11 @@ def _check_inputs(params, tokens, cfg):
 def model_forward(params, tokens, cfg):
     """tokens (B, T, D_in) -> (readouts (L, B), cache); the cache keeps inputs, not activations."""
     tok = _check_inputs(params, tokens, cfg)
+    if numba_front.supports(cfg):
+        H, fc = numba_front.front_forward(params, tok, cfg)  # (B, T, D)
+        bcfg = numba_front.block_config(cfg)
+        rd, bc = model_forward(_block_params(params), H, bcfg)
+        return rd, {"cfg": cfg, "front": fc, "blocks": bc, "params": params}
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
     pv = pack(params, cfg)
@@ -180,6 +188,10 @@ def model_forward(params, tokens, cfg):
 
 def model_backward(dreadouts, cache):
     """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient})."""
+    if "front" in cache:
+        dH, grads = model_backward(dreadouts, cache["blocks"])  # (B, T, D)
+        dtok, fgrads = numba_front.front_backward(dH, cache["params"], cache["front"], cache["cfg"])
+        return dtok, {**fgrads, **grads}
     cfg, tok, pv = cache["cfg"], cache["tokens"], cache["pv"]
     B, T, _ = tok.shape
     check_array("dreadouts", dreadouts, shape=(cfg.num_layers, B))
@@ -200,6 +212,12 @@ def readouts_and_query_gradient(params, tokens, cfg):
     tok = _check_inputs(params, tokens, cfg)
     if numba_lsa.supports(cfg):
         return numba_lsa.readouts_and_query_gradient(params, tok, cfg)
+    if numba_front.supports(cfg):  # the whole input gradient, but no parameter gradients
+        readouts, cache = model_forward(params, tok, cfg)
+        dread = np.zeros_like(readouts)  # (L, B)
+        dread[-1] = 1
+        dH, _ = model_backward(dread, cache["blocks"])
+        return readouts, numba_front.front_backward(dH, params, cache["front"], cfg, weights=False)[0][:, -1]
     readouts, cache = model_forward(params, tok, cfg)
     dread = np.zeros_like(readouts)  # (L, B)
     dread[-1] = 1
@@ -225,10 +243,29 @@ def _check_targets(y, tok):
     return np.ascontiguousarray(y)
 
 
+def _block_params(params):
+    return {k: v for k, v in params.items() if not numba_front.is_front_param(k)}
+
+
+def _front_loss_and_grads(params, tok, y, cfg):
+    """loss_and_grads of a model with a front end (numba_front): the front end on all tokens,
+    the blocks' read-outs (task kernel, forward), the MSE gradient of the last read-out as
+    refimpl.loss, the blocks' backward (task kernel) and the front end's backward."""
+    readouts, cache = model_forward(params, tok, cfg)  # (L, B)
+    r = readouts - y  # (L, B)
+    per_layer = (0.5 * np.mean(r * r, axis=1)).astype(tok.dtype)  # (L,) refimpl.loss.mse_forward per layer
+    dread = np.zeros_like(readouts)
+    dread[-1] = mse_backward(1.0, r[-1])
+    _, grads = model_backward(dread, cache)
+    return per_layer[-1], per_layer, grads
+
+
 def loss_and_grads(params, tokens, y, cfg):
     """(loss, per-layer losses (L,), grads) of mean_b 0.5 (y_hat_b - y_b)^2, fused per task."""
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
+    if numba_front.supports(cfg):
+        return _front_loss_and_grads(params, tok, y, cfg)
     loss, per_layer, g = _loss_grads_flat(pack(params, cfg), tok, y, cfg)
     return loss, per_layer, unpack(g, cfg)
 
@@ -261,7 +298,11 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
     pv, m, v = pack(params, cfg), pack(state["m"], cfg), pack(state["v"], cfg)  # new vectors: updated in place
-    loss, _, g = _loss_grads_flat(pv, tok, y, cfg)
+    if numba_front.supports(cfg):
+        loss, _, grads = _front_loss_and_grads(params, tok, y, cfg)
+        g = pack(grads, cfg)
+    else:
+        loss, _, g = _loss_grads_flat(pv, tok, y, cfg)
     t = state["t"] + 1
     norm = adam_flat(pv, g, m, v, t, adam_cfg)
     return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
@@ -275,12 +316,16 @@ def kernels_to_compile(cfg=None):
     from kernels.numba.cache import missing_kernels
     lsa = cfg is None or numba_lsa.supports(cfg)
     model = [numba_lsa.lsa_kernel] if lsa else [task_kernel, reduce_rows]
+    if cfg is not None and numba_front.supports(cfg):
+        model += [numba_front.gelu_kernel, numba_front.gelu_backward_kernel]
     return missing_kernels(model + [draw.draw_kernel, sum_squares, adam_kernel])
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent buffer (workspace, gradient rows, read-out scratch) with `value`:
     a test can poison them with NaN to prove that no kernel reads an entry it did not write."""
+    if numba_front.supports(cfg):  # its blocks run as a model without a front end
+        fill_buffers(numba_front.block_config(cfg), num_tokens, batch, dtype, value)
     pl = plan(cfg, num_tokens, batch, dtype)
     for a in (pl.ws, pl.G, pl.rd, pl.dr, pl.sq, pl.no_dtok, pl.y0):
         a[...] = value
