@@ -1,5 +1,5 @@
 """Figures of the experiments beyond the linear-regression LSA runs of iclgd.plots: GD++ conditioning
-(fig13), softmax attention (fig11, fig12) and the copy layer (fig5), drawn from
+(fig13), softmax attention (fig11, fig12), LayerNorm (fig14) and the copy layer (fig5), drawn from
 results.json alone.
 `PLOTTERS` maps an experiment to its plotter; iclgd.plots.plot_results dispatches to it.
 """
@@ -54,7 +54,7 @@ def plot_fig13(r, out_dir):
 
 
 def _variant_curves(r, ax, refs_per_variant=False):
-    """Loss, model cos, preds diff and model diff over training for every variant of r (fig12),
+    """Loss, model cos, preds diff and model diff over training for every variant of r (fig12, fig14),
     with the variants' GD / GD++ losses as horizontal lines."""
     names = list(r["final"])
     colors = {}
@@ -113,6 +113,51 @@ def plot_fig11(r, out_dir):
                       f"off-diagonal of the sum / heads' mean {f['offdiag_cancellation']:.2f})")
 
 
+def plot_fig14(r, out_dir):
+    plt = base._plt()
+    fig, ax = plt.subplots(1, 4, figsize=(19, 4.0), layout="constrained")
+    _variant_curves(r, ax, refs_per_variant=True)
+    names = ", ".join(f"{n}: {label}" for n, label in r.get("variants", {}).items())
+    return base._save(r, fig, out_dir, "fig14", f"LayerNorm before LSA vs GD and GD++ ({names}; {base._seeds(r)})")
+
+
+def plot_fig4(r, out_dir):
+    plt = base._plt()
+    c, f = r["curves"], r["final"]
+    fig = plt.figure(figsize=(19, 8.0), layout="constrained")
+    top = fig.subfigures(2, 1)
+    ax = top[0].subplots(1, 3)
+    for name, label, style in (("tf", "trained TF", "-"), ("mlpgd", "MLP + GD (fixed GD step)", "--")):
+        ax[0].plot(base._arr(c[name]["step"]), base._arr(c[name]["loss"]), style,
+                   label=f"{label}: final {f[name]['loss']:.5f}")
+    ax[0].axhline(f["loss_zero"], color="tab:gray", ls="-.", label=f"zero prediction ({f['loss_zero']:.4f})")
+    ax[0].set(xlabel="training step", ylabel="loss on the evaluation tasks", title="loss", yscale="log")
+    ax[0].legend(fontsize=7)
+    step = base._arr(c["tf"]["step"])
+    ax[1].plot(step, base._arr(c["tf"]["partial_cos"]), label=f"partial cos (d y / d x_q): final {f['tf']['partial_cos']:.3f}")
+    ax[1].set(xlabel="training step", ylabel="cosine similarity", title="TF vs MLP + GD: first-order term",
+              ylim=(-1.05, 1.05))
+    ax[1].legend(fontsize=7)
+    for key, label in (("preds_diff", "preds diff"), ("partial_diff", "partial diff")):
+        ax[2].plot(step, base._arr(c["tf"][key]), label=f"{label}: final {f['tf'][key]:.4f}")
+    ax[2].set(xlabel="training step", ylabel="mean absolute / L2 difference", title="TF vs MLP + GD", yscale="log")
+    ax[2].legend(fontsize=7)
+    fn = r["per_seed"][0]["functions"]
+    x = np.asarray(fn["x"], dtype=float)
+    axf = top[1].subplots(1, len(fn["truth"]), sharey=True)
+    for i, a in enumerate(np.atleast_1d(axf)):
+        a.plot(x, fn["truth"][i], color="k", lw=1, label="truth")
+        a.scatter(fn["context_x"][i], fn["context_y"][i], color="k", s=12, zorder=3, label="context")
+        for name, colour in (("tf", "tab:blue"), ("mlpgd", "tab:orange")):
+            a.plot(x, fn[name]["before"][i], ":", color=colour, label=f"{name} before the step")
+            a.plot(x, fn[name]["after"][i], "-" if name == "tf" else "--", color=colour, label=f"{name} after")
+        a.set(xlabel="x_q", title=f"task {i}: a = {fn['amplitude'][i]:.2f}, rho = {fn['phase'][i]:.2f}")
+    np.atleast_1d(axf)[0].set_ylabel("prediction")
+    np.atleast_1d(axf)[0].legend(fontsize=7)
+    return base._save(r, fig, out_dir, "fig4", f"sine regression: MLP front end + one LSA layer vs MLP + one GD step "
+                      f"(eta {r.get('gd_eta')}; {base._seeds(r)})")
+
+
 def plot_fig5(r, out_dir):
     plt = base._plt()
     c, f = r["curves"], r["final"]
@@ -141,4 +186,4 @@ def plot_fig5(r, out_dir):
                       f"{base._seeds(r)})")
 
 
-PLOTTERS = {"fig5": plot_fig5, "fig11": plot_fig11, "fig12": plot_fig12, "fig13": plot_fig13}
+PLOTTERS = {"fig4": plot_fig4, "fig5": plot_fig5, "fig11": plot_fig11, "fig12": plot_fig12, "fig13": plot_fig13, "fig14": plot_fig14}

@@ -34,6 +34,14 @@ REFERENCE = {
         ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "qualitatively as figure 3"),
         ("model cos (TF vs GD++)", "model_cos_gdpp", None, "qualitatively as figure 3"),
     ],
+    "fig4": [
+        ("loss of predicting 0", "loss_zero", None, "-"),
+        ("loss", "loss", None, "TF ~0.0011 at 19k steps; MLP + GD ~0.0014"),
+        ("preds diff (TF vs MLP + GD)", "preds_diff", None, "-"),
+        ("partial cos (d y / d x_q, TF vs MLP + GD)", "partial_cos", None, "~0.88 at 2k steps, rising to ~0.95"),
+        ("partial cos over the query token [x_q, y_q]", "partial_cos_token", None, "-"),
+        ("partial diff", "partial_diff", None, "-"),
+    ],
     "fig5": [
         ("loss: trained TF vs 1 GD step", "loss_tf", "loss_gd", "reaches one GD step's (notebook 0.2047)"),
         ("layer 0 Jacobian norm: own token", "copy_own", None, "~3.16 -> ~3.4"),
@@ -72,6 +80,13 @@ REFERENCE = {
         ("fraction of tasks with a lower kappa (tied2)", "kappa_decreased_tied2_all", None, "-"),
         ("optimum gamma from the extreme eigenvalues", "gamma_opt", None, "-"),
         ("  its bound kappa++ vs lambda_max / lambda_min", "kappa_bound_opt", "kappa_extremes", "-"),
+    ],
+    "fig14": [
+        ("loss: LN model vs L-step GD", "loss_tf", "loss_gd", "some loss is lost against GD"),
+        ("loss: LN model vs GD++", "loss_tf", "loss_gdpp", "inferior to GD++"),
+        ("model cos (vs GD)", "model_cos", None, "alignment decreases"),
+        ("model cos (vs GD++)", "model_cos_gdpp", None, "-"),
+        ("preds diff (vs GD)", "preds_diff", None, "-"),
     ],
     "fig16": [
         ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),
@@ -130,16 +145,17 @@ def summary_lines(r):
         return lines + [f"DIVERGED at step {d.get('step')} ({d.get('model_tag')}, seed {d.get('seed')}): "
                         f"{d.get('reason', d.get('tensor'))}; last good checkpoint at step {d.get('checkpoint_step')}"]
     final, rows = r.get("final") or {}, REFERENCE.get(r["experiment"], [])
+    # per-variant finals ({variant: {key: value}}) get a heading each; a mix shows its plain
+    # numbers first, then each variant's
     groups = (list(final.items()) if final and all(isinstance(v, dict) for v in final.values())
-              else [(None, final)])
+              else [(None, final)] + [(k, v) for k, v in final.items() if isinstance(v, dict)])
     width = max([len(label) for label, *_ in rows] + [10]) + 2
     lines.append(f"{'':{width}s}{'this run':>10s}  {'baseline':>10s}  paper (SPEC 6)")
     for group, values in groups:
-        if group is not None:
+        shown = [row for row in rows if row[1] in values]
+        if group is not None and shown:
             lines.append(f"{group}:")
-        for label, key, base, paper in rows:
-            if key not in values:
-                continue
+        for label, key, base, paper in shown:
             lines.append(f"{label:{width}s}{_fmt(_number(values, key)):>10s}  "
                          f"{_fmt(_number(values, base) if base else None):>10s}  {paper}")
     return lines

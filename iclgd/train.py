@@ -221,7 +221,7 @@ def _record(curves, step, values):
 
 
 def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evaluate=None,
-          checkpoint=None, resume=False, progress=True, desc="train", identity=None):
+          checkpoint=None, resume=False, progress=True, desc="train", identity=None, initial=None):
     """Train `cfg` with Adam (paper_adam) on batches from `source`; see the module docstring.
 
     source: a task source, `next_batch(rng, step, draw=None) -> (tokens, targets)` (the interface
@@ -230,7 +230,9 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     backend: a module of `kernels` (get_backend(name)). evaluate(host params) -> {name: float}.
     checkpoint: path of the checkpoint file (None: no checkpoints); resume: start from it if present.
     identity: the run's resolved setup, saved in the checkpoint and compared on resume (default: the
-    model and training configs, the seed and the backend). Every step is checked for a non-finite
+    model and training configs, the seed and the backend). initial: {name: array} that replace those
+    parameters' initial values (a construction's fixed weights, with train.frozen); the rest are
+    drawn from the seed as usual. Every step is checked for a non-finite
     loss, gradient norm or parameter: Diverged is raised there, and no diverged state is saved.
     """
     tune_for_small_matrices()
@@ -238,7 +240,13 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     start = time.perf_counter()
     adam = paper_adam(train_cfg, cfg.num_layers)
     rng = np.random.default_rng(seed)
-    params = _device(backend, init_params(cfg, rng))
+    params = init_params(cfg, rng)
+    for name, value in (initial or {}).items():
+        if name not in params or np.shape(value) != params[name].shape:
+            raise ValueError(f"initial[{name!r}]: expected a parameter of this model with shape "
+                             f"{params[name].shape if name in params else '(none)'}, got shape {np.shape(value)}")
+        params[name] = np.asarray(value, dtype=params[name].dtype)
+    params = _device(backend, params)
     state = backend.adam_init(params)
     curves, step, saved_step = {}, 0, 0
     if identity is None:

@@ -7,8 +7,11 @@ Amplitude and phase: a = a_lo + (a_hi - a_lo) u_a and rho = rho_lo + (rho_hi - r
 u ~ U(0, 1). The public code draws ONE u for both (coupled: a and rho perfectly correlated) with
 a in 0.1 .. 0.5 and rho in 0 .. pi; the paper's text: a in 0.1 .. 5, independent draws.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
+from .fieldcheck import check_fields
 from .validate import check_positive_int
 
 PUBLIC_AMPLITUDE = (0.1, 0.5)  # the public code's amplitude range
@@ -40,3 +43,48 @@ def sine_tasks(rng, batch, num_context=10, x_range=(-5.0, 5.0), amplitude=PUBLIC
     y[:, -1] = 0.0  # the query's label slot starts at 0
     tokens = np.stack([x, y], axis=-1)  # (B, T, 2)
     return tokens.astype(dtype, copy=False), targets.astype(dtype, copy=False), (a, rho)
+
+
+@dataclass(frozen=True)
+class SineTaskConfig:
+    num_context: int = 10  # N context pairs (paper: 10)
+    x_low: float = -5.0  # x ~ U(x_low, x_high) (paper: -5 .. 5)
+    x_high: float = 5.0  # upper end of the x range
+    amplitude_low: float = 0.1  # a range; the public code's 0.1 .. 0.5 (paper text: 0.1 .. 5)
+    amplitude_high: float = 0.5  # upper end of the amplitude range
+    phase_low: float = 0.0  # rho range (0 .. pi)
+    phase_high: float = float(np.pi)  # upper end of the phase range
+    coupled: bool = False  # one u for a and rho (the public code's quirk); default: independent draws
+    eval_tasks: int = 10000  # size of the fixed evaluation set
+    eval_seed: int = 2023  # seed of the evaluation set's Generator (independent of training seeds)
+
+    def __post_init__(self):
+        check_fields(self, "task", {"num_context": ">= 1", "eval_tasks": ">= 1", "eval_seed": ">= 0"})
+        for name in ("x", "amplitude", "phase"):
+            lo, hi = getattr(self, f"{name}_low"), getattr(self, f"{name}_high")
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise ValueError(f"task.{name}_low, task.{name}_high: expected finite numbers with low <= high, "
+                                 f"got {lo!r}, {hi!r}")
+
+    def draw(self, rng, batch, dtype=np.float64):
+        """sine_tasks with these ranges: tokens (B, N + 1, 2), targets (B,), (a, rho)."""
+        return sine_tasks(rng, batch, self.num_context, (self.x_low, self.x_high),
+                          (self.amplitude_low, self.amplitude_high), (self.phase_low, self.phase_high),
+                          self.coupled, dtype)
+
+
+def eval_sine_tasks(task: SineTaskConfig):
+    """The fixed evaluation set: tokens (E, N + 1, 2), targets (E,), (a, rho), from eval_seed."""
+    return task.draw(np.random.default_rng(task.eval_seed), task.eval_tasks)
+
+
+class SineSource:
+    """Training batches of sine tasks (the task-source interface of refimpl.tasks.TaskSource): a
+    fresh batch from the training Generator at every step (`draw` is ignored)."""
+
+    def __init__(self, task: SineTaskConfig, batch):
+        self.task, self.batch = task, check_positive_int("batch", batch)
+
+    def next_batch(self, rng, step, draw=None):
+        tokens, targets, _ = self.task.draw(rng, self.batch)
+        return tokens, targets

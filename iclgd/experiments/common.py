@@ -73,7 +73,7 @@ def make_evaluator(cfg, tokens, targets, refs, backend=None):
 
 
 def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress, train_cfg=None,
-                source=None):
+                source=None, initial=None):
     """Train one model for one seed (exp_cfg.train unless train_cfg is given) on batches from
     `source` (default: the uniform tasks of exp_cfg.task); checkpoints under
     out_dir/checkpoints/TAG_seedS.npz."""
@@ -88,7 +88,7 @@ def train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, pro
                 "config": config_to_dict(exp_cfg), "model": config_to_dict(cfg),
                 "train": config_to_dict(train_cfg)}
     return train(cfg, train_cfg, source, seed, backend, evaluate=evaluate, checkpoint=ckpt,
-                 resume=resume, progress=progress, desc=f"{tag} seed {seed}", identity=identity)
+                 resume=resume, progress=progress, desc=f"{tag} seed {seed}", identity=identity, initial=initial)
 
 
 def experiment_name(exp_cfg):

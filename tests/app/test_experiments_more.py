@@ -110,6 +110,29 @@ def test_fig11_reads_the_two_head_layer_of_a_full_fig12_run_and_refuses_a_quick_
 
 
 @pytest.mark.slow
+def test_fig14_places_layernorm_as_the_public_code_and_compares_with_l_step_gd(tmp_path):
+    assert _run(["run", "fig14", "--out", tmp_path, *TINY, "--set", "deep_steps=40"]) == 0
+    r = _results(tmp_path)
+    f = r["final"]
+    assert f["ln1"]["layers"] == 1 and f["ln2"]["layers"] == 2 and f["ln2"]["steps"] == 40
+    assert f["ln2"]["loss_gd"] < f["ln1"]["loss_gd"]  # two GD steps beat one
+    assert f["ln2"]["loss_gdpp"] <= f["ln2"]["loss_gd"] * 1.05  # GD++ (fitted from GD's eta) is no worse
+    assert r["config"]["deep_steps"] == 40 and os.path.isfile(tmp_path / "fig14.png")
+
+
+def test_layernorm_placements_of_fig14():
+    """ln1 has a LayerNorm before its one layer, ln2 none before layer 0 and one before layer 1."""
+    from refimpl.config import TaskConfig
+    from refimpl.params import param_shapes
+    from iclgd.experiments.fig14 import VARIANTS
+    from iclgd.experiments.variants import model_config
+    cfgs = {n: model_config(TaskConfig(), L, **opts) for n, (L, opts, _, _) in VARIANTS.items()}
+    assert [cfgs["ln1"].layer_has_ln(0)] == [True]
+    assert [cfgs["ln2"].layer_has_ln(l) for l in range(2)] == [False, True]
+    assert "layer0.ln1.scale" not in param_shapes(cfgs["ln2"]) and "layer1.ln1.scale" in param_shapes(cfgs["ln2"])
+
+
+@pytest.mark.slow
 def test_fig5_records_the_copy_analysis_over_training(tmp_path):
     assert _run(["run", "fig5", "--out", tmp_path, "--quick", "--no-progress", "--set", "task.eval_tasks=200",
                  "--set", "train.steps=100", "--set", "train.eval_every=50"]) == 0
