@@ -188,11 +188,14 @@ def _resume(checkpoint, identity, rng, backend, desc):
     return _device(backend, params), state, curves, step
 
 
-def _announce_compilation(backend, cfg, desc):
+def _announce_compilation(backend, cfg, desc, source=None):
     """For a backend that compiles kernels (numba-cpu: `kernels_to_compile`), say which are not
-    cached yet and will be compiled now, once; returns the start time then, else None."""
+    cached yet and will be compiled now, once; returns the start time then, else None. A source
+    that ignores the backend's drawer (`uses_draw = False`) does not compile it."""
     to_compile = getattr(backend, "kernels_to_compile", None)
     missing = to_compile(cfg) if to_compile is not None else []
+    if not getattr(source, "uses_draw", True):
+        missing = [k for k in missing if not k.startswith("draw.")]
     if not missing:
         return None
     print(f"{backend.name}: compiling {len(missing)} kernels for {desc} once ({', '.join(missing)}); later "
@@ -259,7 +262,7 @@ def train(cfg: ModelConfig, train_cfg: TrainConfig, source, seed, backend, evalu
     if step > train_cfg.steps:
         raise ValueError(f"train.steps: the checkpoint is at step {step}, beyond steps = {train_cfg.steps}")
     draw = getattr(backend, "linear_regression_tasks", None)  # same bits as refimpl.data's
-    compiling = _announce_compilation(backend, cfg, desc)
+    compiling = _announce_compilation(backend, cfg, desc, source)
     if step == 0 and evaluate is not None:
         _record(curves, 0, {**evaluate(_host(backend, params)), "train_loss": None})
     if step < train_cfg.steps:

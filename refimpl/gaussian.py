@@ -141,6 +141,8 @@ class GaussianTaskSource:
     transform first (a new rotation per batch for the ill-conditioned family), then its prompts,
     all from the training Generator, so a resumed run draws the same batches."""
 
+    uses_draw = False  # next_batch ignores a backend's drawer of uniform tasks
+
     def __init__(self, task: GaussianTaskConfig, batch):
         self.task = task
         self.batch = check_positive_int("batch", batch)

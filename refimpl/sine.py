@@ -82,6 +82,8 @@ class SineSource:
     """Training batches of sine tasks (the task-source interface of refimpl.tasks.TaskSource): a
     fresh batch from the training Generator at every step (`draw` is ignored)."""
 
+    uses_draw = False  # next_batch ignores a backend's drawer of uniform tasks
+
     def __init__(self, task: SineTaskConfig, batch):
         self.task, self.batch = task, check_positive_int("batch", batch)
 

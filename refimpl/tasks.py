@@ -71,7 +71,8 @@ class TaskSource:
         next_batch(rng, step, draw=None) -> (tokens (B, T, D), targets (B,))
     rng: the training Generator (its state is checkpointed, so a source that draws only from it
     resumes bit for bit); step: the 0-based training step; draw: a backend's faster drawer of
-    linear_regression_tasks (same numbers), which a source may ignore.
+    linear_regression_tasks (same numbers), which a source may ignore (it then says so with a
+    class attribute `uses_draw = False`, and the backend does not compile that drawer).
 
     online (fixed_tasks = 0): a fresh batch from the training Generator at every step (SPEC 1.1).
     fixed (fixed_tasks = P > 0): P tasks drawn once from a Generator seeded by `fixed_seed`, cycled

@@ -121,3 +121,16 @@ def test_fig4_quick_run_writes_both_models_the_alignment_and_the_functions(tmp_p
     assert r["resolved"]["mlpgd"]["adam"]["lr"] == 3e-4 and r["resolved"]["tf"]["adam"]["lr"] == 1e-3
     os.remove(tmp_path / "fig4.png")
     assert _run(["plot", tmp_path]) == 0 and os.path.isfile(tmp_path / "fig4.png")
+
+
+def test_a_source_that_ignores_the_backends_drawer_does_not_announce_compiling_it(capsys):
+    from types import SimpleNamespace
+    from iclgd.train import _announce_compilation
+    backend = SimpleNamespace(name="fake", kernels_to_compile=lambda cfg: ["draw.draw_kernel", "cpu.task_kernel"])
+    assert _announce_compilation(backend, None, "tf", SineSource(SineTaskConfig(), 4)) is not None
+    err = capsys.readouterr().err
+    assert "compiling 1 kernels for tf once (cpu.task_kernel)" in err
+    _announce_compilation(backend, None, "lsa", None)  # a source that uses it (the default)
+    assert "compiling 2 kernels for lsa once (draw.draw_kernel, cpu.task_kernel)" in capsys.readouterr().err
+    only_draw = SimpleNamespace(name="fake", kernels_to_compile=lambda cfg: ["draw.draw_kernel"])
+    assert _announce_compilation(only_draw, None, "tf", SineSource(SineTaskConfig(), 4)) is None
