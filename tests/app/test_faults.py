@@ -169,7 +169,9 @@ def test_divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_
 @pytest.mark.slow
 def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identically(done, tmp_path):
     cwd, out = done
-    args = ["run", "fig2", "--out", "c", *TINY, "--set", "train.steps=400", "--set", "train.checkpoint_every=5"]
+    # long enough that the signal lands mid-run on a quiet machine too (numba-cpu runs 400 such steps
+    # in well under the 0.2 s between polls)
+    args = ["run", "fig2", "--out", "c", *TINY, "--set", "train.steps=4000", "--set", "train.checkpoint_every=5"]
     code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": ROOT})
@@ -177,6 +179,7 @@ def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identica
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before Ctrl-C could be sent: make it longer"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -195,7 +198,7 @@ def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identica
 
 @pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
-    args = ["run", "fig2", *TINY, "--set", "train.steps=200", "--set", "train.checkpoint_every=5"]
+    args = ["run", "fig2", *TINY, "--set", "train.steps=4000", "--set", "train.checkpoint_every=5"]
     code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", "k"], cwd=tmp_path,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": ROOT})
@@ -203,6 +206,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     proc.kill()
     proc.wait()
     (tmp_path / "k" / "checkpoints" / ".lsa1_seed0.npz.killed.tmp").write_bytes(b"half a checkpoint")
