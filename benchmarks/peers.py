@@ -2,9 +2,9 @@
 PyTorch (autograd, optionally torch.compile). They exist only to be timed against the `cupy`
 backend; the tests check them against the oracle (tests/peers/test_peers.py).
 
-Model: the attention-only transformer of refimpl/model.py (linear or softmax attention per layer,
-H heads, tied or deep, dampening, y_update, token clipping, include_query) -- what model_step.cu
-fuses; written once, in tests/peers/jax_model.py and tests/peers/torch_model.py, which the
+Model: the transformer of refimpl/model.py (linear or softmax attention per layer, H heads, tied or
+deep, dampening, y_update, token clipping, include_query, LayerNorm, MLP blocks, the embedding and
+input MLP; no positional encoding), written once, in tests/peers/jax_model.py and tests/peers/torch_model.py, which the
 cross-tests against autodiff use too. Step: the batch (drawn on the device with the framework's
 own generator, SPEC 1.1 law), loss mean 0.5 (y_hat - y)^2, gradients by autodiff, global-norm
 clipping, Adam with bias correction (refimpl/optim.py). Parameters are dicts named as refimpl.params.param_shapes.
@@ -17,14 +17,13 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # the model lives in tests/peers/, a package of the repository root
     sys.path.insert(0, REPO_ROOT)
-from kernels.cupy.build import model_step_unsupported  # noqa: E402
 from tests.peers.weights import from_refimpl  # noqa: E402
 
 
 def _check(cfg):
-    reason = model_step_unsupported(cfg)
-    if reason is not None:
-        raise ValueError(f"cfg: the peers implement attention-only models, not {reason}")
+    """The peer models have every option of refimpl/model.py but the positional encodings."""
+    if cfg.pos_enc != "none":
+        raise ValueError(f"cfg.pos_enc: the peers have no positional encoding (expected 'none'), got {cfg.pos_enc!r}")
 
 
 # ----------------------------------------------------------------------------------------------

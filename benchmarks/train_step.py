@@ -7,8 +7,7 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
 in float64 and float32, for every available backend and, in the same run, for the peers: the same
 model and step written as a JAX jit program and a PyTorch eager (autograd) program on the CPU
 (benchmarks/peers.py; optional: `--peers ''` leaves them out, a missing framework is reported as
-unavailable; they implement attention-only models, so case c has no peer). Each timing is the median of `--repeats`
-steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
+unavailable). Each timing is the median of `--repeats` steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
 NumPy Generator inside the timed step, then handed to the backend: by the backend's own
 `linear_regression_tasks` where it has one (numba-cpu: kernels.numba.draw, the same bits as the
 oracle's refimpl.data, in parallel), else by refimpl.data. The kernel part alone (train_step on a

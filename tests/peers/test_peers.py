@@ -1,5 +1,6 @@
 """The benchmark's JAX and PyTorch peers compute the oracle's loss, gradients and Adam steps (on the
-CPU here, at a small size): otherwise a speed-up over them would compare different work."""
+CPU here, at a small size): otherwise a speed-up over them would compare different work. Every option but the positional
+encodings, which the peers refuse."""
 import numpy as np
 import pytest
 
@@ -19,6 +20,11 @@ CONFIGS = {
                                                dampening=0.8, first_layer_softmax=True),
     "tied_softmax_causal_heads": ModelConfig(num_layers=2, weight_tied=True, attention="softmax",
                                              causal=True, num_heads=2, key_size=5, include_query=True),
+    # the benchmark's case c, and the front end of the sine model (embedding, input MLP)
+    "softmax_2head_ln_mlp": ModelConfig(attention="softmax", num_heads=2, layernorm=True, mlp=True),
+    "deep2_pre_ln_mlp_front": ModelConfig(num_layers=2, layernorm=True, ln_placement="pre", mlp=True,
+                                          embed_dim=7, input_mlp=True, key_size=7, mlp_widening=2),
+    "tied2_ln_mlp": ModelConfig(num_layers=2, weight_tied=True, layernorm=True, mlp=True, key_size=6),
 }
 
 
@@ -27,6 +33,14 @@ def problem(cfg, rng, B=9, N=6):
     params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
     tokens = rng.uniform(-1, 1, size=(B, N + 1, cfg.token_dim))
     return params, tokens, rng.standard_normal(B)
+
+
+@pytest.mark.parametrize("peer", ["jax", "torch"])
+def test_peers_refuse_a_positional_encoding(peer):
+    pytest.importorskip(peer, reason=f"{peer} not installed (pip install iclgd[peers])")
+    cls = JaxPeer if peer == "jax" else TorchPeer
+    with pytest.raises(ValueError, match="cfg.pos_enc: the peers have no positional encoding"):
+        cls(ModelConfig(token_dim=3, key_size=3, pos_enc="add"), AdamConfig())
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

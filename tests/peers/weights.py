@@ -18,9 +18,19 @@ def attention_set(W_q, W_k, W_v, W_p, ln1=None, ln2=None, mlp=None):
 
 
 def from_refimpl(params, cfg):
-    """The view of refimpl.params' attention-only parameters ("layer{p}.attn.W_q", ...)."""
+    """The view of refimpl.params' names: "embed.W", "input_mlp.W1" ..., and per parameter set p
+    "layer{p}.attn.W_q" ..., "layer{p}.ln1.scale" / ".offset", "layer{p}.ln2.*", "layer{p}.mlp.W1" ...
+    (whichever the config has)."""
+    def norm(prefix):
+        return (params[prefix + "scale"], params[prefix + "offset"]) if prefix + "scale" in params else None
+
+    def mlp(prefix):
+        return tuple(params[prefix + n] for n in ("W1", "b1", "W2", "b2")) if prefix + "W1" in params else None
+
     sets = []
     for p in range(1 if cfg.weight_tied else cfg.num_layers):
-        prefix = f"layer{p}.attn."
-        sets.append(attention_set(*(params[prefix + n] for n in ("W_q", "W_k", "W_v", "W_p"))))
-    return {"embed": None, "input_mlp": None, "sets": sets}
+        prefix = f"layer{p}."
+        sets.append(attention_set(*(params[prefix + "attn." + n] for n in ("W_q", "W_k", "W_v", "W_p")),
+                                  ln1=norm(prefix + "ln1."), ln2=norm(prefix + "ln2."), mlp=mlp(prefix + "mlp.")))
+    return {"embed": params["embed.W"] if "embed.W" in params else None, "input_mlp": mlp("input_mlp."),
+            "sets": sets}
