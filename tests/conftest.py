@@ -208,6 +208,12 @@ def model_configs(*names, renamed=None):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Python starts with SIGINT ignored when its parent ignores it (a test run started in the
+# background by a shell without job control); a run that a test interrupts with SIGINT first gets
+# the handler a run started from a terminal has.
+SIGINT_AS_IN_A_TERMINAL = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def cli_subprocess(*argv, cwd=None, prelude=""):
     """`python -m iclgd ARGV` from this checkout in a subprocess: a CompletedProcess (text).
     `prelude` is Python run first in that process, to inject a fault (a full disk, say)."""

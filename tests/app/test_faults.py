@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, cli_subprocess
+from tests.conftest import ROOT, SIGINT_AS_IN_A_TERMINAL, cli_subprocess
 
 pytestmark = pytest.mark.slow  # the fast subset leaves these out: each case runs the command line, most in a subprocess
 
@@ -169,10 +169,8 @@ def test_divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_
 @pytest.mark.slow
 def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identically(done, tmp_path):
     cwd, out = done
-    # long enough that the signal lands mid-run on a quiet machine too (numba-cpu runs 400 such steps
-    # in well under the 0.2 s between polls)
-    args = ["run", "fig2", "--out", "c", *TINY, "--set", "train.steps=4000", "--set", "train.checkpoint_every=5"]
-    code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
+    args = ["run", "fig2", "--out", "c", *TINY, "--set", "train.steps=1500", "--set", "train.checkpoint_every=5"]
+    code = SIGINT_AS_IN_A_TERMINAL + "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": ROOT})
     ckpt = tmp_path / "c" / "checkpoints" / "lsa1_seed0.npz"
@@ -198,7 +196,7 @@ def test_ctrl_c_names_the_checkpoint_and_resume_command_and_resumes_bit_identica
 
 @pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
-    args = ["run", "fig2", *TINY, "--set", "train.steps=4000", "--set", "train.checkpoint_every=5"]
+    args = ["run", "fig2", *TINY, "--set", "train.steps=1500", "--set", "train.checkpoint_every=5"]
     code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", "k"], cwd=tmp_path,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": ROOT})

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, cli_subprocess
+from tests.conftest import ROOT, SIGINT_AS_IN_A_TERMINAL, cli_subprocess
 
 TINY = ["--quick", "--set", "train.steps=20", "--set", "task.eval_tasks=200", "--set", "train.eval_every=10",
         "--set", "train.checkpoint_every=10", "--no-progress"]
@@ -31,7 +31,7 @@ def _results(folder, point, seed):
 
 
 def _popen(*argv):
-    code = "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = SIGINT_AS_IN_A_TERMINAL + "import sys\nfrom iclgd.cli import main\nsys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
