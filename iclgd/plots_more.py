@@ -151,8 +151,8 @@ def plot_fig4(r, out_dir):
         for name, colour in (("tf", "tab:blue"), ("mlpgd", "tab:orange")):
             a.plot(x, fn[name]["before"][i], ":", color=colour, label=f"{name} before the step")
             a.plot(x, fn[name]["after"][i], "-" if name == "tf" else "--", color=colour, label=f"{name} after")
-        a.set(xlabel="x_q", title=f"task {i}: a = {fn['amplitude'][i]:.2f}, rho = {fn['phase'][i]:.2f}")
-    np.atleast_1d(axf)[0].set_ylabel("prediction")
+        a.set(xlabel="x_q", ylabel="y (truth) / prediction",
+              title=f"task {i}: a = {fn['amplitude'][i]:.2f}, rho = {fn['phase'][i]:.2f}")
     np.atleast_1d(axf)[0].legend(fontsize=7)
     return base._save(r, fig, out_dir, "fig4", f"sine regression: MLP front end + one LSA layer vs MLP + one GD step "
                       f"(eta {r.get('gd_eta')}; {base._seeds(r)})")
