@@ -122,7 +122,8 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                          source=SineSource(task, cfg.train.batch))
         steps_run += tf.steps_run
         final = {"tf": evaluate(tf.params), "mlpgd": plain_evaluate(ctrl.params)}
-        final["tf"]["partial_cos_token"] = _cos(query_token_gradient(tf.params, tokens, m, ops), grad_c)
+        final["tf"]["partial_cos_token"] = metrics.alignment(
+            pred_c, query_token_gradient(tf.params, tokens, m, ops), pred_c, grad_c)["model_cos"]
         curves = {"tf": tf.curves, "mlpgd": ctrl.curves}
         C = cfg.curve_tasks
         x_grid = np.linspace(task.x_low, task.x_high, cfg.curve_points)
@@ -155,9 +156,3 @@ def query_token_gradient(params, tokens, m, ops):
         return ops.readouts_and_query_gradient(params, tokens, m)[1]
     return prediction_input_gradient(params, tokens, m)[:, -1]
 
-
-def _cos(a, b):
-    """Mean over rows of cos(a_b, b_b), 1e-8 added to the norms (SPEC 5)."""
-    num = np.sum(a * b, axis=1)
-    den = (np.linalg.norm(a, axis=1) + metrics.NORM_EPS) * (np.linalg.norm(b, axis=1) + metrics.NORM_EPS)
-    return float(np.mean(num / den))
