@@ -57,25 +57,39 @@ def gd_explicit(tokens, eta, steps, w0=None):
     """Plain GD on each task's context, written without attention: predictions (L, B) after each
     step. W_{k+1} = W_k - eta * (1/N) X^T (X W_k - y)."""
     check_array("tokens", tokens, ndim=3)
+    return _gd_on_gram(*context_gram(tokens), eta, steps, w0)
+
+
+def context_gram(tokens):
+    """(S = X^T X (B, d, d), c = X^T y (B, d), x_q (B, d), N) of each task's context: all that GD on
+    the context needs, since X^T (X W - y) = S W - c."""
     X, y = tokens[:, :-1, :-1], tokens[:, :-1, -1]  # (B, N, d), (B, N)
-    x_q = tokens[:, -1, :-1]  # (B, d)
-    B, N, d = X.shape
+    S = np.einsum("bnd,bne->bde", X, X)  # (B, d, d)
+    c = np.einsum("bnd,bn->bd", X, y)  # (B, d)
+    return S, c, tokens[:, -1, :-1], X.shape[1]
+
+
+def _gd_on_gram(S, c, x_q, N, eta, steps, w0=None):
+    """gd_explicit from context_gram's (S, c, x_q, N): predictions (L, B)."""
+    B, d = c.shape
     W = np.zeros((B, d)) if w0 is None else np.broadcast_to(np.asarray(w0, float), (B, d)).copy()
     preds = np.empty((check_positive_int("steps", steps), B))  # (L, B)
     for k in range(steps):
-        r = np.einsum("bnd,bd->bn", X, W) - y  # (B, N) residuals
-        W = W - (eta / N) * np.einsum("bnd,bn->bd", X, r)  # (B, d)
+        grad = -c if k == 0 and w0 is None else (S @ W[:, :, None])[:, :, 0] - c  # (B, d); S 0 = 0
+        W = W - (eta / N) * grad  # (B, d)
         preds[k] = np.einsum("bd,bd->b", x_q, W)
     return preds
 
 
 def grid_search_eta(tokens, targets, steps=1, grid=None):
     """(best eta, losses (G,)): the eta of `steps`-step GD with the least mean 0.5 (y_hat - y)^2."""
+    check_array("tokens", tokens, ndim=3)
     grid = eta_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    gram = context_gram(tokens)  # once for the whole grid
     losses = np.empty(grid.shape)  # (G,)
     with np.errstate(over="ignore", invalid="ignore"):
         for i, eta in enumerate(grid):
-            r = gd_explicit(tokens, eta, steps)[-1] - targets  # (B,)
+            r = _gd_on_gram(*gram, eta, steps)[-1] - targets  # (B,)
             losses[i] = 0.5 * np.mean(r * r)
     losses = np.where(np.isfinite(losses), losses, np.inf)
     return float(grid[int(np.argmin(losses))]), losses

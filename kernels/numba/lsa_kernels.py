@@ -242,7 +242,8 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
     tok (B, T, D), y (B,); W_KQ, W_PV, W_PV_T, W_KQ_T (Lp, H, D, D): W_KQ^h, W_PV^h and their
     transposes per parameter set; players (L,) parameter set of each application. Per chunk c
     (workspace leading index c): Xs (L+1, T, D, LANES) layer inputs, Zs (L, T, D, LANES) pre-clip
-    values, As (L, D, D, LANES), Us/Vs (L, H, T, D, LANES), tmp (4, T, D, LANES), dA (D, D, LANES),
+    values or None for a one-application model (Numba then prunes the deep layers' code, which
+    is most of the kernel's first-run compile time), As (L, D, D, LANES), Us/Vs (L, H, T, D, LANES), tmp (4, T, D, LANES), dA (D, D, LANES),
     small (5, max(D, 4), LANES), dW_KQ_lanes/dW_PV_lanes (Lp, H, D, D, LANES) lane accumulators.
     Out: dW_KQ_rows/dW_PV_rows (nch, Lp, H, D, D) chunk rows of d loss / d W_KQ^h and d W_PV^h,
     SQ (nch, L) sums of squared read-out errors per application.
@@ -252,7 +253,7 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
     groups = (B + LANES - 1) // LANES
     nch = dW_KQ_rows.shape[0]
     for c in prange(nch):
-        X, Z, Ac, U, V, tm, dAc, sm = Xs[c], Zs[c], As[c], Us[c], Vs[c], tmp[c], dA[c], small[c]
+        X, Ac, U, V, tm, dAc, sm = Xs[c], As[c], Us[c], Vs[c], tmp[c], dA[c], small[c]
         dKQ, dPV = dW_KQ_lanes[c], dW_PV_lanes[c]
         dKQ[...] = 0
         dPV[...] = 0
@@ -260,10 +261,11 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
         yl, real, z, dz = sm[0, 0], sm[0, 1], sm[0, 2], sm[0, 3]
         for g in range(c * gpc, min(groups, (c + 1) * gpc)):
             load_group(tok, y, g * LANES, X[0], yl, real)
-            for l in range(L - 1):
-                p = players[l]
-                full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
-                             Z[l], X[l + 1])
+            if Zs is not None:  # pruned when compiling for one application (Zs None)
+                for l in range(L - 1):
+                    p = players[l]
+                    full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
+                                 Zs[c, l], X[l + 1])
             p = players[L - 1]
             readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
                             V[L - 1, :, 0], z)
@@ -274,10 +276,12 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
             readout_backward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
                              V[L - 1, :, 0], dz, L > 1 or evaluate, tm[0], sm[1], sm[2], sm[3], dKQ[p],
                              dPV[p])
-            for l in range(L - 2, -1, -1):
-                p = players[l]
-                full_backward(X[l], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[l], U[l], V[l],
-                              Z[l], tm[0], l > 0 or evaluate, tm[1], tm[2], tm[3], dAc, dKQ[p], dPV[p])
+            if Zs is not None:
+                for l in range(L - 2, -1, -1):
+                    p = players[l]
+                    full_backward(X[l], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[l], U[l], V[l],
+                                  Zs[c, l], tm[0], l > 0 or evaluate, tm[1], tm[2], tm[3], dAc, dKQ[p],
+                                  dPV[p])
             if evaluate:  # tm[0] holds d (final read-out) / d X[0], the group's tokens
                 Dm = tm.shape[2]
                 for j in range(LANES):
