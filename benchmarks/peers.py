@@ -73,6 +73,11 @@ class JaxPeer:
     def init_state(self, params, seed=0):
         put = lambda a: self.jax.device_put(np.asarray(a, self.dtype), self.device)  # noqa: E731
         p = {k: put(v) for k, v in params.items()}
+        got = {str(v.dtype) for v in p.values()}
+        if got != {self.dtype.name}:  # JAX computes float64 as float32 unless x64 is on
+            raise ValueError(f"dtype: expected the peer's parameters in {self.dtype.name}, got "
+                             f"{', '.join(sorted(got))} (JAX needs jax.enable_x64(True) or "
+                             "JAX_ENABLE_X64=1 for float64)")
         zeros = {k: self.jnp.zeros_like(v) for k, v in p.items()}
         state = (p, zeros, dict(zeros), self.jnp.zeros((), self.jnp.int32), self.jax.random.PRNGKey(seed))
         return self.jax.device_put(state, self.device)  # every leaf committed: one compilation

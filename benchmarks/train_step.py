@@ -114,27 +114,35 @@ def time_peer(kind, cfg, acfg, dtype, batch, warmup, repeats, seed):
     params = init_params(cfg, np.random.default_rng(seed))
     if kind == "jax-jit":
         import jax
-        peer = JaxPeer(cfg, acfg, batch=batch, dtype=dtype, device=jax.devices("cpu")[0])
-        state = peer.init_state(params, seed)
+        # JAX computes float64 as float32 unless 64-bit mode is on: on for the whole float64 case
+        with jax.enable_x64(np.dtype(dtype) == np.float64):
+            peer = JaxPeer(cfg, acfg, batch=batch, dtype=dtype, device=jax.devices("cpu")[0])
+            state = peer.init_state(params, seed)
 
-        def step(state):
-            state, loss = peer.train_step(state)
-            peer.block(loss)
-            return state, loss
-    else:
-        peer = TorchPeer(cfg, acfg, batch=batch, dtype=dtype, device="cpu")
-        state = peer.init_state(params, seed)
+            def step(state):
+                state, loss = peer.train_step(state)
+                peer.block(loss)
+                return state, loss
+            return _time_steps(step, state, warmup, repeats, dtype)
+    peer = TorchPeer(cfg, acfg, batch=batch, dtype=dtype, device="cpu")
+    state = peer.init_state(params, seed)
+    return _time_steps(lambda st: (st, peer.train_step(st)), state, warmup, repeats, dtype)
 
-        def step(state):
-            return state, peer.train_step(state)
+
+def _time_steps(step, state, warmup, repeats, dtype):
+    """Median and min of `repeats` calls of step(state) -> (state, loss) after `warmup` calls; the
+    loss's dtype must be `dtype` (a peer that silently computes in another precision is refused)."""
     times = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
         state, loss = step(state)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    got = str(getattr(loss, "dtype", type(loss).__name__)).replace("torch.", "")
+    if got != np.dtype(dtype).name:
+        raise ValueError(f"dtype: expected the peer's loss in {np.dtype(dtype).name}, got {got}")
     return {"step_median_s": float(np.median(times)), "step_min_s": float(np.min(times)),
-            "repeats": repeats, "warmup": warmup, "final_loss": float(loss)}
+            "repeats": repeats, "warmup": warmup, "final_loss": float(loss), "computed_dtype": got}
 
 
 PEERS = {"jax-jit": "jax", "torch-eager": "torch"}

@@ -47,3 +47,11 @@ def test_one_run_times_the_backend_and_the_peers_side_by_side(tmp_path):
     assert not [x for x in r["results"] if x.get("available") is False]
     assert r["peak_gemm"]["float64"]["all_cores_gflops"] > 0 and "versions" in r and "machine" in r
     assert all(x["achieved_gflops"] > 0 for x in r["results"] if "step_median_s" in x)
+    # float64 means float64: JAX computes in float32 unless its 64-bit mode is on
+    assert {x["computed_dtype"] for x in r["results"] if x["backend"] != "numpy"} == {"float64"}
+
+
+def test_a_peer_computing_in_another_precision_is_refused():
+    import numpy as np
+    with pytest.raises(ValueError, match="dtype: expected the peer's loss in float64, got float32"):
+        train_step._time_steps(lambda st: (st, np.float32(1.0)), None, 0, 1, np.float64)
