@@ -11,7 +11,7 @@ the final read-out at the query token), so an evaluation compiles nothing more.
 """
 from numba import njit, prange
 
-from kernels.numba.lsa_lanes import LANES, add_at_b, gram, mul_lanes, mul_shared
+from kernels.numba.lsa_lanes import LANES, add_at_b, gram, lanes_column, mul_lanes, mul_shared, shared_column
 
 
 @njit(cache=True)
@@ -100,67 +100,55 @@ def full_backward(X, S, W_KQ_T, W_PV_T, lam, yup, clip, A, U, V, Z, dX, need_dx,
 
 
 @njit(cache=True, fastmath={"contract"})
-def readout_forward(X, S, W_KQ, W_PV, lam, A, u, v, z):
+def readout_forward(X, S, W_KQ, W_PV, lam, A, U, V, z):
     """The last application, query label only: z = X[T-1, D-1] + lam sum_h (A (W_KQ^h^T q)) .
-    W_PV^h[:, -1]; returns nothing, fills A, u, v (H, D, LANES) and z (LANES,) (pre-clip)."""
+    W_PV^h[:, -1]; returns nothing, fills A, row 0 of U and V (H, T, D, LANES) with u = q W_KQ^h
+    and v = A u, and z (LANES,) (pre-clip)."""
     T, D = X.shape[0], X.shape[1]
     gram(X, S, A)
     for j in range(LANES):
         z[j] = 0
     for h in range(W_KQ.shape[0]):
+        u, v = U[h], V[h]  # row 0: (T, D, LANES)
+        for k in range(D):  # one column at a time (the blocked products compile far longer)
+            shared_column(X, T - 1, W_KQ[h], k, u, 0, False)  # u = q W_KQ^h
         for k in range(D):
-            for j in range(LANES):
-                u[h, k, j] = 0
-            for i in range(D):
-                m = W_KQ[h, i, k]
-                for j in range(LANES):
-                    u[h, k, j] += X[T - 1, i, j] * m
-        for k in range(D):
-            for j in range(LANES):
-                v[h, k, j] = 0
-            for i in range(D):
-                for j in range(LANES):
-                    v[h, k, j] += A[k, i, j] * u[h, i, j]
+            lanes_column(u, 0, A, k, v, 0, False)  # v = u A = A u (A symmetric)
         for k in range(D):
             p = W_PV[h, k, D - 1]
             for j in range(LANES):
-                z[j] += v[h, k, j] * p
+                z[j] += v[0, k, j] * p
     for j in range(LANES):
         z[j] = X[T - 1, D - 1, j] + lam * z[j]
 
 
 @njit(cache=True, fastmath={"contract"})
-def readout_backward(X, S, W_KQ, W_PV, lam, A, u, v, dz, need_dx, dX, dv, du, cs, dW_KQ, dW_PV):
-    """Backward of readout_forward from dz (LANES,), the gradient of the pre-clip query label.
-    With need_dx, dX (T, D, LANES) is overwritten with d X."""
+def readout_backward(X, S, W_KQ_T, W_PV, lam, A, U, V, dz, need_dx, dX, cs, dv, du, dW_KQ, dW_PV):
+    """Backward of readout_forward from dz (LANES,), the gradient of the pre-clip query label;
+    W_KQ_T (H, D, D) holds W_KQ^h^T; cs (2, LANES), dv and du (1, D, LANES) are scratch. With
+    need_dx, dX (T, D, LANES) is overwritten with d X."""
     T, D = X.shape[0], X.shape[1]
     if need_dx:
         dX[...] = 0
         for j in range(LANES):
             dX[T - 1, D - 1, j] = dz[j]  # residual
-    for h in range(W_KQ.shape[0]):
+    for h in range(W_KQ_T.shape[0]):
+        u, v = U[h, 0], V[h, 0]  # (D, LANES)
         for k in range(D):
             p = W_PV[h, k, D - 1]
             for j in range(LANES):
                 do = lam * dz[j]
-                dW_PV[h, k, D - 1, j] += do * v[h, k, j]  # dW_PV[:, -1] += do v
-                dv[k, j] = do * p  # dv = do W_PV[:, -1]
+                dW_PV[h, k, D - 1, j] += do * v[k, j]  # dW_PV[:, -1] += do v
+                dv[0, k, j] = do * p  # dv = do W_PV[:, -1]
         for k in range(D):
-            for j in range(LANES):
-                du[k, j] = 0
-            for i in range(D):
-                for j in range(LANES):
-                    du[k, j] += A[k, i, j] * dv[i, j]  # du = A dv
+            lanes_column(dv, 0, A, k, du, 0, False)  # du = dv A = A dv
         for i in range(D):
             for k in range(D):
                 for j in range(LANES):
-                    dW_KQ[h, i, k, j] += X[T - 1, i, j] * du[k, j]  # dW_KQ += q du^T
+                    dW_KQ[h, i, k, j] += X[T - 1, i, j] * du[0, k, j]  # dW_KQ += q du^T
         if need_dx:
-            for i in range(D):
-                for k in range(D):
-                    m = W_KQ[h, i, k]
-                    for j in range(LANES):
-                        dX[T - 1, i, j] += m * du[k, j]  # dq += W_KQ du
+            for k in range(D):
+                shared_column(du, 0, W_KQ_T[h], k, dX, T - 1, True)  # dq += W_KQ du
             # dA = u dv^T: dX[:S] += C (dA + dA^T) = (C u) dv^T + (C dv) u^T
             for s in range(S):
                 for j in range(LANES):
@@ -168,11 +156,11 @@ def readout_backward(X, S, W_KQ, W_PV, lam, A, u, v, dz, need_dx, dX, dv, du, cs
                     cs[1, j] = 0
                 for i in range(D):
                     for j in range(LANES):
-                        cs[0, j] += X[s, i, j] * u[h, i, j]
-                        cs[1, j] += X[s, i, j] * dv[i, j]
+                        cs[0, j] += X[s, i, j] * u[i, j]
+                        cs[1, j] += X[s, i, j] * dv[0, i, j]
                 for i in range(D):
                     for j in range(LANES):
-                        dX[s, i, j] += cs[0, j] * dv[i, j] + cs[1, j] * u[h, i, j]
+                        dX[s, i, j] += cs[0, j] * dv[0, i, j] + cs[1, j] * u[i, j]
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -267,15 +255,13 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
                     full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
                                  Zs[c, l], X[l + 1])
             p = players[L - 1]
-            readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
-                            V[L - 1, :, 0], z)
+            readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], z)
             if evaluate:
                 readout_gradient(X, z, clip, real, g * LANES, RD, dz)
             else:
                 readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
-            readout_backward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1, :, 0],
-                             V[L - 1, :, 0], dz, L > 1 or evaluate, tm[0], sm[1], sm[2], sm[3], dKQ[p],
-                             dPV[p])
+            readout_backward(X[L - 1], S, W_KQ_T[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], dz,
+                             L > 1 or evaluate, tm[0], sm[1], sm[2:3], sm[3:4], dKQ[p], dPV[p])
             if Zs is not None:
                 for l in range(L - 2, -1, -1):
                     p = players[l]
