@@ -21,6 +21,15 @@ class BackendOps:
         readouts, cache = b.model_forward(b.asarray(params), b.asarray(np.ascontiguousarray(tokens)), cfg)
         return np.asarray(b.to_numpy(readouts)), cache  # (L, B)
 
+    def readouts(self, params, tokens, cfg):
+        """The read-outs (L, B) alone: the backend's `readouts` where it has one (numba-cpu:
+        linear attention through its training kernel's forward), else model_forward's."""
+        b = self.backend
+        own = getattr(b, "readouts", None)
+        if own is None:
+            return self.model_forward(params, tokens, cfg)[0]
+        return np.asarray(b.to_numpy(own(b.asarray(params), b.asarray(np.ascontiguousarray(tokens)), cfg)))
+
     def readouts_and_query_gradient(self, params, tokens, cfg):
         """(readouts (L, B), d (final read-out) / d (query token) (B, D_in)); the backend's own
         function where it has one (numba-cpu: linear attention from its training kernel)."""

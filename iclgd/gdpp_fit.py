@@ -41,7 +41,7 @@ class GDPPConfig:
 
 def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, steps, adam_cfg: AdamConfig,
                token_clip=0.0, progress=False, desc="GD++", grads_fn=None, entries="wv_wp", callback=None,
-               callback_every=1000):
+               callback_every=1000, draw=None):
     """Train GD++'s entries with Adam from eta = eta0, gamma = eta0 / N^2 (SPEC 4.2).
 
     `entries` picks what Adam trains (GDPP_ENTRIES): "wv_wp", the diagonals of W_V and W_P as in the
@@ -52,6 +52,7 @@ def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, step
     grads_fn(params, tokens, targets, cfg) -> (loss, per-layer losses, grads) is the oracle's
     refimpl.loss.loss_and_grads unless a backend's is given. callback(step, etas, gammas), if given,
     sees the effective scalars before step 0, every `callback_every` steps and after the last.
+    draw: a backend's drawer of the same batches (source.next_batch's `draw`), or None.
     Returns (etas (P,), gammas (P,)).
     """
     grads_fn = loss_and_grads if grads_fn is None else grads_fn
@@ -62,7 +63,7 @@ def train_gdpp(source, rng, input_dim, num_context, num_layers, tied, eta0, step
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=5.0, dynamic_ncols=True):
         if callback is not None and step % callback_every == 0:
             callback(step, *gdpp_entries_effective(scalars, num_context))
-        tokens, targets = source.next_batch(rng, step)
+        tokens, targets = source.next_batch(rng, step, draw=draw)
         try:
             _, _, grads = grads_fn(gdpp_entries_params(input_dim, scalars), tokens, targets, cfg)
             scalars, state, _ = adam_update(scalars, gdpp_entry_grads(grads, input_dim, scalars), state, adam_cfg)
@@ -115,5 +116,6 @@ def fit_gdpp(task, gdpp: GDPPConfig, train_cfg, seed, num_layers, tied, eta0, pr
                               progress=progress, desc=f"GD++ L={num_layers} seed {seed}",
                               grads_fn=None if backend is None else host_loss_and_grads(backend),
                               entries=gdpp.entries, callback=callback,
-                              callback_every=check_positive_int("gdpp.eval_every", gdpp.eval_every))
+                              callback_every=check_positive_int("gdpp.eval_every", gdpp.eval_every),
+                              draw=getattr(backend, "linear_regression_tasks", None))  # same bits
     return etas, gammas, curve

@@ -10,8 +10,9 @@ Every backend is a module exposing the same functions as the oracle, on its own 
     adam_init(params) -> state; adam_update(params, grads, state, adam_cfg) -> (params, state, norm)
     train_step(params, state, tokens, y, cfg, adam_cfg) -> (params, state, loss)
 and `availability()` -> (available: bool, reason: str) without importing heavy dependencies twice;
-optional: linear_regression_tasks (a faster drawer of refimpl.data's batches) and
-readouts_and_query_gradient (all an evaluation needs in one call). The signatures are
+optional: linear_regression_tasks (a faster drawer of refimpl.data's batches),
+readouts_and_query_gradient (all an evaluation needs in one call) and readouts (the read-outs
+alone, for a loss). The signatures are
 written down once in kernels/interface.py (tests/kernels/test_interface.py checks every backend).
 """
 import importlib

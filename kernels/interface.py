@@ -64,6 +64,9 @@ class OptionalFunctions(Protocol):
                                 weight_scale=1.0, distractors=0, dtype=None) -> tuple:
         """refimpl.data.linear_regression_tasks bit for bit: (tokens (B, N+1, d+1), targets (B,))."""
 
+    def readouts(self, params, tokens, cfg):
+        """model_forward's read-outs (L, B) alone, for evaluating a loss."""
+
     def readouts_and_query_gradient(self, params, tokens, cfg) -> tuple:
         """(readouts (L, B), d (final read-out) / d (query token) (B, D_in)): model_forward's
         read-outs and the query row of the final read-out's input gradient, for evaluation."""

@@ -3,8 +3,9 @@ distractor curves, on host arrays.
 
 The model is run by `ops`: any object with the oracle's `model_forward(params, tokens, cfg) ->
 (readouts, cache)` and `model_backward(dreadouts, cache) -> (dtokens, grads)` on host arrays, and
-optionally `readouts_and_query_gradient(params, tokens, cfg) -> (readouts (L, B), d (final
-read-out) / d (query token) (B, D))`, all an evaluation needs in one call. None means the oracle
+optionally `readouts(params, tokens, cfg) -> readouts (L, B)` (for a loss) and
+`readouts_and_query_gradient(params, tokens, cfg) -> (readouts (L, B), d (final read-out) / d
+(query token) (B, D))`, all an evaluation needs in one call. None means the oracle
 itself (refimpl.model); the application passes a backend's (iclgd.evaluation), whose float64
 results equal the oracle's to rounding.
 
@@ -20,9 +21,8 @@ NORM_EPS = 1e-8  # added to the sensitivity norms in the cosine (SPEC 5)
 
 def losses(params, tokens, targets, cfg, ops=None):
     """(loss of the final read-out, per-layer losses (L,), predictions (B,)): mean 0.5 r^2."""
-    both = getattr(ops, "readouts_and_query_gradient", None)
-    if both is not None:
-        readouts = both(params, tokens, cfg)[0]  # (L, B)
+    if getattr(ops, "readouts", None) is not None:
+        readouts = ops.readouts(params, tokens, cfg)  # (L, B)
     else:
         readouts, _ = (ops or oracle_model).model_forward(params, tokens, cfg)  # (L, B)
     per_layer = 0.5 * np.mean((readouts - targets) ** 2, axis=1)  # (L,)

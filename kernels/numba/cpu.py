@@ -224,6 +224,16 @@ def readouts_and_query_gradient(params, tokens, cfg):
     return readouts, model_backward(dread, cache)[0][:, -1]
 
 
+def readouts(params, tokens, cfg):
+    """Every application's read-out (L, B), model_forward's without its cache: for linear-attention
+    models the training kernel's forward alone (kernels.numba.lsa.readouts, nothing more to
+    compile), for the others model_forward."""
+    tok = _check_inputs(params, tokens, cfg)
+    if numba_lsa.supports(cfg):
+        return numba_lsa.readouts(params, tok, cfg)
+    return model_forward(params, tok, cfg)[0]
+
+
 def _loss_grads_flat(pv, tok, y, cfg):
     if numba_lsa.supports(cfg):  # linear attention only: the parameter-space kernel
         loss, per_layer, grads = numba_lsa.loss_and_grads(unpack(pv, cfg), tok, y, cfg)

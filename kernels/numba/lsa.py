@@ -43,6 +43,7 @@ from kernels.numba.lsa_kernels import lsa_kernel
 from kernels.numba.lsa_lanes import LANES, slp_vectorizer
 
 MAX_CHUNKS = 64  # gradient rows; a function of B only
+TRAIN, READOUTS_AND_QUERY_GRADIENT, READOUTS = 0, 1, 2  # lsa_kernel's modes (its `evaluate`)
 
 
 def supports(cfg):
@@ -137,8 +138,18 @@ def readouts_and_query_gradient(params, tok, cfg):
     B, T, D = tok.shape
     RD = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
     DQ = np.full((B, D), np.nan, tok.dtype)  # (B, D)
-    _run(params, tok, np.zeros(B, tok.dtype), cfg, True, RD, DQ)
+    _run(params, tok, np.zeros(B, tok.dtype), cfg, READOUTS_AND_QUERY_GRADIENT, RD, DQ)
     return RD, DQ
+
+
+def readouts(params, tok, cfg):
+    """Every application's read-out (L, B), as refimpl.model_forward gives them, for models with
+    supports(cfg): the training kernel's forward alone (what a loss evaluation needs)."""
+    B, T, D = tok.shape
+    pl = plan(cfg, T, B, tok.dtype)
+    RD = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
+    _run(params, tok, np.zeros(B, tok.dtype), cfg, READOUTS, RD, pl.no_dq)
+    return RD
 
 
 def loss_and_grads(params, tok, y, cfg):
@@ -147,7 +158,7 @@ def loss_and_grads(params, tok, y, cfg):
     B = tok.shape[0]
     dtype = tok.dtype
     pl0 = plan(cfg, tok.shape[1], B, dtype)
-    pl, views = _run(params, tok, y, cfg, False, pl0.no_rd, pl0.no_dq)
+    pl, views = _run(params, tok, y, cfg, TRAIN, pl0.no_rd, pl0.no_dq)
     dW_KQ = pl.dW_KQ_rows.sum(axis=0)  # (Lp, H, D, D), chunk order: deterministic
     dW_PV = pl.dW_PV_rows.sum(axis=0)  # (Lp, H, D, D)
     grads = {}

@@ -223,9 +223,10 @@ def readout_gradient(X, z, clip, real, b0, RD, dz):
 def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, inv_b, gpc,
                Xs, Zs, As, Us, Vs, tmp, dA, small, dW_KQ_lanes, dW_PV_lanes, dW_KQ_rows,
                dW_PV_rows, SQ, evaluate, RD, DQ):
-    """Loss and parameter-space gradients of a linear-attention model over all tasks; with
-    `evaluate`, instead, every application's read-out RD (L, B) and the gradient of the final
-    read-out with respect to the query token DQ (B, D) (y unused; the gradient rows are scratch).
+    """evaluate = 0 (TRAIN): loss and parameter-space gradients of a linear-attention model over
+    all tasks; evaluate = 1 (READOUTS_AND_QUERY_GRADIENT), instead, every application's read-out RD
+    (L, B) and the gradient of the final read-out with respect to the query token DQ (B, D) (y
+    unused; the gradient rows are scratch); evaluate = 2 (READOUTS): RD alone, no backward.
 
     tok (B, T, D), y (B,); W_KQ, W_PV, W_PV_T, W_KQ_T (Lp, H, D, D): W_KQ^h, W_PV^h and their
     transposes per parameter set; players (L,) parameter set of each application. Per chunk c
@@ -256,19 +257,21 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
                                  Zs[c, l], X[l + 1])
             p = players[L - 1]
             readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], z)
-            if evaluate:
+            if evaluate > 0:
                 readout_gradient(X, z, clip, real, g * LANES, RD, dz)
             else:
                 readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
+            if evaluate == 2:  # read-outs only: no backward
+                continue
             readout_backward(X[L - 1], S, W_KQ_T[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], dz,
-                             L > 1 or evaluate, tm[0], sm[1], sm[2:3], sm[3:4], dKQ[p], dPV[p])
+                             L > 1 or evaluate > 0, tm[0], sm[1], sm[2:3], sm[3:4], dKQ[p], dPV[p])
             if Zs is not None:
                 for l in range(L - 2, -1, -1):
                     p = players[l]
                     full_backward(X[l], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[l], U[l], V[l],
-                                  Zs[c, l], tm[0], l > 0 or evaluate, tm[1], tm[2], tm[3], dAc, dKQ[p],
+                                  Zs[c, l], tm[0], l > 0 or evaluate > 0, tm[1], tm[2], tm[3], dAc, dKQ[p],
                                   dPV[p])
-            if evaluate:  # tm[0] holds d (final read-out) / d X[0], the group's tokens
+            if evaluate == 1:  # tm[0] holds d (final read-out) / d X[0], the group's tokens
                 Dm = tm.shape[2]
                 for j in range(LANES):
                     if real[j] > 0:

@@ -27,7 +27,7 @@ def test_interface_lists_the_documented_functions():
         "availability", "asarray", "to_numpy", "init_params", "model_forward", "model_backward",
         "mse_forward", "mse_backward", "loss_and_grads", "adam_init", "adam_update", "train_step"}
     assert interface.REQUIRED["train_step"] == ("params", "state", "tokens", "y", "cfg", "adam_cfg")
-    assert set(interface.OPTIONAL) == {"linear_regression_tasks", "readouts_and_query_gradient"}
+    assert set(interface.OPTIONAL) == {"linear_regression_tasks", "readouts", "readouts_and_query_gradient"}
 
 
 def _fake_backend(**changes):

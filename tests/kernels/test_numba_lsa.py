@@ -70,6 +70,22 @@ def test_evaluation_readouts_and_query_gradient_match_oracle(name, B, dtype, rng
     assert_close_to_oracle(dquery, dquery_o, dtype, red, "d read-out / d query")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_readouts_alone_match_oracle(name, dtype, rng):
+    """The kernel's read-outs-only mode (no backward): refimpl.model_forward's read-outs, with no
+    buffer entry read unwritten; for a loss, as refimpl.metrics.losses asks for it."""
+    cfg, T = CONFIGS[name]
+    B = BATCHES[-1]
+    params, tok, _ = inputs(cfg, T, B, rng, dtype)
+    numba_lsa.fill_buffers(cfg, T, B, dtype, np.nan)
+    readouts = get_backend("numba-cpu").readouts(params, tok, cfg)
+    readouts_o, _ = oracle_model.model_forward(params_astype(params, np.float64), tok.astype(np.float64), cfg)
+    assert readouts.dtype == dtype and readouts.shape == (cfg.num_layers, B)
+    assert_close_to_oracle(readouts, readouts_o, dtype, B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads,
+                           "read-outs")
+
+
 def test_evaluation_through_the_general_kernel_for_other_models(rng):
     """Models the linear-attention kernel does not take get the same pair from the general one."""
     cfg = model_configs("softmax_ln_mlp_2layer")["softmax_ln_mlp_2layer"]
@@ -77,6 +93,7 @@ def test_evaluation_through_the_general_kernel_for_other_models(rng):
     params, tok, _ = inputs(cfg, 6, 9, rng, np.float64)
     readouts, dquery = get_backend("numba-cpu").readouts_and_query_gradient(params, tok, cfg)
     np.testing.assert_allclose(readouts, oracle_model.model_forward(params, tok, cfg)[0], rtol=RTOL_FLOAT64)
+    np.testing.assert_array_equal(get_backend("numba-cpu").readouts(params, tok, cfg), readouts)
     np.testing.assert_allclose(dquery, oracle_model.prediction_input_gradient(params, tok, cfg)[:, -1],
                                rtol=RTOL_FLOAT64, atol=1e-14)
 
