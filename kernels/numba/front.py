@@ -49,11 +49,12 @@ def gelu_kernel(h, g, t, cst):
     kernels.numba.ops.gelu_fwd's formula with the tanh from one exp (absolute error ~1e-16, as
     np.tanh's, so gelu and gelu' differ from the oracle's by ~1e-14 at most; e^2u = inf gives t = 1)."""
     n = h.size
+    two = cst[C_ONE] + cst[C_ONE]  # in the data's dtype (an int 2 would make float32 float64)
     for p in prange((n + GELU_PIECE - 1) // GELU_PIECE):
         for i in range(p * GELU_PIECE, min(n, (p + 1) * GELU_PIECE)):
             x = h[i]
-            e = math.exp(2 * (cst[C_GELU_C] * (x + cst[C_GELU_A] * (x * x * x))))
-            ti = cst[C_ONE] - 2 / (e + cst[C_ONE])  # tanh(u) = 1 - 2 / (e^2u + 1): exp is 4x faster here
+            e = math.exp(two * (cst[C_GELU_C] * (x + cst[C_GELU_A] * (x * x * x))))
+            ti = cst[C_ONE] - two / (e + cst[C_ONE])  # tanh(u) = 1 - 2 / (e^2u + 1): exp is 4x faster here
             t[i] = ti
             g[i] = cst[C_HALF] * x * (cst[C_ONE] + ti)
 
@@ -63,11 +64,12 @@ def gelu_backward_kernel(dg, h, t, out, cst):
     """out = dg * gelu'(h) with the forward's t, flat arrays (out may alias dg):
     kernels.numba.ops.gelu_bwd's arithmetic without recomputing the tanh."""
     n = h.size
+    a3 = cst[C_GELU_A] + cst[C_GELU_A] + cst[C_GELU_A]  # 3 a in the data's dtype
     for p in prange((n + GELU_PIECE - 1) // GELU_PIECE):
         for i in range(p * GELU_PIECE, min(n, (p + 1) * GELU_PIECE)):
             x = h[i]
             ti = t[i]
-            du = cst[C_GELU_C] * (cst[C_ONE] + 3 * cst[C_GELU_A] * (x * x))
+            du = cst[C_GELU_C] * (cst[C_ONE] + a3 * (x * x))
             out[i] = dg[i] * (cst[C_HALF] * (cst[C_ONE] + ti) + cst[C_HALF] * x * (cst[C_ONE] - ti * ti) * du)
 
 

@@ -4,7 +4,8 @@ Every function here is `@njit(cache=True)`; a `@cuda.jit` kernel that calls one 
 a CUDA device function, so both backends run the same arithmetic.
 No allocation, no NumPy calls: matrices live in flat 1-D buffers, addressed as (buffer, offset,
 row stride), row-major. Scalars that must stay in the data's dtype (0, 1/2, eps, ...) come from the
-constants vector `cst` (see kernels/numba/layout.py), so float32 data is computed in float32.
+constants vector `cst` (see kernels/numba/layout.py), so float32 data is computed in float32 (a
+Python int in an expression with a float32 makes it float64 in Numba: counts go through count_as).
 
 Mirrors refimpl/layers.py (LayerNorm, GELU-tanh, clip) and the matrix products of
 refimpl/attention.py. Shape legend as in the oracle: T tokens, S keys, D width, K key size, F
@@ -104,21 +105,32 @@ def sum_rows_into(G, g0, X, x0, M, N):
             G[g0 + j] += X[x0 + i * N + j]
 
 
+@njit(cache=True)
+def count_as(n, cst):
+    """The integer n as a number of the data's dtype (cst's): float32 / int64 is float64 in Numba,
+    so a float32 mean divides by this instead of by n (exact: n is small)."""
+    c = cst[C_ZERO]
+    for _ in range(n):
+        c += cst[C_ONE]
+    return c
+
+
 # ----------------------------------------------------------------------------------------------
 # LayerNorm over rows of width N (refimpl.layers.layernorm_forward/backward)
 @njit(cache=True)
 def layernorm_fwd(X, x0, M, N, pv, o_scale, o_offset, XH, h0, R, r0, Y, y0, cst):
     """Y = xhat * scale + offset; stores xhat (M, N) and rstd (M,) for the backward."""
+    n = count_as(N, cst)
     for i in range(M):
         mean = cst[C_ZERO]
         for j in range(N):
             mean += X[x0 + i * N + j]
-        mean = mean / N
+        mean = mean / n
         var = cst[C_ZERO]
         for j in range(N):
             c = X[x0 + i * N + j] - mean
             var += c * c
-        var = var / N
+        var = var / n
         rstd = cst[C_ONE] / math.sqrt(var + cst[C_LN_EPS])
         R[r0 + i] = rstd
         for j in range(N):
@@ -131,6 +143,7 @@ def layernorm_fwd(X, x0, M, N, pv, o_scale, o_offset, XH, h0, R, r0, Y, y0, cst)
 def layernorm_bwd(DY, d0, M, N, pv, o_scale, XH, h0, R, r0, G, g_scale, g_offset, DX, dx0, accumulate,
                   cst):
     """dscale += sum dy xhat, doffset += sum dy; DX (+)= rstd (dxhat - mean dxhat - xhat mean(dxhat xhat))."""
+    n = count_as(N, cst)
     for i in range(M):
         m1 = cst[C_ZERO]
         m2 = cst[C_ZERO]
@@ -142,8 +155,8 @@ def layernorm_bwd(DY, d0, M, N, pv, o_scale, XH, h0, R, r0, G, g_scale, g_offset
             dxh = dy * pv[o_scale + j]
             m1 += dxh
             m2 += dxh * xh
-        m1 = m1 / N
-        m2 = m2 / N
+        m1 = m1 / n
+        m2 = m2 / n
         rstd = R[r0 + i]
         for j in range(N):
             xh = XH[h0 + i * N + j]
@@ -167,10 +180,11 @@ def gelu_fwd(Hb, h0, n, Y, y0, cst):
 @njit(cache=True)
 def gelu_bwd(DY, d0, Hb, h0, n, DX, dx0, cst):
     """DX = DY * gelu'(h); DX may alias DY."""
+    a3 = cst[C_GELU_A] + cst[C_GELU_A] + cst[C_GELU_A]  # 3 a in the data's dtype (3 * a would be float64)
     for i in range(n):
         x = Hb[h0 + i]
         t = math.tanh(cst[C_GELU_C] * (x + cst[C_GELU_A] * (x * x * x)))
-        du = cst[C_GELU_C] * (cst[C_ONE] + 3 * cst[C_GELU_A] * (x * x))
+        du = cst[C_GELU_C] * (cst[C_ONE] + a3 * (x * x))
         dg = cst[C_HALF] * (cst[C_ONE] + t) + cst[C_HALF] * x * (cst[C_ONE] - t * t) * du
         DX[dx0 + i] = DY[d0 + i] * dg
 
