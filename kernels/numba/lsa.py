@@ -145,7 +145,7 @@ def readouts_and_query_gradient(params, tok, cfg):
 def readouts(params, tok, cfg):
     """Every application's read-out (L, B), as refimpl.model_forward gives them, for models with
     supports(cfg): the training kernel's forward alone (what a loss evaluation needs)."""
-    B, T, D = tok.shape
+    B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
     RD = np.full((cfg.num_layers, B), np.nan, tok.dtype)  # (L, B)
     _run(params, tok, np.zeros(B, tok.dtype), cfg, READOUTS, RD, pl.no_dq)
