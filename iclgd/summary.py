@@ -88,6 +88,16 @@ REFERENCE = {
         ("model cos (vs GD++)", "model_cos_gdpp", None, "-"),
         ("preds diff (vs GD)", "preds_diff", None, "-"),
     ],
+    "fig15": [
+        ("loss on fresh tasks vs 1 GD step", "loss_tf", "loss_gd", "-"),
+        ("first step near GD, earliest seed", "steps_to_gd_min", None, "1 head: depends on the seed"),
+        ("first step near GD, latest seed", "steps_to_gd_max", None, "2 heads: no phase transitions"),
+        ("seeds that get near GD", "seeds_reaching_gd", None, "-"),
+        ("grokking: test loss at the end vs 1 GD step", "loss_test", "loss_gd", "drops to near GD's ~0.2"),
+        ("grokking: loss on the fixed training set", "loss_train", "loss_train_gd", "-"),
+        ("grokking: test loss where it first stops falling", "dip_test", None, "-"),
+        ("grokking: highest test loss after that", "peak_test", None, "rises drastically first"),
+    ],
     "fig16": [
         ("loss on fresh tasks: TF vs GD", "loss_tf", "loss_gd", "GD-like for large training sets"),
         ("loss on its training set", "loss_train_tf", None, "-"),

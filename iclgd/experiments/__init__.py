@@ -30,6 +30,8 @@ EXPERIMENTS = {
               "GD++'s eigenvalue map of X^T X and the condition numbers before and after its transforms"),
     "fig14": ("iclgd.experiments.fig14", "Figure 14",
               "LayerNorm before LSA (one layer; two layers with LN between) vs GD and GD++"),
+    "fig15": ("iclgd.experiments.fig15", "Figure 15",
+              "seed-dependent phase transitions of one LSA layer with 1 and 2 heads; grokking on 8 192 fixed tasks"),
     "fig16": ("iclgd.experiments.fig16", "Figure 16",
               "one LSA layer trained on a fixed set of B tasks vs GD alignment, for several B"),
     "fu-algorithms": ("iclgd.experiments.fu_algorithms", "Fu et al. (Newton vs GD)",

@@ -35,8 +35,9 @@ def model_config(task: TaskConfig, num_layers=1, **kw):
 
 def train_against(exp_cfg, tag, cfg, refs, seed, backend, out_dir, resume, progress, tokens, targets, train_cfg=None):
     """Train `cfg` for one seed, evaluating against refs = {name: Reference} (alignment with the first
-    without a suffix, the others as _NAME). Returns (TrainResult, final numbers incl. loss_NAME)."""
-    evaluate = make_evaluator(cfg, tokens, targets, refs)
+    without a suffix, the others as _NAME), evaluated on the run's backend. Returns (TrainResult,
+    final numbers incl. loss_NAME)."""
+    evaluate = make_evaluator(cfg, tokens, targets, refs, backend)
     res = train_model(cfg, exp_cfg, seed, backend, out_dir, tag, evaluate, resume, progress, train_cfg)
     final = evaluate(res.params)
     final.update({f"loss_{name}": ref.loss for name, ref in refs.items()})
