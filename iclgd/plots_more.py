@@ -188,13 +188,14 @@ def plot_fig5(r, out_dir):
 
 def plot_fig15(r, out_dir):
     """One panel per heads variant (each seed's evaluation loss, one GD step's as a line), and the
-    grokking block's training- and test-set losses per seed."""
+    grokking block's training- and test-set losses for each seed that trained it."""
     plt = base._plt()
     heads = [n for n in r["final"] if n.startswith("heads")]
-    fig, ax = plt.subplots(1, len(heads) + 1, figsize=(5.2 * (len(heads) + 1), 3.9), layout="constrained",
-                           squeeze=False)
+    grok = [s for s in r["per_seed"] if "grok" in s["curves"]]
+    panels = len(heads) + (1 if grok else 0)
+    fig, ax = plt.subplots(1, panels, figsize=(5.2 * panels, 3.9), layout="constrained", squeeze=False)
     ax = ax[0]
-    gd = r["final"][heads[0]]["loss_gd"] if heads else r["final"]["grok"]["loss_gd"]
+    gd = next(iter(r["final"].values()))["loss_gd"]
     for a, name in zip(ax, heads):
         for i, s in enumerate(r["per_seed"]):
             c, reached = s["curves"][name], s["steps_to_gd"][name]
@@ -206,18 +207,19 @@ def plot_fig15(r, out_dir):
         a.set(xlabel="training step", ylabel="evaluation loss", yscale="log",
               title=f"one LSA layer, {h} head{'s' if h > 1 else ''}, fresh tasks")
         a.legend(fontsize=6)
-    a = ax[-1]
-    for i, s in enumerate(r["per_seed"]):
-        c = s["curves"]["grok"]
-        a.plot(base._arr(c["step"]), base._arr(c["loss_test"]), color=f"C{i % 10}", lw=1.2,
-               label=f"seed {s['seed']}: test (fresh tasks)")
-        a.plot(base._arr(c["step"]), base._arr(c["loss_train"]), color=f"C{i % 10}", lw=0.8, ls=":",
-               label=f"seed {s['seed']}: train ({s['final']['grok']['tasks']} fixed tasks)")
-    a.axhline(gd, color="k", ls="--", lw=1, label=f"1 step GD {gd:.4f}")
-    g = r["config"]["grok"]
-    a.set(xlabel="training step", ylabel="loss", yscale="log",
-          title=f"LSA + MLP block, lr {g['lr']:g}, batch {g['batch']}")
-    a.legend(fontsize=6)
+    if grok:
+        a = ax[-1]
+        for i, s in enumerate(grok):
+            c = s["curves"]["grok"]
+            a.plot(base._arr(c["step"]), base._arr(c["loss_test"]), color=f"C{i % 10}", lw=1.2,
+                   label=f"seed {s['seed']}: test (fresh tasks)")
+            a.plot(base._arr(c["step"]), base._arr(c["loss_train"]), color=f"C{i % 10}", lw=0.8, ls=":",
+                   label=f"seed {s['seed']}: train ({s['final']['grok']['tasks']} fixed tasks)")
+        a.axhline(gd, color="k", ls="--", lw=1, label=f"1 step GD {gd:.4f}")
+        g = r["config"]["grok"]
+        a.set(xlabel="training step", ylabel="loss", yscale="log",
+              title=f"LSA + MLP block, lr {g['lr']:g}, batch {g['batch']}")
+        a.legend(fontsize=6)
     return base._save(r, fig, out_dir, "fig15", f"phase transitions and grokking ({base._seeds(r)})")
 
 

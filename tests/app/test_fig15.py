@@ -61,6 +61,8 @@ def test_fig15_quick_run_keeps_each_seed_and_the_spread(fig15_dir):
         assert f.get("steps_to_gd_min") == (min(reached) if reached else None)
         assert f.get("steps_to_gd_max") == (max(reached) if reached else None)
     g = r["final"]["grok"]
+    assert "grok" in r["per_seed"][0]["final"] and "grok" not in r["per_seed"][1]["final"]  # grok_seeds = 1
+    assert g["loss_test"] == r["per_seed"][0]["final"]["grok"]["loss_test"]
     assert g["tasks"] == 256 and r["curves"]["grok"]["step"][-1] == 60
     assert np.isfinite([g["loss_test"], g["loss_train"], g["loss_train_gd"], g["peak_test"]]).all()
     os.remove(os.path.join(fig15_dir, "fig15.png"))
