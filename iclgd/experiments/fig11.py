@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl.config import TaskConfig
+from refimpl.config import ModelConfig, TaskConfig
 from refimpl.fieldcheck import check_fields
+from iclgd.experiments import fig12
 from iclgd.experiments.common import mean_over_seeds, resolved_settings
 from iclgd.experiments.fig12 import softmax_variants
+from iclgd.experiments.variants import check_model_section
 from iclgd.gdpp_fit import GDPPConfig
 from iclgd.train import TrainConfig
 
@@ -27,10 +29,12 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)  # used with weights_from="train"
     train: TrainConfig = field(default_factory=TrainConfig)  # used with weights_from="train" (as fig12)
     gdpp: GDPPConfig = field(default_factory=GDPPConfig)  # used with weights_from="train" (as fig12)
+    model: ModelConfig = field(default_factory=lambda: fig12.MODEL)  # used with weights_from="train" (as fig12)
     weights_from: str = "results/fig12/results.json"  # a fig12 results.json with a softmax2 variant, or "train"
 
     def __post_init__(self):
         check_fields(self, "")
+        check_model_section(self, fig12.FIXED, fig12.MODEL)
         if not self.weights_from:
             raise ValueError("weights_from: expected a fig12 results.json path or 'train', got ''")
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refimpl import metrics
-from refimpl.config import TaskConfig
+from refimpl.config import ModelConfig, TaskConfig
 from refimpl.fieldcheck import check_fields, check_items
 from refimpl.tasks import eval_tasks
 from iclgd.experiments.common import mean_over_seeds, resolved_settings
-from iclgd.experiments.variants import gd_reference, gdpp_reference, model_config, train_against
+from iclgd.experiments.variants import (check_model_section, gd_reference, gdpp_reference, regression_model,
+                                       train_against, variant_model)
 from iclgd.gdpp_fit import GDPPConfig
 from iclgd.train import TrainConfig
 
@@ -27,10 +28,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # 5 000 steps, batch 2048 (as fig2)
     gdpp: GDPPConfig = field(default_factory=GDPPConfig)  # the one-layer GD++ reference (1 000 steps)
     heads: tuple = (1, 2)  # softmax heads per variant (paper: 1 and 2)
+    model: ModelConfig = field(default_factory=lambda: MODEL)  # every variant's model; num_heads from `heads`
 
     def __post_init__(self):
         check_fields(self, "")
         check_items("heads", self.heads, int, ">= 1")
+        check_model_section(self, FIXED, MODEL)
+
+
+MODEL = regression_model(attention="softmax")  # one softmax layer, key size D per head (SPEC 2.2)
+FIXED = ("num_layers", "num_heads", "attention")  # set by each variant: one softmax layer with `heads` heads
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100", "task.eval_tasks": "1000",
@@ -50,7 +57,7 @@ def softmax_variants(cfg, seeds, backend, out_dir, resume, progress, heads):
         finals, curves, weights = {}, {}, {}
         for h in heads:
             name = f"softmax{h}"
-            m = model_config(task, attention="softmax", num_heads=int(h))
+            m = variant_model(cfg.model, 1, num_heads=int(h))
             res, final = train_against(cfg, name, m, {"gd": ref_gd, "gdpp": ref_gdpp}, seed, backend, out_dir,
                                        resume, progress, tokens, targets)
             steps_run += res.steps_run

@@ -11,11 +11,12 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from refimpl.config import TaskConfig
+from refimpl.config import ModelConfig, TaskConfig
 from refimpl.fieldcheck import check_fields
 from refimpl.tasks import eval_tasks
 from iclgd.experiments.common import mean_over_seeds, resolved_settings
-from iclgd.experiments.variants import gd_reference, gdpp_reference, model_config, train_against
+from iclgd.experiments.variants import (check_model_section, gd_reference, gdpp_reference, regression_model,
+                                       train_against, variant_model)
 from iclgd.gdpp_fit import GDPPConfig
 from iclgd.train import TrainConfig
 
@@ -26,9 +27,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # the one-layer model: 5 000 steps, batch 2048
     gdpp: GDPPConfig = field(default_factory=GDPPConfig)  # the GD++ references (tied: 1 000 steps)
     deep_steps: int = 50000  # training steps of the 2-layer deep model (SPEC 3: 50 000)
+    model: ModelConfig = field(default_factory=regression_model)  # both variants' model; depth and LayerNorm per variant
 
     def __post_init__(self):
         check_fields(self, "", {"deep_steps": ">= 1"})
+        check_model_section(self, ("num_layers", "layernorm", "ln_placement"), regression_model())
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100", "task.eval_tasks": "1000",
@@ -52,7 +55,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
             ref_gd, eta = gd[gd_steps]
             ref_gdpp, etas, gammas = gdpp_reference(cfg, seed, L, True, gd[1][1], backend, tokens, targets, progress)
             train_cfg = cfg.train if L == 1 else dataclasses.replace(cfg.train, steps=cfg.deep_steps)
-            m = model_config(task, L, **options)
+            m = variant_model(cfg.model, L, **options)
             res, final = train_against(cfg, name, m, {"gd": ref_gd, "gdpp": ref_gdpp}, seed, backend, out_dir,
                                        resume, progress, tokens, targets, train_cfg)
             steps_run += res.steps_run

@@ -3,6 +3,8 @@ LayerNorm) on the linear-regression tasks and compare each with GD and GD++ (fig
 
 Shape legend: B tasks, T = N + 1 tokens, D = d + 1 token width, L layers.
 """
+import dataclasses
+
 from refimpl import baselines, metrics
 from refimpl.config import ModelConfig, TaskConfig
 from iclgd.experiments.common import make_evaluator, train_model
@@ -27,10 +29,31 @@ def gdpp_reference(exp_cfg, seed, num_layers, tied, eta, backend, tokens, target
     return ref, [float(e) for e in etas], [float(g) for g in gammas]
 
 
-def model_config(task: TaskConfig, num_layers=1, **kw):
-    """A transformer on the regression tokens: D = K = d + 1, token clip by depth (SPEC 3)."""
-    D = task.input_dim + 1
-    return ModelConfig(token_dim=D, key_size=D, num_layers=num_layers, token_clip=paper_token_clip(num_layers), **kw)
+def regression_model(**kw):
+    """The default `model` section of these experiments: a transformer on the regression tokens of
+    the default task (D = K = d + 1 = 11), with `kw` set."""
+    return ModelConfig(token_dim=11, key_size=11, **kw)
+
+
+def check_model_section(exp_cfg, fixed, default):
+    """The experiment's `model` section (`--set model.*`) fits its task (token_dim = task.input_dim +
+    1) and leaves at `default`'s values the keys each variant sets itself (`fixed`): a one-line
+    ValueError naming the key otherwise."""
+    D = exp_cfg.task.input_dim + 1
+    if exp_cfg.model.token_dim != D:
+        raise ValueError(f"model.token_dim: expected task.input_dim + 1 = {D}, got {exp_cfg.model.token_dim}")
+    for key in fixed:
+        want, got = getattr(default, key), getattr(exp_cfg.model, key)
+        if got != want:
+            raise ValueError(f"model.{key}: set by each variant of this experiment, so expected the default "
+                             f"{want!r}, got {got!r}")
+
+
+def variant_model(base: ModelConfig, num_layers=1, **options):
+    """A variant's model: the experiment's `model` section with the variant's depth and options, and
+    the token clip of that depth (SPEC 3) unless model.token_clip sets one."""
+    clip = base.token_clip or paper_token_clip(num_layers)
+    return dataclasses.replace(base, num_layers=num_layers, token_clip=clip, **options)
 
 
 def train_against(exp_cfg, tag, cfg, refs, seed, backend, out_dir, resume, progress, tokens, targets, train_cfg=None):

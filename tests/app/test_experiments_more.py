@@ -122,11 +122,10 @@ def test_fig14_places_layernorm_as_the_public_code_and_compares_with_l_step_gd(t
 
 def test_layernorm_placements_of_fig14():
     """ln1 has a LayerNorm before its one layer, ln2 none before layer 0 and one before layer 1."""
-    from refimpl.config import TaskConfig
     from refimpl.params import param_shapes
-    from iclgd.experiments.fig14 import VARIANTS
-    from iclgd.experiments.variants import model_config
-    cfgs = {n: model_config(TaskConfig(), L, **opts) for n, (L, opts, _, _) in VARIANTS.items()}
+    from iclgd.experiments.fig14 import VARIANTS, Config
+    from iclgd.experiments.variants import variant_model
+    cfgs = {n: variant_model(Config().model, L, **opts) for n, (L, opts, _, _) in VARIANTS.items()}
     assert [cfgs["ln1"].layer_has_ln(0)] == [True]
     assert [cfgs["ln2"].layer_has_ln(l) for l in range(2)] == [False, True]
     assert "layer0.ln1.scale" not in param_shapes(cfgs["ln2"]) and "layer1.ln1.scale" in param_shapes(cfgs["ln2"])
@@ -157,3 +156,41 @@ def test_fig5_model_options_come_from_set_model(capsys):
     assert "model.token_dim: expected task.input_dim + pos_enc_size = 20, got 11" in capsys.readouterr().err
     assert _run(["config", "fig5", "--set", "pos_enc_concat=middle"]) == 2
     assert "pos_enc_concat: expected one of ('back', 'front'), got 'middle'" in capsys.readouterr().err
+
+
+def test_the_variant_experiments_take_model_options_and_refuse_the_keys_their_variants_set():
+    """fig11, fig12 and fig14 build every variant from their `model` section (`--set model.*`):
+    an option reaches each variant's model, the keys a variant sets itself are refused when changed,
+    and the token width must fit the task."""
+    import dataclasses
+
+    from refimpl.config import apply_overrides
+    from iclgd.experiments import fig11, fig12, fig14
+    from iclgd.experiments.variants import variant_model
+    for mod, fixed in ((fig12, ("num_heads", "attention", "num_layers")), (fig11, ("num_heads",)),
+                       (fig14, ("layernorm", "ln_placement", "num_layers"))):
+        cfg = apply_overrides(mod.Config(), ["model.key_size=7", "model.include_query=true"])
+        m = variant_model(cfg.model, 2, num_heads=2)
+        assert (m.key_size, m.include_query, m.num_layers, m.num_heads, m.token_dim) == (7, True, 2, 2, 11)
+        for key in fixed:
+            value = {"num_heads": "3", "attention": "linear", "num_layers": "2", "layernorm": "true",
+                     "ln_placement": "pre"}[key]
+            with pytest.raises(ValueError, match=f"^model.{key}: set by each variant"):
+                apply_overrides(mod.Config(), [f"model.{key}={value}"])
+        with pytest.raises(ValueError, match=r"^model.token_dim: expected task.input_dim \+ 1 = 6, got 11$"):
+            apply_overrides(mod.Config(), ["task.input_dim=5"])
+        cfg = apply_overrides(mod.Config(), ["task.input_dim=5", "model.token_dim=6", "model.key_size=6"])
+        assert dataclasses.replace(cfg.model).token_dim == 6
+
+
+@pytest.mark.slow
+def test_a_model_option_reaches_the_trained_variants(tmp_path):
+    """`--set model.key_size=5` on fig14: both variants' checkpoints hold key size 5 projections."""
+    out = tmp_path / "k5"
+    assert _run(["run", "fig14", "--quick", "--no-progress", "--out", out, "--set", "model.key_size=5",
+                 "--set", "train.steps=20", "--set", "deep_steps=20", "--set", "task.eval_tasks=200",
+                 "--set", "gdpp.steps_tied=10"]) == 0
+    for name in ("ln1", "ln2"):
+        with np.load(out / "checkpoints" / f"{name}_seed0.npz") as z:
+            shapes = {k: z[k].shape for k in z.files if k.startswith("param/") and k.endswith("W_q")}
+        assert shapes and all(s[-1] == 5 for s in shapes.values()), shapes
