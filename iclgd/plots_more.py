@@ -155,7 +155,9 @@ def plot_fig4(r, out_dir):
               title=f"task {i}: a = {fn['amplitude'][i]:.2f}, rho = {fn['phase'][i]:.2f}")
     np.atleast_1d(axf)[0].legend(fontsize=7)
     return base._save(r, fig, out_dir, "fig4", f"sine regression: MLP front end + one LSA layer vs MLP + one GD step "
-                      f"(eta {r.get('gd_eta')}; {base._seeds(r)})")
+                      f"(eta {r.get('gd_eta')}; {base._seeds(r)}"
+                      + ("; a and rho from one u, as the public code" if r["config"]["task"].get("coupled") else "")
+                      + ")")
 
 
 def plot_fig5(r, out_dir):
