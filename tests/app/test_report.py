@@ -48,7 +48,11 @@ def test_report_of_the_committed_results_is_self_contained_and_complete(tmp_path
     experiments = sorted(n for n in os.listdir(os.path.join(ROOT, "results"))
                          if os.path.isfile(os.path.join(ROOT, "results", n, "results.json")))
     from tests.app.test_summary_and_config import COMMITTED  # every experiment but those not run yet
-    assert experiments == sorted(COMMITTED)
+    runs = {n: json.loads(open(os.path.join(ROOT, "results", n, "results.json")).read())["experiment"]
+            for n in experiments}
+    assert set(runs.values()) == set(COMMITTED) and set(COMMITTED) <= set(experiments)
+    for folder, name in runs.items():  # a second run of an experiment is named EXPERIMENT-WHAT (fig4-coupled)
+        assert folder == name or folder.startswith(name + "-"), folder
     assert len(page.sections) == len(experiments) == len(page.images)
     assert page.outside == []  # no script, stylesheet, image or link from elsewhere
     for src in page.images:
@@ -56,7 +60,7 @@ def test_report_of_the_committed_results_is_self_contained_and_complete(tmp_path
     text = "\n".join(page.pres)
     for name in experiments:
         r = json.loads(open(os.path.join(ROOT, "results", name, "results.json")).read())
-        assert f"{name} ({r['figure']})" in text  # the summary's header line
+        assert f"{r['experiment']} ({r['figure']})" in text  # the summary's header line
         assert json.dumps(r["config"], indent=1) in text and r["versions"]["numpy"] in text
     assert re.search(r"loss: trained TF vs 1 GD step\s+0\.2082\s+0\.2077", text)
 
