@@ -19,7 +19,6 @@ Per seed and model, `steps_to_gd` is the first evaluated step at which the evalu
 within `near_gd` (relative) of one GD step's; its spread over seeds measures how much a transition
 depends on the seed.
 """
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
