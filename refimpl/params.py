@@ -92,7 +92,11 @@ def fan_in_std(fan_in, scale):
 
 
 def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float64):
-    """Weights: fan-in truncated normal, scale init_scale / L (SPEC 3); biases 0; LN scale 1."""
+    """Weights: fan-in truncated normal, scale init_scale / L (SPEC 3); biases 0; LN scale 1.
+    A GPT2Config gets refimpl.gpt2.init_params (GPT-2's initialisation)."""
+    from .gpt2 import GPT2Config, init_params as gpt2_init_params
+    if isinstance(cfg, GPT2Config):
+        return gpt2_init_params(cfg, rng, dtype)
     scale = cfg.init_scale / cfg.num_layers
     params = {}
     for name, shape in param_shapes(cfg).items():
