@@ -23,6 +23,7 @@ Initialisation (Hugging Face GPT2 for the transformer, PyTorch's nn.Linear for G
 and read-out): weights and pos N(0, init_std^2); the residual projections attn.W_p and mlp.W2
 N(0, init_std^2 / (2L)); biases 0, LayerNorm scales 1; read_in and read_out W and b
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Draws in param_shapes order from one Generator.
+Every function takes NumPy or CuPy arrays (the cupy-unfused backend runs this code on the GPU).
 """
 import functools
 import math
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import layers
 from .fieldcheck import check_fields
-from .validate import check_array, check_same_dtype, check_upstream
+from .validate import array_module, check_array, check_same_dtype, check_upstream
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def causal_attention_forward(x, p, num_heads):
     Q, Kt, V = _split(q, num_heads), _split(k, num_heads), _split(v, num_heads)  # (B, nh, T, K)
     T, K = x.shape[1], Q.shape[-1]
     scores = (Q @ Kt.transpose(0, 1, 3, 2)) / np.sqrt(K).astype(x.dtype)  # (B, nh, T, T)
-    mask = np.arange(T)[None, :] <= np.arange(T)[:, None]  # (T, T): t sees s <= t
+    mask = array_module(x).asarray(np.arange(T)[None, :] <= np.arange(T)[:, None])  # (T, T): t sees s <= t
     scores = np.where(mask, scores, -np.inf)
     scores = scores - scores.max(axis=-1, keepdims=True)
     P = np.exp(scores)
@@ -229,7 +230,7 @@ def gpt2_forward(params, tokens, cfg: GPT2Config):
     T = tokens.shape[1]
     H, c_in = layers.linear_forward(tokens, params["read_in.W"], params["read_in.b"])  # (B, T, E)
     H = H + params["pos"][:T]  # (B, T, E)
-    states = np.empty((cfg.num_layers + 1,) + H.shape, dtype=H.dtype)  # (L + 1, B, T, E)
+    states = array_module(H).empty((cfg.num_layers + 1,) + H.shape, dtype=H.dtype)  # (L + 1, B, T, E)
     states[0] = H
     blocks = []
     for l in range(cfg.num_layers):
@@ -253,7 +254,7 @@ def gpt2_backward(dpred, cache, input_grad=True):
     dX, g = layers.linear_backward(dpred[..., None], cache["c_out"])  # (B, n, E)
     grads.update(_named("read_out", g))
     B, n, E = dX.shape
-    dHf = np.zeros((B, cache["T"], E), dtype=dX.dtype)  # (B, T, E): only x positions are read out
+    dHf = array_module(dX).zeros((B, cache["T"], E), dtype=dX.dtype)  # (B, T, E): only x positions are read out
     dHf[:, 0::2] = dX
     dH, g = layers.layernorm_backward(dHf, cache["c_f"])
     grads.update(_named("ln_f", g))
@@ -272,7 +273,7 @@ def full_pos_grad(grads, cfg: GPT2Config):
     g = grads["pos"]
     if g.shape[0] == cfg.max_tokens:
         return grads
-    full = np.zeros((cfg.max_tokens, g.shape[1]), dtype=g.dtype)  # (2n, E)
+    full = array_module(g).zeros((cfg.max_tokens, g.shape[1]), dtype=g.dtype)  # (2n, E)
     full[:g.shape[0]] = g
     return {**grads, "pos": full}
 
@@ -297,7 +298,7 @@ def loss_and_grads(params, tokens, y, cfg: GPT2Config):
     pred, cache = gpt2_forward(params, tokens, cfg)  # (B, n)
     loss, lc = mse_forward(pred, y)
     _, grads = gpt2_backward(mse_backward(1.0, lc), cache, input_grad=False)
-    return loss, np.array([loss]), full_pos_grad(grads, cfg)
+    return loss, np.array([loss]), full_pos_grad(grads, cfg)  # the loss is a host float
 
 
 def hidden_states(params, tokens, cfg: GPT2Config):

@@ -2,7 +2,7 @@
 
 For a function f(inputs) -> out, a random upstream gradient g (never all ones) defines the scalar
 phi = sum(f(inputs) * g). The analytic gradient of phi w.r.t. each input comes from the backward;
-the numerical one from central differences with step h = 1e-6 in float64:
+the numerical one from central differences with step h = 1e-6 (1e-5 for GPT-2, see GPT2_STEP) in float64:
     element-wise  (phi(x + h e_i) - phi(x - h e_i)) / 2h      for tensors of <= ELEMENTWISE_MAX entries
     directional   (phi(x + h v) - phi(x - h v)) / 2h vs <grad, v>, NUM_DIRECTIONS random unit v, else.
 Relative error |a - n| / max(|a|, |n|, floor). The floor is FLOOR_FRACTION (1e-2) of the tensor's largest
@@ -10,6 +10,10 @@ gradient entry: with h = 1e-6 the round-off of a difference is ~1e-9 absolute on
 an entry a hundred times smaller than its tensor's largest one is judged on the tensor's scale (a
 wrong backward is off by O(1) on the large entries and fails by orders of magnitude; the tests
 include a backward wrong by 1e-4 relative, which fails).
+A tensor whose gradient is zero by the math (GPT-2's key bias: softmax ignores a shift common
+to all keys) has analytic entries ~1e-17 and differences ~1e-10 of round-off: when its largest
+entry is below ZERO_FRACTION of the check's largest, the floor is taken from the check's largest
+(so a backward that made it nonzero fails).
 The checks: every op (refimpl.layers, refimpl.attention, the loss), whole models (refimpl.model,
 every parameter and the tokens) and single blocks (refimpl.block, every parameter of the block's
 set and its input H). Every check uses unequal sizes: T != D != K, num_heads = 2.
@@ -19,28 +23,37 @@ import numpy as np
 
 from . import attention, layers
 from .block import block_backward, block_forward
+from . import gpt2
 from .config import ModelConfig
 from .loss import mse_backward, mse_forward
 from .model import model_backward, model_forward
 from .params import fan_in_std, init_params, param_shapes
 
 STEP = 1e-6
+# the GPT-2 model's outputs pass LayerNorms and softmaxes: O(1) values whose round-off in a difference
+# (~1e-16 / h) is not small against its smallest attention gradients at h = 1e-6; at h = 1e-5 the
+# truncation error (~h^2 relative) is still ~1e-10 and the round-off ten times smaller
+GPT2_STEP = 1e-5
 TOLERANCE = 1e-6  # SPEC 7: fail above
 ELEMENTWISE_MAX = 400
 NUM_DIRECTIONS = 24
 FLOOR_FRACTION = 1e-2
+ZERO_FRACTION = 1e-10  # a tensor whose largest gradient entry is below this fraction of the check's largest
 
 
 def _rel_err(a, n, floor):
     return np.abs(a - n) / np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
 
 
-def check_function(name, forward, backward, inputs, rng, step=STEP):
-    """Compare backward with central differences for every input of `forward`.
+def check_function(name, forward, backward, inputs, rng, step=None):
+    """Compare backward with central differences for every input of `forward`; step h: STEP, or
+    GPT2_STEP for the GPT-2 checks (name "gpt2_*") unless given.
 
     forward(**inputs) -> out (ndarray); backward(dout, inputs) -> {input name: gradient}.
     Returns a list of {"check", "param", "max_rel_err", "passed"}.
     """
+    if step is None:
+        step = GPT2_STEP if name.startswith("gpt2_") else STEP
     inputs = {k: np.array(v, dtype=np.float64) for k, v in inputs.items()}
     out = forward(**inputs)
     g = rng.standard_normal(np.shape(out))  # random upstream gradient
@@ -53,12 +66,15 @@ def check_function(name, forward, backward, inputs, rng, step=STEP):
         return float(np.sum((plus - minus) * g))
 
     analytic = backward(g, inputs)
+    largest = max(float(np.max(np.abs(np.asarray(analytic[k])), initial=0.0)) for k in inputs)
     rows = []
     for pname, x in inputs.items():
         a = np.asarray(analytic[pname], dtype=np.float64)
         if a.shape != x.shape:
             raise AssertionError(f"{name}: gradient of {pname} has shape {a.shape}, expected {x.shape}")
         floor = max(FLOOR_FRACTION * float(np.max(np.abs(a), initial=0.0)), 1e-300)
+        if floor < ZERO_FRACTION * FLOOR_FRACTION * largest:  # a gradient that is exactly 0 by the math
+            floor = FLOOR_FRACTION * largest  # (GPT-2's key bias): judged on the check's largest entry
         if x.size <= ELEMENTWISE_MAX:
             num = np.empty(x.size)
             for i in range(x.size):
@@ -263,20 +279,86 @@ def _block_checks(rng):
 
 
 # ----------------------------------------------------------------------------------------------
+# GPT-2 style model (refimpl.gpt2): its attention with biases, one block, the whole model with a
+# prompt shorter than its positions (T = 6 of 2n = 8) and the loss; parameters perturbed from the
+# initialisation so that no LayerNorm, bias or residual term hides behind a 1 or a 0.
+GPT2_CHECK = gpt2.GPT2Config(input_dim=3, num_pairs=4, embed_dim=8, num_layers=2, num_heads=NUM_HEADS,
+                             mlp_widening=2)
+GPT2_T = 6  # tokens: 3 pairs
+
+
+def gpt2_check_params(cfg, rng):
+    """init_params plus N(0, 0.3^2) on every entry, N(0, 0.6^2) on the query and key maps (scores of
+    order one: their gradients then stand well above the differences' round-off)."""
+    params = gpt2.init_params(cfg, rng)
+    return {k: v + (0.6 if k.endswith(("W_q", "W_k", "b_q")) else 0.3) * rng.standard_normal(v.shape)
+            for k, v in params.items()}
+
+
+def _gpt2_checks(rng):
+    cfg = GPT2_CHECK
+    params = gpt2_check_params(cfg, rng)
+    tokens = rng.standard_normal((B, GPT2_T, cfg.input_dim))  # (B, T, d)
+    H = rng.standard_normal((B, GPT2_T, cfg.embed_dim))  # (B, T, E)
+    attn = {k.split(".")[-1]: v for k, v in params.items() if k.startswith("block0.attn.")}
+    block = {k: v for k, v in params.items() if k.startswith("block1.")}
+
+    def attn_fwd(x, **p):
+        return gpt2.causal_attention_forward(x, p, cfg.num_heads)[0]
+
+    def attn_bwd(dout, inp):
+        _, cache = gpt2.causal_attention_forward(inp["x"], {k: v for k, v in inp.items() if k != "x"},
+                                                 cfg.num_heads)
+        dx, grads = gpt2.causal_attention_backward(dout, cache)
+        return {"x": dx, **grads}
+
+    def block_fwd(H, **p):
+        return gpt2.block_forward(H, p, cfg, 1)[0]
+
+    def block_bwd(dout, inp):
+        _, cache = gpt2.block_forward(inp["H"], {k: v for k, v in inp.items() if k != "H"}, cfg, 1)
+        dH, grads = gpt2.block_backward(dout, cache)
+        return {"H": dH, **grads}
+
+    def model_fwd(tokens, **p):
+        return gpt2.gpt2_forward(p, tokens, cfg)[0]
+
+    def model_bwd(dout, inp):
+        _, cache = gpt2.gpt2_forward({k: v for k, v in inp.items() if k != "tokens"}, inp["tokens"], cfg)
+        dtok, grads = gpt2.gpt2_backward(dout, cache)
+        return {"tokens": dtok, **gpt2.full_pos_grad(grads, cfg)}
+
+    def mse_fwd(pred, y):
+        return np.array(gpt2.mse_forward(pred, y)[0])
+
+    def mse_bwd(dout, inp):
+        _, cache = gpt2.mse_forward(inp["pred"], inp["y"])
+        dpred = gpt2.mse_backward(float(dout), cache)
+        return {"pred": dpred, "y": -dpred}
+
+    n = GPT2_T // 2
+    return [("gpt2_causal_attention_biases", attn_fwd, attn_bwd, {"x": H, **attn}),
+            ("gpt2_block", block_fwd, block_bwd, {"H": H, **block}),
+            ("gpt2_model_2head", model_fwd, model_bwd, {"tokens": tokens, **params}),
+            ("gpt2_mse", mse_fwd, mse_bwd, {"pred": rng.standard_normal((B, n)), "y": rng.standard_normal((B, n))})]
+
+
+# ----------------------------------------------------------------------------------------------
 def all_checks(rng):
-    """Every check as (name, forward, backward, inputs): ops, whole models, then blocks."""
-    return _op_checks(rng) + _model_checks(rng) + _block_checks(rng)
+    """Every check as (name, forward, backward, inputs): ops, whole models, blocks, then GPT-2's."""
+    return _op_checks(rng) + _model_checks(rng) + _block_checks(rng) + _gpt2_checks(rng)
 
 
 def run_all(seed=0):
     """Rows of check_function for every check, inputs and upstream gradients from Generator(seed).
 
     The op and model checks draw their inputs first and run first; the block checks draw theirs
-    after that, so that the op and model rows are the same numbers with or without the block rows.
+    after that, then the GPT-2 checks, so that earlier rows are the same numbers with or without
+    the later groups.
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for group in (lambda r: _op_checks(r) + _model_checks(r), _block_checks):
+    for group in (lambda r: _op_checks(r) + _model_checks(r), _block_checks, _gpt2_checks):
         for name, fwd, bwd, inputs in group(rng):
             rows += check_function(name, fwd, bwd, inputs, rng)
     return rows
