@@ -1,5 +1,6 @@
 """`iclgd crosscheck FILE`: recompute a file of the exchange format (iclgd/interop/exchange.py) with the
-float64 oracle and compare every result it holds, tensor by tensor.
+float64 oracle and compare every result it holds, tensor by tensor, for the file's model ("lsa" or
+"gpt2", iclgd/interop/exchange_models.py).
 
 An entry passes when |actual - oracle| <= atol + rtol * |oracle| (numpy.allclose's rule).
 Reported per tensor: max_abs_err; max_rel_err, the largest |actual - oracle| / max(|actual|,
@@ -92,8 +93,8 @@ def crosscheck(exchange, rtol=RTOL, atol=ATOL):
                 f"no value can be compared with it and the tensor fails")
     rows = [compare(name, value, ours[name], rtol, atol) if ours[name] is not None
             else _unmatched(name, value, note) for name, value in exchange["results"].items()]
-    return {"passed": bool(rows) and all(r["passed"] for r in rows), "rtol": rtol, "atol": atol,
-            "tensors": rows}
+    return {"passed": bool(rows) and all(r["passed"] for r in rows),
+            "model": exchange.get("model", "lsa"), "rtol": rtol, "atol": atol, "tensors": rows}
 
 
 def crosscheck_file(path, rtol=RTOL, atol=ATOL):
@@ -115,6 +116,6 @@ def format_report(report):
         verdict += ("\n(float32 results differ from float64 ones by ~1e-6 relative: "
                     "try --rtol 1e-4 --atol 1e-6)")
     lines += [f"{r['name']}: {r['note']}" for r in report["tensors"] if r.get("note")]
-    lines.append(f"{verdict} ({len(report['tensors'])} tensors, rtol {report['rtol']:g}, "
-                 f"atol {report['atol']:g})")
+    lines.append(f"{verdict} (model {report['model']}, {len(report['tensors'])} tensors, "
+                 f"rtol {report['rtol']:g}, atol {report['atol']:g})")
     return "\n".join(lines)

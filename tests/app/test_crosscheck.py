@@ -150,8 +150,8 @@ BAD_FILES = {
     "config field missing": (_config(token_clip=None), "token_clip"),
     "config with wrong width": (_config(token_dim=5), "params/layer0.attn.W_q"),
     "nothing to compare": (lambda d: {k: v for k, v in d.items()
-                                      if k.startswith("params/") or k in ("format_version", "config",
-                                                                          "tokens", "targets")},
+                                      if k.startswith("params/") or k in ("format_version", "model",
+                                                                          "config", "tokens", "targets")},
                            "nothing to compare"),
 }
 

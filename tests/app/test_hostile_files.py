@@ -252,3 +252,53 @@ def test_a_string_for_a_bool_config_field_is_refused(tmp_path):
     path = oracle_file(tmp_path / "x.npz")
     _with_config(path, {**config_to_dict(CFG), "weight_tied": "false"})
     assert_invalid(path, "weight_tied")
+
+
+# -- the GPT-2 model (format version 2): the same limits, from its config and declared tokens ----
+def gpt2_oracle_file(path):
+    from tests.peers.cases import GPT2_CFG, gpt2_problem
+    export_oracle(path, GPT2_CFG, *gpt2_problem(GPT2_CFG, np.random.default_rng(0)))
+    return path
+
+
+@pytest.mark.parametrize("change, tokens, words", [
+    ({"num_layers": 10**7}, None, ("config.num_layers", str(10**7), "MAX_LAYERS")),
+    ({"embed_dim": 2**16}, None, ("config, tokens", "embed_dim 65536", "MAX_WORK")),
+    ({"embed_dim": 2**20}, None, ("config, tokens", "embed_dim 1048576", "MAX_ACTIVATIONS")),
+    ({"mlp_widening": 2**12}, None, ("config, tokens", "MLP width 32768", "MAX_WORK")),
+    ({"num_pairs": 2**11}, ("<f8", (4096, 4096, 1)), ("config, tokens", "T 4096", "MAX_ACTIVATIONS")),
+])
+def test_a_costly_gpt2_file_is_refused_before_any_big_allocation(tmp_path, change, tokens, words):
+    """A GPT-2 config declaring millions of layers, a huge model or MLP width, or a token shape
+    whose activations would not fit, is one line naming the field and the limit; loading it
+    allocates almost nothing and takes no time (the oracle never runs)."""
+    path = gpt2_oracle_file(tmp_path / "g.npz")
+    data = read_npz(path)
+    data["config"] = np.array(json.dumps({**json.loads(str(data["config"])), **change}))
+    if tokens:
+        data["tokens"] = tokens  # a header only, declaring 2**24 numbers
+    write_members(path, data, zipfile.ZIP_DEFLATED)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        load_exchange(path)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert all(w in str(caught.value) for w in words), caught.value
+    assert peak < 4 << 20 and seconds < 2, (peak, seconds)
+    assert_invalid(path, *words)
+
+
+def test_an_object_array_as_the_model_name_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(marker))}",)
+
+    data = read_npz(gpt2_oracle_file(tmp_path / "g.npz"))
+    data["model"] = np.array(Payload(), dtype=object)
+    np.savez(tmp_path / "g.npz", **data)
+    assert_invalid(tmp_path / "g.npz", "model", "is refused")
+    assert not marker.exists()

@@ -1,11 +1,14 @@
 """Configurations and checks shared by the cross-tests against autodiff (JAX, PyTorch).
 
 Each case has unequal sizes (B != T != D != K) and weights large enough that every nonlinearity
-(softmax, LayerNorm, GELU, clipping) is in play.
+(softmax, LayerNorm, GELU, clipping) is in play. GPT2_CFG is the GPT-2 model of SPEC 2.7
+(refimpl/gpt2.py), on prompts shorter than its positions reach.
 """
 import numpy as np
 
 from refimpl.config import ModelConfig
+from refimpl.gaussian import interleaved_tokens
+from refimpl.gpt2 import GPT2Config, init_params as gpt2_init_params
 from iclgd.interop.crosscheck import crosscheck_file
 from iclgd.interop.exchange import save_exchange
 from refimpl.model import model_forward
@@ -24,6 +27,31 @@ CASES = {
     "sine_embed_input_mlp": ModelConfig(token_dim=2, num_layers=1, weight_tied=True, key_size=5,
                                         embed_dim=6, input_mlp=True),
 }
+
+
+# GPT-2: d = 3, n = 4 (pos has 8 rows), E = 8, 2 heads of K = 4, F = 32, 2 blocks; prompts of
+# GPT2_PAIRS = 3 pairs, T = 6 tokens, so that pos rows 6 and 7 are unused (gradient 0)
+GPT2_CFG = GPT2Config(input_dim=3, num_pairs=4, embed_dim=8, num_layers=2, num_heads=2)
+GPT2_B, GPT2_PAIRS = 5, 3
+GPT2_SPREAD = 0.3  # LayerNorm scales 1 + 0.3 z, biases and offsets 0.3 z
+GPT2_QK_SCALE = 2.0  # W_q, W_k: 2 z / sqrt(E), so that attention is peaked, not near uniform
+
+
+def gpt2_problem(cfg, rng, B=GPT2_B, pairs=GPT2_PAIRS):
+    """(params, tokens (B, 2 pairs, d), targets (B, pairs)): GPT-2's initialisation moved away from
+    it (weights z / sqrt(fan_in), W_q and W_k twice that, pos z) so that LayerNorm, GELU and the
+    softmax are nonlinear; prompts of linear regression, y_i = w . x_i, in SPEC 2.7's layout."""
+    params = gpt2_init_params(cfg, rng)
+    for name, value in params.items():
+        if value.ndim == 1:  # LayerNorm scales (1) and offsets, biases (0)
+            params[name] = value + GPT2_SPREAD * rng.standard_normal(value.shape)
+        else:
+            fan_in = 1 if name == "pos" else value.shape[0]
+            scale = GPT2_QK_SCALE if name.endswith(("W_q", "W_k")) else 1.0
+            params[name] = scale * rng.standard_normal(value.shape) / np.sqrt(fan_in)
+    x = rng.standard_normal((B, pairs, cfg.input_dim))  # (B, n, d)
+    y = np.einsum("bnd,bd->bn", x, rng.standard_normal((B, cfg.input_dim)))  # (B, n)
+    return params, interleaved_tokens(x, y), y
 
 
 def make_data(cfg, rng):
