@@ -8,7 +8,7 @@ import numpy as np
 
 from refimpl.config import ModelConfig
 from refimpl.gaussian import interleaved_tokens
-from refimpl.gpt2 import GPT2Config, init_params as gpt2_init_params
+from refimpl.gpt2 import GPT2Config, gpt2_forward, init_params as gpt2_init_params
 from iclgd.interop.crosscheck import crosscheck_file
 from iclgd.interop.exchange import save_exchange
 from refimpl.model import model_forward
@@ -54,6 +54,17 @@ def gpt2_problem(cfg, rng, B=GPT2_B, pairs=GPT2_PAIRS):
     return params, interleaved_tokens(x, y), y
 
 
+def assert_gpt2_nonlinear(cfg, params, tokens):
+    """In every block the softmax is far from uniform and most GELU inputs lie where it curves."""
+    _, cache = gpt2_forward(params, tokens, cfg)
+    visible = np.arange(1, tokens.shape[1] + 1)  # (T,): keys token t sees
+    for l, block in enumerate(cache["blocks"]):
+        P = block["ca"]["P"]  # (B, nh, T, T)
+        assert np.mean(P.max(axis=-1) - 1 / visible) > 0.2, f"block {l}: softmax near uniform"
+        h = block["cm"][1][0]  # (B, T, F): GELU's input
+        assert np.mean((np.abs(h) > 0.5) & (np.abs(h) < 3)) > 0.3, f"block {l}: GELU near linear"
+
+
 def make_data(cfg, rng):
     tokens = rng.uniform(-1, 1, (B, T, cfg.token_dim))  # (B, T, D_in)
     tokens[:, -1, -1] = 0.0  # the query's label slot
@@ -71,12 +82,17 @@ def assert_clipping_active(cfg, params, tokens):
 
 def export_and_check(tmp_path, cfg, params, tokens, targets, results):
     """Write the peer's results, crosscheck them (must pass), then perturb each result in turn
-    (it must fail and be the only failing tensor)."""
+    (it must fail and be the only failing tensor): its largest entry by 1e-7 relative, or by 1e-9
+    where that entry is below 1e-2 (a gradient that is 0 in exact arithmetic, as GPT-2's key bias
+    b_k: the softmax ignores the shift q . b_k common to a row's scores)."""
     for name, value in results.items():
         assert np.all(np.isfinite(value)), name
         if name.startswith("grads/") or name.endswith("grads"):
             assert np.any(value != 0), f"{name}: all zero, the comparison would be vacuous"
-    assert_clipping_active(cfg, params, tokens)
+    if isinstance(cfg, GPT2Config):
+        assert_gpt2_nonlinear(cfg, params, tokens)
+    else:
+        assert_clipping_active(cfg, params, tokens)
     path = tmp_path / "peer.npz"
     save_exchange(path, cfg, params, tokens, targets, results)
     report = crosscheck_file(path)
@@ -88,9 +104,23 @@ def export_and_check(tmp_path, cfg, params, tokens, targets, results):
         bad = dict(results)
         value = np.array(results[key], dtype=np.float64)
         flat = value.reshape(-1)
-        flat[int(np.argmax(np.abs(flat)))] *= 1 + 1e-7
+        i = int(np.argmax(np.abs(flat)))
+        flat[i] += max(1e-7 * abs(flat[i]), 1e-9)
         bad[key] = value
         save_exchange(path, cfg, params, tokens, targets, bad)
         report = crosscheck_file(path)
         assert not report["passed"], key
         assert [t["name"] for t in report["tensors"] if not t["passed"]] == [key]
+
+
+def check_unused_positions(tmp_path, cfg, params, tokens, targets, results):
+    """A GPT-2 peer's grads/pos is the full (2n, E) parameter's gradient: rows the prompts do not
+    reach are 0 in the peer's results, and a value there fails, alone."""
+    T = tokens.shape[1]
+    assert T < cfg.max_tokens and np.all(results["grads/pos"][T:] == 0)
+    bad = dict(results)
+    bad["grads/pos"] = np.array(results["grads/pos"], dtype=np.float64)
+    bad["grads/pos"][-1, 0] = 1e-9
+    path = save_exchange(tmp_path / "pos.npz", cfg, params, tokens, targets, bad)
+    report = crosscheck_file(path)
+    assert [t["name"] for t in report["tensors"] if not t["passed"]] == ["grads/pos"]

@@ -1,7 +1,8 @@
 """Cross-test against JAX autodiff: the model written independently in JAX over the public
 notebooks' Haiku parameter tree (tests/peers/jax_model.py, also the benchmark's JAX peer),
 gradients by jax.grad, imported with `from_haiku`, exported to the exchange format, and checked
-by `crosscheck` at float64 tolerances.
+by `crosscheck` at float64 tolerances. The GPT-2 model of SPEC 2.7 likewise, written in JAX over
+the oracle's parameter names (tests/peers/jax_gpt2.py).
 
 Skipped (with the reason) when JAX is not installed: `pip install -e .[peers]`.
 """
@@ -52,3 +53,19 @@ def test_jax_autodiff_agrees_with_the_oracle(tmp_path, rng, case):
                "input_grads": np.asarray(dtokens), "prediction_grads": np.asarray(dpred)}
     results.update({"grads/" + n: g for n, g in grads.items()})
     export_and_check(tmp_path, cfg, params, tokens, targets, results)
+
+
+def test_jax_gpt2_autodiff_agrees_with_the_oracle(tmp_path, rng):
+    """The GPT-2 model (SPEC 2.7) in JAX over the oracle's names (tests/peers/jax_gpt2.py): its
+    predictions, loss, every parameter gradient (pos whole, rows past the prompt 0) and the input
+    gradient pass crosscheck, and each fails alone when perturbed."""
+    from tests.peers import jax_gpt2
+    from tests.peers.cases import GPT2_CFG, check_unused_positions, gpt2_problem
+    cfg = GPT2_CFG
+    params, tokens, targets = gpt2_problem(cfg, rng)
+    value, pred, dparams, dtokens = jax_gpt2.loss_and_grads(params, tokens, targets, cfg)
+    assert np.asarray(value).dtype == np.float64 and np.asarray(dtokens).dtype == np.float64
+    results = {"predictions": np.asarray(pred), "loss": np.asarray(value), "input_grads": np.asarray(dtokens)}
+    results.update({"grads/" + n: np.asarray(g) for n, g in dparams.items()})
+    export_and_check(tmp_path, cfg, params, tokens, targets, results)
+    check_unused_positions(tmp_path, cfg, params, tokens, targets, results)
