@@ -6,7 +6,9 @@ Formats and files:
     haiku   .npz with '/'-joined keys, or a pickle (.pkl) of a nested dict
     torch   .npz or .pkl of the state_dict; .pt/.pth through torch (if installed)
 The config comes from an iclgd input file, else from --config (a JSON object of ModelConfig fields;
-fields left out take their defaults) and --set key=value overrides.
+fields left out take their defaults) and --set key=value overrides. The maps cover the LSA
+transformer (refimpl/params.py): an input holding the GPT-2 model's parameters (refimpl/gpt2.py)
+is refused with one line saying so.
 
 Pickles (.pkl and torch's .pt/.pth) can run code when loaded. By default a .pkl is read by a
 restricted unpickler that admits only containers and NumPy arrays, and a .pt/.pth by
@@ -17,6 +19,7 @@ without the suffix gets '.npz' appended (for --to iclgd, and for .npz outputs), 
 printed names the file written.
 """
 import json
+import os
 import pickle
 import re
 import warnings
@@ -24,8 +27,9 @@ import zipfile
 
 from refimpl.atomic import atomic_save
 from refimpl.config import ModelConfig, apply_overrides, config_from_dict
-from iclgd.interop.convert import (from_haiku, from_torch_state_dict, load_tree, save_pickle,
-                                   save_tree, to_haiku, to_torch_state_dict)
+from iclgd.interop.convert import (check_not_gpt2, flatten_tree, from_haiku, from_torch_state_dict,
+                                   load_tree, save_pickle, save_tree, to_haiku, to_torch_state_dict)
+from iclgd.interop.npz_headers import read_npz_headers
 from refimpl.params import load_params, save_params
 
 FORMATS = ("iclgd", "haiku", "torch")
@@ -80,18 +84,22 @@ def _is_torch_file(path):
 
 
 def read(args):
-    """(params, cfg) from the input file."""
+    """(params, cfg) from the input file; a file of GPT-2 parameters is refused by name."""
+    label = f"IN {args.input}"
     if args.source == "iclgd":
+        if os.path.isfile(args.input) and zipfile.is_zipfile(args.input):
+            check_not_gpt2(read_npz_headers(args.input, label), label)
         params, cfg = load_params(args.input)
         return params, _config(args, cfg)
+    if args.source == "torch" and _is_torch_file(args.input):
+        tree = _torch_load(args.input, args.trust_pickle)  # the state_dict
+    else:
+        tree = load_tree(args.input, args.trust_pickle)
+    check_not_gpt2(flatten_tree(tree), label)
     cfg = _config(args)
     if args.source == "haiku":
-        return from_haiku(load_tree(args.input, args.trust_pickle), cfg, root=args.root), cfg
-    if _is_torch_file(args.input):
-        state_dict = _torch_load(args.input, args.trust_pickle)
-    else:
-        state_dict = load_tree(args.input, args.trust_pickle)
-    return from_torch_state_dict(state_dict, cfg), cfg
+        return from_haiku(tree, cfg, root=args.root), cfg
+    return from_torch_state_dict(tree, cfg), cfg
 
 
 def _torch_load(path, trust):

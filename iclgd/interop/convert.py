@@ -1,5 +1,7 @@
 """Importers and exporters of parameters: the public notebooks' Haiku trees, a PyTorch state_dict,
 and our own names (refimpl/params.py). Every map is a renaming plus, for torch, a transpose.
+The maps cover the LSA transformer (refimpl/params.py); a file of the GPT-2 model's parameters
+(refimpl/gpt2.py) is refused by name (check_not_gpt2).
 
 Haiku (the public code's `Transformer` module, maps stored (in, out) like ours; ROOT is the
 top module, "transformer" in the notebooks, inferred when the tree has one):
@@ -100,6 +102,21 @@ def torch_names(cfg: ModelConfig):
         for key, n in _mlp_entries(f"{b}/mlp", f"{ours}.mlp", "weight", "bias", ("fc1", "fc2")):
             out[key.replace("/", ".")] = (n, n.rsplit(".", 1)[1].startswith("W"))
     return {k: v for k, v in out.items() if v[0] in shapes}
+
+
+GPT2_NAMES = ("read_in.W", "pos")  # two of the GPT-2 model's parameter names (refimpl/gpt2.py)
+
+
+def check_not_gpt2(keys, label):
+    """A one-line error for a file of the GPT-2 model's parameters (refimpl/gpt2.py: read_in.*,
+    pos, block<l>.*), as our .npz, an exchange file (params/<name>) or a tree: the maps here
+    cover the LSA transformer of refimpl/params.py only."""
+    names = {k.removeprefix("params/") for k in keys}
+    if all(n in names for n in GPT2_NAMES):
+        raise ValueError(f"{label}: holds the GPT-2 model's parameters (read_in.W, pos, block<l>.*: "
+                         f"refimpl/gpt2.py), which iclgd convert does not map: it converts the LSA "
+                         f"transformer's parameters (refimpl/params.py) only. GPT-2 files of ours "
+                         f"already carry the oracle's names; an exchange file goes to iclgd crosscheck")
 
 
 # ----------------------------------------------------------------------------------------------

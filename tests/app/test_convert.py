@@ -228,3 +228,26 @@ def test_convert_command_round_trip_through_every_format(tmp_path, rng, capsys):
     assert main(["convert", str(tmp_path / "h.npz"), str(tmp_path / "x.npz"), "--from", "haiku",
                  "--to", "iclgd"]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, layout", [("iclgd", "save_params"), ("iclgd", "exchange"),
+                                            ("haiku", "flat npz"), ("torch", "pickle")])
+def test_gpt2_parameters_are_refused_by_name_not_crashed_on(tmp_path, rng, capsys, source, layout):
+    """The maps cover the LSA transformer only: GPT-2 parameters (refimpl/gpt2.py) in any input
+    layout are one line saying so, exit status 2, and nothing is written."""
+    from iclgd.cli import main
+    from iclgd.interop.convert import save_pickle
+    from iclgd.interop.exchange import export_oracle
+    from tests.peers.cases import GPT2_CFG, gpt2_problem
+    params, tokens, targets = gpt2_problem(GPT2_CFG, rng)
+    path = tmp_path / ("in.pkl" if layout == "pickle" else "in.npz")
+    {"save_params": lambda: save_params(path, params, GPT2_CFG),
+     "exchange": lambda: export_oracle(path, GPT2_CFG, params, tokens, targets),
+     "flat npz": lambda: save_tree(path, params),
+     "pickle": lambda: save_pickle(path, params)}[layout]()
+    status = main(["convert", str(path), str(tmp_path / "out.npz"), "--from", source, "--to", "iclgd",
+                   "--set", "num_layers=2"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"IN {path}: holds the GPT-2 model's parameters" in err and "refimpl/gpt2.py" in err
+    assert not (tmp_path / "out.npz").exists()
