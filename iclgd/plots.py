@@ -284,7 +284,7 @@ def _second_paper(name):
 PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16,
             "fu-algorithms": _second_paper("plot_fu_algorithms"),
             "theory-preconditioner": _second_paper("plot_theory_preconditioner"),
-            "fu-lsa": _second_paper("plot_fu_lsa")}
+            "fu-lsa": _second_paper("plot_fu_lsa"), "fu-gpt2": _second_paper("plot_fu_gpt2")}
 
 
 def _more_plotters():

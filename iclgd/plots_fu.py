@@ -1,4 +1,4 @@
-"""Figures of the second-order paper's experiments (fu-algorithms, theory-preconditioner, fu-lsa),
+"""Figures of the second-order paper's experiments (fu-algorithms, theory-preconditioner, fu-lsa, fu-gpt2),
 drawn from results.json alone; registered in iclgd.plots.PLOTTERS."""
 import numpy as np
 
@@ -116,3 +116,43 @@ def plot_fu_lsa(r, out_dir):
 
 def _layer_ticks(r, names):
     return np.arange(1, max(r["final"][n]["layers"] for n in names) + 1)
+
+
+def plot_fu_gpt2(r, out_dir):
+    plt = plots._plt()
+    g, families = r["grids"], list(r["final"])
+    fig, ax = plt.subplots(len(families), 5, figsize=(24, 4.4 * len(families)), squeeze=False,
+                           layout="constrained")
+    for i, fam in enumerate(families):
+        f, c = r["final"][fam], r["curves"][fam]
+        layers = list(range(1, f["layers"] + 1))
+        a = ax[i, 0]
+        a.plot(plots._arr(c["step"]), plots._arr(c["loss_tf"]), label="all positions")
+        a.plot(plots._arr(c["step"]), plots._arr(c["loss_tf_last"]), label="last position")
+        a.set(xlabel="training step", ylabel="squared error / d", yscale="log", title=f"{fam}: held-out loss")
+        a.legend(fontsize=7)
+        a = ax[i, 1]
+        n = np.array(g["examples"])
+        cmap = plt.get_cmap("viridis")
+        probes = np.asarray(f["loss_probe_positions"], dtype=float)  # (L + 1, n)
+        for l in range(1, len(probes)):
+            a.plot(n, probes[l], color=cmap(l / len(probes)), lw=1, label=f"probe, block {l}")
+        a.plot(n, plots._arr(f["loss_model_positions"]), "r--", lw=1.5, label="model read-out")
+        a.plot(n, plots._arr(f["loss_least_squares_positions"]), "k:", lw=1.5, label="least squares")
+        a.plot(n, plots._arr(f["loss_gd_positions"][-1]), "m-.", lw=1, label=f"GD t = {g['gd_log'][-1]}")
+        a.set_ylim(bottom=1e-4)
+        a.set(xlabel="in-context examples", ylabel="squared error / d", yscale="log",
+              title=f"{fam}: error vs examples, per layer")
+        a.legend(fontsize=6, ncol=2)
+        _sime_map(ax[i, 2], f["heatmap_newton"], g["newton_k"], layers, "Newton iterations k", "block",
+                  f"{fam}: SimE, block x Newton k", f["best_newton_k"])
+        _sime_map(ax[i, 3], f["heatmap_gd_log"], g["gd_log"], layers, "GD steps t", "block",
+                  f"{fam}: SimE, block x GD t", f["best_gd_t"])
+        a = ax[i, 4]
+        a.plot(layers, f["best_newton_k"], "o-", label=f"best Newton k (slope {f['newton_k_per_layer']:.2f}/block)")
+        a.plot(layers, np.log2(np.maximum(f["best_gd_t"], 1)), "s--",
+               label=f"log2 best GD t (slope {f['gd_log2_t_per_layer']:.2f}/block)")
+        a.set(xlabel="block", ylabel="k, or log2 t", title=f"{fam}: best matches per block", xticks=layers)
+        a.legend(fontsize=7)
+    return plots._save(r, fig, out_dir, "fu-gpt2", f"GPT-2 style model trained from scratch, matched block by "
+                                              f"block ({plots._seeds(r)})")

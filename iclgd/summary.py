@@ -126,6 +126,16 @@ REFERENCE = {
          "Fu (GPT-2): ~3 Newton iterations per middle layer"),
         ("best GD t of the last layer (probe)", "best_gd_t_last", None, "Fu: exponentially many GD steps"),
     ],
+    "fu-gpt2": [
+        ("model error / d, all positions", "loss_model", None, "-"),
+        ("model vs least squares, last position", "loss_model_last", "loss_least_squares_last", "-"),
+        ("model vs GD (grid's largest t), last position", "loss_model_last", "loss_gd_last",
+         "Fu: learns on ill-conditioned data where GD struggles"),
+        ("best Newton k per block: slope", "newton_k_per_layer", None, "Fu (12 layers): ~3 per middle layer"),
+        ("log2 best GD t per block: slope", "gd_log2_t_per_layer", None, "Fu: exponentially more GD steps"),
+        ("best Newton k of the last block", "best_newton_k_last", None, "-"),
+        ("best GD t of the last block", "best_gd_t_last", None, "-"),
+    ],
 }
 
 

@@ -14,6 +14,7 @@ A prompt is n (x, y) pairs. Layouts of the same prompt:
 
 Shape legend: B prompts, n pairs per prompt, d input dims, D = d + 1 token width.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,3 +154,57 @@ class GaussianTaskSource:
         t = input_transform(rng, self.task)  # (d, d)
         x, y, _ = gaussian_regression(rng, self.batch, self.task, t)
         return constructed_tokens(x, y)
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: the active input dims and the pairs per prompt grow by a step
+    every `interval` training steps, from their start values up to the task's input_dim and
+    num_pairs; inactive dims of x are 0 (their paper: 5 -> 20 dims by 1, 11 -> 41 pairs by 2,
+    every 2 000 steps)."""
+    dims_start: int = 5  # active dims at step 0
+    dims_inc: int = 1  # added every interval
+    points_start: int = 11  # pairs per prompt at step 0
+    points_inc: int = 2  # added every interval
+    interval: int = 2000  # training steps between increments
+
+    def __post_init__(self):
+        check_fields(self, "curriculum", {"dims_start": ">= 1", "dims_inc": ">= 0", "points_start": ">= 1",
+                                          "points_inc": ">= 0", "interval": ">= 1"})
+
+    def at(self, step, input_dim, num_pairs):
+        """(active dims, pairs) at training step `step`, capped at (input_dim, num_pairs)."""
+        k = step // self.interval
+        return (min(input_dim, self.dims_start + k * self.dims_inc),
+                min(num_pairs, self.points_start + k * self.points_inc))
+
+
+class InterleavedTaskSource:
+    """Training batches of Gaussian prompts in the interleaved layout of SPEC 2.7, for the GPT-2
+    style model: (tokens (B, 2n, d), targets (B, n)), every y_i a target. As GaussianTaskSource,
+    each batch draws its transform, then its prompts, from the training Generator (a resumed run
+    draws the same batches). With a Curriculum, a batch at step s has the curriculum's d_s active
+    dims (a task of input_dim d_s, its x padded with zeros to d) and n_s pairs."""
+
+    uses_draw = False  # next_batch ignores a backend's drawer of uniform tasks
+
+    def __init__(self, task: GaussianTaskConfig, batch, curriculum: Curriculum = None):
+        self.task, self.curriculum = task, curriculum
+        self.batch = check_positive_int("batch", batch)
+
+    def task_at(self, step):
+        """The GaussianTaskConfig of the batch at `step` (the curriculum's dims and pairs)."""
+        if self.curriculum is None:
+            return self.task
+        d, n = self.curriculum.at(step, self.task.input_dim, self.task.num_pairs)
+        return dataclasses.replace(self.task, input_dim=d, num_pairs=n, diagonal=self.task.diagonal[:d])
+
+    def next_batch(self, rng, step, draw=None):
+        """(tokens (B, 2 n_s, d), targets (B, n_s)); `draw` is not used."""
+        task = self.task_at(step)
+        t = input_transform(rng, task)  # (d_s, d_s)
+        x, y, _ = gaussian_regression(rng, self.batch, task, t)  # (B, n_s, d_s), (B, n_s)
+        if task.input_dim < self.task.input_dim:
+            pad = np.zeros(x.shape[:2] + (self.task.input_dim - task.input_dim,))  # inactive dims
+            x = np.concatenate([x, pad], axis=-1)  # (B, n_s, d)
+        return interleaved_tokens(x, y), y

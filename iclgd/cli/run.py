@@ -34,11 +34,19 @@ def add_arguments(parser):
 
 
 def resolve_config(experiment, quick, overrides):
-    """The experiment's Config with the --quick overrides, then the --set overrides, applied."""
+    """The experiment's Config with its preset's overrides (an experiment with PRESETS, when
+    --set preset=NAME names one), then the --quick overrides, then the --set overrides, applied."""
     from refimpl.config import apply_overrides
     from iclgd.experiments import get_experiment
     mod = get_experiment(experiment)
     cfg = mod.Config()
+    presets = getattr(mod, "PRESETS", None)
+    named = [item.split("=", 1)[1].strip() for item in overrides
+             if "=" in item and item.split("=", 1)[0].strip() == "preset"]
+    if presets is not None and named:
+        if named[-1] not in presets:
+            raise ValueError(f"preset: expected one of {tuple(presets)}, got {named[-1]!r}")
+        cfg = apply_overrides(cfg, {**presets[named[-1]], "preset": named[-1]})
     if quick:
         cfg = apply_overrides(cfg, mod.QUICK)
     return mod, apply_overrides(cfg, overrides)

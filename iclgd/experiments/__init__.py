@@ -1,6 +1,7 @@
 """Experiments: one module per figure of the paper. Each module provides
     Config       a frozen dataclass tree (with a `task` and a `train` section), the paper's settings
     QUICK        {key: value} overrides that make a run finish in seconds (tests, --quick)
+    PRESETS      (optional) {name: {key: value}}: named sizes; `--set preset=NAME` applies one first
     run(cfg, seeds, backend, out_dir, resume, progress) -> results dict (see iclgd.results)
 and its figure is drawn by `iclgd.plots.PLOTTERS[name]` from the results alone.
 """
@@ -41,6 +42,9 @@ EXPERIMENTS = {
                               "one LSA layer on diagonal-covariance Gaussian data vs Gamma^-1 and its closed-form risk"),
     "fu-lsa": ("iclgd.experiments.fu_lsa", "Fu et al. (layer matching)",
                "deep and weight-tied LSA on Gaussian and ill-conditioned data: per-layer Newton / GD matches"),
+    "fu-gpt2": ("iclgd.experiments.fu_gpt2", "Fu et al. (GPT-2 layer matching)",
+                "a GPT-2 style model trained from scratch (presets tiny, small, paper): per-layer probes, "
+                "Newton / GD matches, isotropic and ill-conditioned"),
 }
 
 
