@@ -125,6 +125,8 @@ def check_tokens(tokens, cfg: GPT2Config, name="tokens"):
     """tokens (B, T, d) with T even and 2 <= T <= 2n (the positions the model has)."""
     check_array(name, tokens, ndim=3)
     B, T, d = tokens.shape
+    if B < 1:
+        raise ValueError(f"{name}: expected at least one prompt, got shape {tokens.shape}")
     if d != cfg.input_dim:
         raise ValueError(f"{name}: expected token width input_dim = {cfg.input_dim}, got shape {tokens.shape}")
     if T % 2 or not 2 <= T <= cfg.max_tokens:

@@ -6,7 +6,8 @@ import pytest
 
 from refimpl import gpt2
 from refimpl.gaussian import interleaved_tokens
-from refimpl.gradcheck import GPT2_CHECK, check_function, gpt2_check_params
+from refimpl.gradcheck import check_function
+from refimpl.gradcheck_gpt2 import GPT2_CHECK, gpt2_check_params
 from refimpl import layers
 
 CFG = GPT2_CHECK  # d 3, n 4, E 8, 2 layers, 2 heads
