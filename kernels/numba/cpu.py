@@ -10,6 +10,9 @@ end on all tokens at once (BLAS matmuls, a parallel GELU) and their blocks on th
 Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm, MLP or front end) get
 their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py, which works in
 parameter space with eight tasks per SIMD group; everything else uses the kernels below.
+The GPT-2 model (a refimpl.gpt2.GPT2Config) runs on kernels/numba/gpt2.py (through gpt2_host.py):
+model_forward gives its predictions (B, n), model_backward the full (2n, E) pos gradient, as the
+numpy backend; train_step updates it with the Adam below.
 
 Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks of tasks):
     task_kernel        by mode: read-outs (model_forward); recompute forward + backward
@@ -26,6 +29,7 @@ import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
 from refimpl.config import AdamConfig
+from refimpl.gpt2 import GPT2Config
 from refimpl.loss import mse_backward, mse_forward  # noqa: F401  (the same (B,) arithmetic)
 from refimpl.model import check_tokens
 from refimpl.optim import adam_init, scaled_norm  # noqa: F401  (adam_init: the same zeros)
@@ -34,6 +38,7 @@ from refimpl.params import init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
 from kernels.numba import front as numba_front
+from kernels.numba import gpt2_host as numba_gpt2
 from kernels.numba import lsa as numba_lsa
 from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
@@ -171,7 +176,10 @@ def _check_inputs(params, tokens, cfg):
 
 
 def model_forward(params, tokens, cfg):
-    """tokens (B, T, D_in) -> (readouts (L, B), cache); the cache keeps inputs, not activations."""
+    """tokens (B, T, D_in) -> (readouts (L, B), cache); the cache keeps inputs, not activations.
+    A GPT2Config: (predictions (B, n), cache with the activations)."""
+    if isinstance(cfg, GPT2Config):
+        return numba_gpt2.model_forward(params, tokens, cfg)
     tok = _check_inputs(params, tokens, cfg)
     if numba_front.supports(cfg):
         H, fc = numba_front.front_forward(params, tok, cfg)  # (B, T, D)
@@ -186,8 +194,11 @@ def model_forward(params, tokens, cfg):
     return rd, {"cfg": cfg, "tokens": tok, "pv": pv}
 
 
-def model_backward(dreadouts, cache):
-    """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient})."""
+def model_backward(dreadouts, cache, input_grad=True):
+    """dreadouts (L, B) -> (dtokens (B, T, D_in), {name: gradient}); a GPT-2 cache: dreadouts (B, n),
+    the full (2n, E) pos gradient, and dtokens None when not input_grad."""
+    if "gpt2" in cache:
+        return numba_gpt2.model_backward(dreadouts, cache, input_grad)
     if "front" in cache:
         dH, grads = model_backward(dreadouts, cache["blocks"])  # (B, T, D)
         dtok, fgrads = numba_front.front_backward(dH, cache["params"], cache["front"], cache["cfg"])
@@ -201,7 +212,7 @@ def model_backward(dreadouts, cache):
     run_tasks(MODE_BACKWARD, tok, pl.y0, dr, pv, pl, pl.rd, dtok)
     g = np.full(pv.shape, np.nan, tok.dtype)  # (P,)
     reduce_rows(pl.G, pl.nch, g)
-    return dtok, unpack(g, cfg)
+    return (dtok if input_grad else None), unpack(g, cfg)
 
 
 def readouts_and_query_gradient(params, tokens, cfg):
@@ -209,6 +220,9 @@ def readouts_and_query_gradient(params, tokens, cfg):
     and the query row of the input gradient of the final read-out (refimpl.model.
     prediction_input_gradient), what an evaluation needs. Linear-attention models get both from
     the training kernel (kernels.numba.lsa), so evaluating them compiles nothing more."""
+    if isinstance(cfg, GPT2Config):
+        raise ValueError("cfg: a GPT2Config has no query token (it predicts at every x position); "
+                         "expected a refimpl.config.ModelConfig, got GPT2Config")
     tok = _check_inputs(params, tokens, cfg)
     if numba_lsa.supports(cfg):
         return numba_lsa.readouts_and_query_gradient(params, tok, cfg)
@@ -227,7 +241,9 @@ def readouts_and_query_gradient(params, tokens, cfg):
 def readouts(params, tokens, cfg):
     """Every application's read-out (L, B), model_forward's without its cache: for linear-attention
     models the training kernel's forward alone (kernels.numba.lsa.readouts, nothing more to
-    compile), for the others model_forward."""
+    compile), for the others model_forward. A GPT2Config: its predictions (B, n)."""
+    if isinstance(cfg, GPT2Config):
+        return numba_gpt2.predict(params, tokens, cfg)
     tok = _check_inputs(params, tokens, cfg)
     if numba_lsa.supports(cfg):
         return numba_lsa.readouts(params, tok, cfg)
@@ -271,7 +287,10 @@ def _front_loss_and_grads(params, tok, y, cfg):
 
 
 def loss_and_grads(params, tokens, y, cfg):
-    """(loss, per-layer losses (L,), grads) of mean_b 0.5 (y_hat_b - y_b)^2, fused per task."""
+    """(loss, per-layer losses (L,), grads) of mean_b 0.5 (y_hat_b - y_b)^2, fused per task.
+    A GPT2Config: (loss, array([loss]), grads) of refimpl.gpt2.loss_and_grads."""
+    if isinstance(cfg, GPT2Config):
+        return numba_gpt2.loss_and_grads(params, tokens, y, cfg)
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
     if numba_front.supports(cfg):
@@ -305,6 +324,8 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
 
 def train_step(params, state, tokens, y, cfg, adam_cfg):
     """One optimiser step on a given batch: fused forward, backward and Adam. (params, state, loss)."""
+    if isinstance(cfg, GPT2Config):
+        return _gpt2_train_step(params, state, tokens, y, cfg, adam_cfg)
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
     pv, m, v = pack(params, cfg), pack(state["m"], cfg), pack(state["v"], cfg)  # new vectors: updated in place
@@ -318,12 +339,28 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
 
 
+def _gpt2_train_step(params, state, tokens, y, cfg, adam_cfg):
+    """train_step of a GPT-2 model: its loss gradient (kernels.numba.gpt2_host) straight into the
+    vector that adam_flat reads; params, m and v packed into new vectors, updated in place."""
+    prm, tok = numba_gpt2.check_inputs(params, tokens, cfg)
+    y = numba_gpt2.check_targets(y, tok)
+    pv, m, v = (numba_gpt2.pack(d, cfg, tok.dtype) for d in (prm, state["m"], state["v"]))  # (P,)
+    loss, g = numba_gpt2.loss_and_flat_grads(numba_gpt2.unpack(pv, cfg), tok, y, cfg)
+    t = state["t"] + 1
+    norm = adam_flat(pv, g, m, v, t, adam_cfg)
+    new_state = {"t": t, "m": numba_gpt2.unpack(m, cfg), "v": numba_gpt2.unpack(v, cfg), "grad_norm": norm}
+    return numba_gpt2.unpack(pv, cfg), new_state, loss
+
+
 def kernels_to_compile(cfg=None):
     """The kernels that training and evaluating `cfg` call and that have no cached machine code yet
     (kernels.numba.cache): what a first run compiles, once; [] when all are cached. cfg None: those
-    of the linear-attention models (every linear-regression experiment)."""
+    of the linear-attention models (every linear-regression experiment). A GPT2Config: the GPT-2
+    kernels and Adam's (its batches come from refimpl.gaussian, not the drawer)."""
     from kernels.numba import draw
     from kernels.numba.cache import missing_kernels
+    if isinstance(cfg, GPT2Config):
+        return missing_kernels(numba_gpt2.kernels(cfg) + [sum_squares, adam_kernel])
     lsa = cfg is None or numba_lsa.supports(cfg)
     model = [numba_lsa.lsa_kernel] if lsa else [task_kernel, reduce_rows]
     if cfg is not None and numba_front.supports(cfg):
@@ -334,6 +371,8 @@ def kernels_to_compile(cfg=None):
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent buffer (workspace, gradient rows, read-out scratch) with `value`:
     a test can poison them with NaN to prove that no kernel reads an entry it did not write."""
+    if isinstance(cfg, GPT2Config):
+        return numba_gpt2.fill_buffers(cfg, num_tokens, batch, dtype, value)
     if numba_front.supports(cfg):  # its blocks run as a model without a front end
         fill_buffers(numba_front.block_config(cfg), num_tokens, batch, dtype, value)
     pl = plan(cfg, num_tokens, batch, dtype)
