@@ -10,7 +10,8 @@ Two paths, same numbers:
   tasks.cu / philox.cuh) and replays one captured CUDA graph per step; the loss is read back only
   when logged.
 - unfused (model_forward, model_backward, mse_*, and every config the kernels do not cover, e.g. a
-  front end): the oracle's own vectorised code on CuPy arrays (cuBLAS batched products); see also
+  front end, and the GPT-2 style model of refimpl.gpt2 (a GPT2Config), whose Adam step is still the
+  fused one): the oracle's own vectorised code on CuPy arrays (cuBLAS batched products); see also
   the `cupy-unfused` backend, which uses it for everything (the baseline the kernels must beat).
 Parameters stay dicts of CuPy arrays in the interface; the kernels see one packed vector in
 refimpl.params.param_shapes order (kernels/params.py pack/unpack).
@@ -20,6 +21,7 @@ import functools
 
 import numpy as np
 
+from refimpl import gpt2 as _gpt2
 from refimpl import loss as _loss
 from refimpl import model as _model
 from refimpl import optim as _optim
@@ -27,6 +29,7 @@ from refimpl import params as _params
 from refimpl.validate import check_array
 
 from kernels import INSTALL_GPU
+from kernels.numpy_backend import model_backward, model_forward  # noqa: F401  (the oracle's, GPT-2's too)
 from kernels.cupy import build as cb
 
 name = "cupy"
@@ -114,8 +117,6 @@ def init_params(cfg, rng, dtype=np.float64):
     return {k: asarray(v) for k, v in _params.init_params(cfg, rng, dtype).items()}
 
 
-model_forward = _model.model_forward
-model_backward = _model.model_backward
 mse_forward = _loss.mse_forward
 mse_backward = _loss.mse_backward
 adam_init = _optim.adam_init
@@ -244,7 +245,9 @@ def _blocks_loss_and_grads(params, tokens, y, cfg):
 
 def loss_and_grads(params, tokens, y, cfg):
     """(loss, per-layer losses (L,), grads) as refimpl.loss.loss_and_grads, by the fused kernels
-    where the config allows (fused_path), else by the oracle on CuPy arrays."""
+    where the config allows (fused_path), else by the oracle on CuPy arrays (always for a GPT2Config)."""
+    if isinstance(cfg, _gpt2.GPT2Config):
+        return _gpt2.loss_and_grads(params, tokens, y, cfg)
     _check_batch(params, tokens, y, cfg)
     path = fused_path(cfg, tokens.shape[1], tokens.dtype)
     if path == "model_step":
@@ -293,13 +296,14 @@ def adam_update(params, grads, state, adam_cfg):
 
 def train_step(params, state, tokens, y, cfg, adam_cfg):
     """One optimiser step on a given batch: (params, state, loss). One launch for attention-only
-    models; per-layer launches plus the fused Adam otherwise."""
+    models; per-layer launches plus the fused Adam otherwise (the oracle plus the fused Adam for a
+    GPT2Config)."""
     cp = _cp()
-    _check_batch(params, tokens, y, cfg)
-    if fused_path(cfg, tokens.shape[1], tokens.dtype) != "model_step":
+    if isinstance(cfg, _gpt2.GPT2Config) or fused_path(cfg, tokens.shape[1], tokens.dtype) != "model_step":
         loss, _, grads = loss_and_grads(params, tokens, y, cfg)
         params, state, _ = adam_update(params, grads, state, adam_cfg)
         return params, state, loss
+    _check_batch(params, tokens, y, cfg)
     B, T, _ = tokens.shape
     buf = StepBuffers(cfg, B, T, tokens.dtype)
     vec, m, v = (cb.pack(d, cfg, cp) for d in (params, state["m"], state["v"]))

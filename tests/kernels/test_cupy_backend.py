@@ -193,6 +193,38 @@ def test_ten_step_adam_trajectory_matches_oracle(cp, rng, backend, name, B=64):
         assert_close_to_oracle(p, params[k], np.float64, name=f"params[{k}] after 10 steps")
 
 
+def test_gpt2_ten_step_trajectory_matches_oracle(cp, rng, backend, B=16):
+    """The GPT-2 style model (refimpl.gpt2) on the GPU: the oracle's code on CuPy arrays, Adam fused
+    (cupy) or not (cupy-unfused); predictions, gradients and 10 training steps against the oracle."""
+    from refimpl import gpt2
+    from refimpl.gaussian import GaussianTaskConfig, InterleavedTaskSource
+    from refimpl.gradcheck_gpt2 import GPT2_CHECK, gpt2_check_params
+    cfg, adam_cfg = GPT2_CHECK, AdamConfig(lr=1e-2, grad_clip=0.5)
+    params = gpt2_check_params(cfg, rng)
+    source = InterleavedTaskSource(GaussianTaskConfig(input_dim=cfg.input_dim, num_pairs=3), B)
+    tokens, y = source.next_batch(rng, 0)
+    pred, cache = gpt2.gpt2_forward(params, tokens, cfg)
+    d_pred, d_cache = backend.model_forward(dev(cp, params), cp.asarray(tokens), cfg)
+    assert_close_to_oracle(cp.asnumpy(d_pred), pred, np.float64, name="predictions")
+    dpred = rng.standard_normal(pred.shape)
+    dtok, grads = gpt2.gpt2_backward(dpred, cache)
+    d_dtok, d_grads = backend.model_backward(cp.asarray(dpred), d_cache)
+    assert_close_to_oracle(cp.asnumpy(d_dtok), dtok, np.float64, name="dtokens")
+    for k, g in gpt2.full_pos_grad(grads, cfg).items():
+        assert_close_to_oracle(cp.asnumpy(d_grads[k]), g, np.float64, name=f"grads[{k}]")
+    state = adam_init(params)
+    d_params, d_state = dev(cp, params), backend.adam_init(dev(cp, params))
+    for step in range(10):
+        tokens, y = source.next_batch(rng, step)
+        loss, _, grads = gpt2.loss_and_grads(params, tokens, y, cfg)
+        params, state, _ = adam_update(params, grads, state, adam_cfg)
+        d_params, d_state, d_loss = backend.train_step(d_params, d_state, cp.asarray(tokens), cp.asarray(y),
+                                                       cfg, adam_cfg)
+        assert_close_to_oracle(float(d_loss), loss, np.float64, name=f"loss at step {step}")
+    for k, p in host(cp, d_params).items():
+        assert_close_to_oracle(p, params[k], np.float64, name=f"params[{k}] after 10 steps")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fused_adam_update_matches_oracle(cp, backend, rng, dtype):
     params = {"a": rng.standard_normal((70, 30)).astype(dtype), "b": rng.standard_normal(5).astype(dtype)}

@@ -70,6 +70,11 @@ def test_block_kernels_write_every_output(cp, be, rng, dtype):
     gpu_tests.test_block_kernels_write_every_output(cp, be, rng, dtype)
 
 
+@pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
+def test_gpt2_ten_step_trajectory_matches_oracle(cp, rng, backend):
+    gpu_tests.test_gpt2_ten_step_trajectory_matches_oracle(cp, rng, kernels.get_backend(backend))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cupy", "cupy-unfused"])
 @pytest.mark.parametrize("name", ["fig2", "deep5_clip", "softmax_ln_mlp"])
