@@ -342,10 +342,10 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
 def _gpt2_train_step(params, state, tokens, y, cfg, adam_cfg):
     """train_step of a GPT-2 model: its loss gradient (kernels.numba.gpt2_host) straight into the
     vector that adam_flat reads; params, m and v packed into new vectors, updated in place."""
-    prm, tok = numba_gpt2.check_inputs(params, tokens, cfg)
+    pv, tok = numba_gpt2.check_inputs(params, tokens, cfg)  # pv (P,) a new vector
     y = numba_gpt2.check_targets(y, tok)
-    pv, m, v = (numba_gpt2.pack(d, cfg, tok.dtype) for d in (prm, state["m"], state["v"]))  # (P,)
-    loss, g = numba_gpt2.loss_and_flat_grads(numba_gpt2.unpack(pv, cfg), tok, y, cfg)
+    m, v = (numba_gpt2.pack(state[k], cfg, tok.dtype) for k in ("m", "v"))  # (P,)
+    loss, g = numba_gpt2.loss_and_flat_grads(pv, tok, y, cfg)
     t = state["t"] + 1
     norm = adam_flat(pv, g, m, v, t, adam_cfg)
     new_state = {"t": t, "m": numba_gpt2.unpack(m, cfg), "v": numba_gpt2.unpack(v, cfg), "grad_norm": norm}
