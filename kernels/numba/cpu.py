@@ -12,7 +12,7 @@ their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py,
 parameter space with eight tasks per SIMD group; everything else uses the kernels below.
 The GPT-2 model (a refimpl.gpt2.GPT2Config) runs on kernels/numba/gpt2.py (through gpt2_host.py):
 model_forward gives its predictions (B, n), model_backward the full (2n, E) pos gradient, as the
-numpy backend; train_step updates it with the Adam below.
+numpy backend; its train_step runs the Adam arithmetic of kernels/numba/adam.py in pieces on threads.
 
 Kernels (`@njit(cache=True, parallel=True)`, launch shape: `prange` over chunks of tasks):
     task_kernel        by mode: read-outs (model_forward); recompute forward + backward
@@ -325,7 +325,7 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
 def train_step(params, state, tokens, y, cfg, adam_cfg):
     """One optimiser step on a given batch: fused forward, backward and Adam. (params, state, loss)."""
     if isinstance(cfg, GPT2Config):
-        return _gpt2_train_step(params, state, tokens, y, cfg, adam_cfg)
+        return numba_gpt2.train_step(params, state, tokens, y, cfg, adam_cfg)
     tok = _check_inputs(params, tokens, cfg)
     y = _check_targets(y, tok)
     pv, m, v = pack(params, cfg), pack(state["m"], cfg), pack(state["v"], cfg)  # new vectors: updated in place
@@ -339,28 +339,15 @@ def train_step(params, state, tokens, y, cfg, adam_cfg):
     return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
 
 
-def _gpt2_train_step(params, state, tokens, y, cfg, adam_cfg):
-    """train_step of a GPT-2 model: its loss gradient (kernels.numba.gpt2_host) straight into the
-    vector that adam_flat reads; params, m and v packed into new vectors, updated in place."""
-    pv, tok = numba_gpt2.check_inputs(params, tokens, cfg)  # pv (P,) a new vector
-    y = numba_gpt2.check_targets(y, tok)
-    m, v = (numba_gpt2.pack(state[k], cfg, tok.dtype) for k in ("m", "v"))  # (P,)
-    loss, g = numba_gpt2.loss_and_flat_grads(pv, tok, y, cfg)
-    t = state["t"] + 1
-    norm = adam_flat(pv, g, m, v, t, adam_cfg)
-    new_state = {"t": t, "m": numba_gpt2.unpack(m, cfg), "v": numba_gpt2.unpack(v, cfg), "grad_norm": norm}
-    return numba_gpt2.unpack(pv, cfg), new_state, loss
-
-
 def kernels_to_compile(cfg=None):
     """The kernels that training and evaluating `cfg` call and that have no cached machine code yet
     (kernels.numba.cache): what a first run compiles, once; [] when all are cached. cfg None: those
     of the linear-attention models (every linear-regression experiment). A GPT2Config: the GPT-2
-    kernels and Adam's (its batches come from refimpl.gaussian, not the drawer)."""
+    kernels, Adam's included (its batches come from refimpl.gaussian, not the drawer)."""
     from kernels.numba import draw
     from kernels.numba.cache import missing_kernels
     if isinstance(cfg, GPT2Config):
-        return missing_kernels(numba_gpt2.kernels(cfg) + [sum_squares, adam_kernel])
+        return missing_kernels(numba_gpt2.kernels(cfg))
     lsa = cfg is None or numba_lsa.supports(cfg)
     model = [numba_lsa.lsa_kernel] if lsa else [task_kernel, reduce_rows]
     if cfg is not None and numba_front.supports(cfg):

@@ -21,16 +21,19 @@ Kernels (`@njit(cache=True, nogil=True)`, run by gpt2_host on a pool of threads,
     chunk_backward  refimpl.gpt2.gpt2_backward on one chunk, from d pred (the host makes it: the
                     oracle's mse_backward, or a given one): its own gradient row Gp[c] (P,) and,
                     when asked, d tokens
-    sum_chunks      a piece of the gradient vector: each entry the sum of the C rows in chunk order
+    sum_chunks      a piece of the gradient vector: each entry the sum of the C rows in chunk order,
+                    and the piece's sum of squares (the global norm's, for the clipping)
+    adam_piece      a piece of kernels.numba.adam's clipped Adam step, in place
 launch shape: C chunks handed to the threads one at a time (dynamic), forward then backward, then
-pieces of the sum. Each chunk has its own scratch (the attention's, the exp's). The
+PIECES fixed pieces of the sum, then of Adam. Each chunk has its own scratch (the attention's, the exp's). The
 building blocks below are plain `@njit` functions of one chunk: linear_fwd/bwd
 (refimpl.layers.linear_*), ln_fwd/bwd (layernorm_*), gelu_fwd/bwd (gelu_*, with
 kernels.numba.front's arithmetic), head_fwd/bwd (refimpl.gpt2.causal_attention_* for one prompt
 and head). `error_model="numpy"`: a division is the CPU's (as NumPy's), without Python's zero
 test, which would keep every loop with a division from vectorising.
-Determinism: chunks are fixed by B alone, every entry is written by one chunk, and the rows are
-summed in chunk order: the same bits whatever the thread count. Each thread's BLAS runs on one
+Determinism: chunks are fixed by B alone and pieces by P alone, every entry is written by one
+chunk, rows are summed in chunk order and the pieces' squares in piece order: the same bits
+whatever the thread count. Each thread's BLAS runs on one
 thread (gpt2_host.blas_one_thread).
 """
 import math
@@ -38,6 +41,7 @@ import math
 import numpy as np
 from numba import njit
 
+from kernels.numba.adam import adam_element
 from kernels.numba.ops import (C_GELU_A, C_GELU_C, C_HALF, C_LN_EPS, C_NEG_INF, C_ONE, C_SQRT_K, C_ZERO,
                                MM_FLAGS, NUM_CONSTS, count_as)
 
@@ -394,13 +398,26 @@ def chunk_backward(b0, b1, dpred, tok, pv, off, Wqkv, acts, scratch, dWqkv, dbqk
                Gc[g[G_BIN]:g[G_BIN] + E], input_grad)
 
 
-# ------------------------------------------------------------------------------ the gradient's sum
+# ------------------------------------------------------------------------------ the gradient's sum, Adam
 @njit(cache=True, nogil=True)
-def sum_chunks(Gp, grad, piece, npieces):
-    """grad[j] = sum over chunks of Gp[c, j] in chunk order, for piece `piece` of npieces of range(P)."""
+def sum_chunks(Gp, grad, sq, piece, npieces):
+    """Piece `piece` of npieces of range(P): grad[j] = sum over chunks of Gp[c, j] in chunk order,
+    and sq[piece] = the sum of its grad[j]^2 in float64 (a piece of refimpl.optim.global_norm^2)."""
     j0, j1 = _part(piece, npieces, grad.shape[0])
+    acc = 0.0
     for j in range(j0, j1):
         s = Gp[0, j]
         for c in range(1, Gp.shape[0]):
             s += Gp[c, j]
         grad[j] = s
+        acc += np.float64(s) * np.float64(s)
+    sq[piece] = acc
+
+
+@njit(cache=True, nogil=True)
+def adam_piece(p, g, m, v, h, piece, npieces):
+    """kernels.numba.adam.adam_kernel on piece `piece` of npieces of the flat vectors: clipping
+    (g * h.clip_factor) and Adam in place."""
+    j0, j1 = _part(piece, npieces, p.shape[0])
+    for i in range(j0, j1):
+        adam_element(p, m, v, i, g[i] * h.clip_factor, h)

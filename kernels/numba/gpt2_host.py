@@ -6,8 +6,9 @@ token width, M = B*T, R = B*n, E width, F MLP width, nh heads, K head size, L bl
 C chunks of prompts.
 
 Parameters and gradients are vectors (P,) in refimpl.gpt2.param_shapes order, addressed through
-the offsets table `off` (L + 1, 16) of kernels.numba.gpt2; the gradient vector is the one that
-kernels.numba.cpu's Adam updates the parameters with. A training plan keeps every block's
+the offsets table `off` (L + 1, 16) of kernels.numba.gpt2; train_step updates the parameter
+vector from the gradient vector with kernels/numba/adam.py's arithmetic (refimpl.optim.adam_update
+to rounding), in pieces on the threads. A training plan keeps every block's
 activations for the backward; a forward-only plan keeps one block's, reused by every block, and a
 forward on more than FORWARD_PROMPTS prompts runs in pieces (an evaluation set of thousands of
 prompts needs no buffers of thousands of prompts). model_forward keeps no activations:
@@ -32,14 +33,18 @@ import numpy as np
 
 from refimpl import gpt2 as oracle
 from refimpl.layers import GELU_C, LN_EPS
+from refimpl.optim import scaled_norm
 from refimpl.validate import check_array, check_same_dtype, check_upstream
 
 from kernels.numba.gpt2 import (BLOCK_NAMES, E_BIAS, E_LIM, E_LN2_HI, E_LN2_LO, E_LOG2E, E_POLY, E_SHIFT, EXP_DEGREE,
-                                G_POS_ROWS, GLOBAL_NAMES, NUM_GPT2_CONSTS, chunk_backward, chunk_forward, sum_chunks)
+                                G_POS_ROWS, GLOBAL_NAMES, NUM_GPT2_CONSTS, adam_piece, chunk_backward, chunk_forward,
+                                sum_chunks)
+from kernels.numba.adam import adam_hyper, clip_factor
 from kernels.numba.layout import cached_plan
 from kernels.numba.ops import C_GELU_A, C_GELU_C, C_HALF, C_LN_EPS, C_NEG_INF, C_ONE, C_SQRT_K
 
 MAX_CHUNKS = 8  # chunks of prompts per step; their gradient rows are summed in chunk order
+PIECES = 8  # pieces of the gradient vector summed, squared and updated in parallel
 FORWARD_PROMPTS = 256  # most prompts per forward-only kernel call
 
 
@@ -143,9 +148,9 @@ def unpack(vector, cfg):
 
 def constants(cfg, dtype):
     """The kernels' constants in `dtype` (float32 kernels stay float32): kernels.numba.ops', then
-    gelu_fwd's exp (E_*): log2(e), ln 2 in two
-    parts (fdlibm's for float64; for float32 a 9-bit head), the clamp, the exponent bias and the
-    mantissa width of the dtype, and the Taylor coefficients 1/12!, ..., 1/1!, 1."""
+    gelu_fwd's exp (E_*): log2(e), ln 2 in two parts (fdlibm's for float64; for float32 a 9-bit
+    head), the clamp, the exponent bias and the mantissa width of the dtype, and the Taylor
+    coefficients 1/12!, ..., 1/1!, 1."""
     c = np.zeros(NUM_GPT2_CONSTS)
     c[C_ONE], c[C_HALF], c[C_LN_EPS], c[C_GELU_C], c[C_GELU_A] = 1.0, 0.5, LN_EPS, GELU_C, 0.044715
     c[C_SQRT_K], c[C_NEG_INF] = np.sqrt(cfg.head_size), -np.inf
@@ -191,12 +196,14 @@ class _Plan:
         self.Gp = used(nch, num_params(cfg)) if train else full(nch, 1)  # gradient row per chunk
         self.grad = used(num_params(cfg))  # (P,) every gradient, param_shapes order
         self.dpred = used(R, 1)
+        self.sq = np.empty(PIECES)  # float64 sums of squares of the gradient's pieces
         self.no_dtok = full(1, 1, 1)  # dtok placeholder without an input gradient
 
     def arrays(self):
         """Every floating-point buffer (the constants aside)."""
         out = list(self.acts) + list(self.scratch)
-        return out + [a for k, a in vars(self).items() if isinstance(a, np.ndarray) and k != "cst" and a.dtype.kind == "f"]
+        return out + [a for k, a in vars(self).items()
+                      if isinstance(a, np.ndarray) and k != "cst" and a.dtype.kind == "f"]
 
 
 _PLANS = {True: {}, False: {}}
@@ -229,8 +236,7 @@ def _backward(dpred, pv, tok, cfg, pl, dtok=None):
     parallel(lambda c: chunk_backward(c * B // nch, (c + 1) * B // nch, dpred, tok, pv, off, pl.Wqkv, pl.acts,
                                       pl.scratch[1:], pl.dWqkv[c], pl.dbqkv[c], W[c], ds[c], pl.Gp[c], dX,
                                       dtok is not None, pl.cst), nch)
-    pieces = min(nch, numba.get_num_threads())
-    parallel(lambda i: sum_chunks(pl.Gp, pl.grad, i, pieces), pieces)
+    parallel(lambda i: sum_chunks(pl.Gp, pl.grad, pl.sq, i, PIECES), PIECES)
 
 
 # ------------------------------------------------------------------------------ the backend's functions
@@ -298,6 +304,24 @@ def loss_and_flat_grads(pv, tok, y, cfg):
     return loss, pl.grad
 
 
+def train_step(params, state, tokens, y, cfg, adam_cfg):
+    """refimpl.gpt2.loss_and_grads then refimpl.optim.adam_update (kernels.numba.adam's arithmetic):
+    (params, state with grad_norm, loss). The gradient's norm is the float64 sum of its pieces'
+    squares (computed with the sum of the chunks); params, m and v are new vectors, updated in place."""
+    pv, tok = check_inputs(params, tokens, cfg)  # pv (P,) a new vector
+    y = check_targets(y, tok)
+    m, v = (pack(state[k], cfg, tok.dtype) for k in ("m", "v"))  # (P,)
+    loss, g = loss_and_flat_grads(pv, tok, y, cfg)
+    pl = plan(cfg, tok.shape[1], tok.shape[0], tok.dtype)
+    norm = float(np.sqrt(pl.sq.sum()))  # pieces in order
+    if not np.isfinite(norm):
+        norm = scaled_norm([g])  # the sum of squares overflowed: refimpl.optim.global_norm's fallback
+    t = state["t"] + 1
+    h = adam_hyper(adam_cfg, t, tok.dtype, clip_factor(adam_cfg, norm))
+    parallel(lambda i: adam_piece(pv, g, m, v, h, i, PIECES), PIECES)
+    return unpack(pv, cfg), {"t": t, "m": unpack(m, cfg), "v": unpack(v, cfg), "grad_norm": norm}, loss
+
+
 def loss_and_grads(params, tokens, y, cfg):
     """(loss, array([loss]), {name: gradient}) as refimpl.gpt2.loss_and_grads."""
     pv, tok = check_inputs(params, tokens, cfg)
@@ -307,7 +331,7 @@ def loss_and_grads(params, tokens, y, cfg):
 
 def kernels(cfg=None):
     """The kernels a GPT-2 model compiles (kernels.numba.cpu.kernels_to_compile)."""
-    return [chunk_forward, chunk_backward, sum_chunks]
+    return [chunk_forward, chunk_backward, sum_chunks, adam_piece]
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
