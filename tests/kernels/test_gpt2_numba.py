@@ -6,12 +6,13 @@ import numba
 import numpy as np
 import pytest
 
+from numba import njit
 from numba.core.registry import CPUDispatcher as Dispatcher
 
 from kernels import get_backend
 from kernels.numba import gpt2 as numba_gpt2
 from kernels.numba import gpt2_host
-from refimpl import gpt2
+from refimpl import gpt2, layers
 from refimpl.config import AdamConfig
 from tests.conftest import RTOL_FLOAT64, assert_close_to_oracle
 
@@ -161,3 +162,46 @@ def test_initial_parameters_are_the_oracles_and_every_kernel_is_announced(cpu):
     assert entries and entries <= set(gpt2_host.kernels(CFG))  # every kernel the host calls is announced
     names = {f"{k.py_func.__module__.rsplit('.', 1)[-1]}.{k.py_func.__name__}" for k in gpt2_host.kernels(CFG)}
     assert set(cpu.kernels_to_compile(CFG)) <= names | {"cpu.sum_squares", "adam.adam_kernel"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_and_its_derivative_match_the_oracle_over_the_whole_float_range(dtype):
+    """gelu_fwd builds e^2u from a polynomial and the exponent bits, clamped where tanh is +-1 (1e15:
+    in float32 its cube overflows to inf, its square does not)."""
+    x = np.concatenate([[-1e15, -1e3, -40.0, -9.0, -1e-9, 0.0, 1e-30, 1e-9, 9.0, 40.0, 1e3, 1e15],
+                        np.linspace(-12, 12, 2001)]).astype(dtype)[None, :]  # (1, F)
+    cst = gpt2_host.constants(CFG, dtype)
+    bits = np.empty(x.shape[1], np.int32 if dtype == np.float32 else np.int64)
+    g, t = np.empty_like(x), np.empty_like(x)
+    numba_gpt2.gelu_fwd(x, g, t, bits, bits.view(dtype), cst)
+    want, cache = layers.gelu_forward(x.astype(np.float64))
+    tol = 1e-14 if dtype == np.float64 else 2e-6  # relative to max(1, |value|)
+    assert np.all(np.isfinite(g)) and g[0, 5] == 0 and g[0, 0] == 0 and g[0, 11] == x[0, 11]
+    np.testing.assert_allclose(g, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(t, np.tanh(layers.GELU_C * (x + 0.044715 * x.astype(np.float64) ** 3)),
+                               rtol=tol, atol=tol)
+    dg = np.linspace(-1, 1, x.size).astype(dtype)[None, :]
+    numba_gpt2.gelu_bwd(dg, x, t, cst)
+    np.testing.assert_allclose(dg, layers.gelu_backward(np.linspace(-1, 1, x.size)[None, :], cache)[0],
+                               rtol=tol, atol=tol)
+
+
+def test_float32_building_blocks_never_widen_to_float64():
+    """float32 stays float32: no `fpext` (float -> double) in the compiled code of the blocks that mix
+    counts or constants into their arithmetic (as tests/kernels/test_numba_float32_purity.py)."""
+    f = np.zeros((4, 8), np.float32)
+    v8, v4, cst = np.ones(8, np.float32), np.zeros(4, np.float32), gpt2_host.constants(CFG, np.float32)
+    qkv, o, p = np.zeros((6, 24), np.float32), np.zeros((6, 8), np.float32), np.zeros((6, 6), np.float32)
+    bits, scratch = np.zeros(8, np.int32), np.zeros((7, 6, 4), np.float32)
+    cases = {numba_gpt2.ln_fwd: (f, v8, v8, f.copy(), f.copy(), v4, cst),
+             numba_gpt2.ln_bwd: (f, f.copy(), v4, v8, f.copy(), 1, v8.copy(), v8.copy(), cst),
+             numba_gpt2.gelu_fwd: (f, f.copy(), f.copy(), bits, bits.view(np.float32), cst),
+             numba_gpt2.gelu_bwd: (f, f.copy(), f.copy(), cst),
+             numba_gpt2.head_fwd: (qkv, p, o, 0, 4, scratch, cst),
+             numba_gpt2.head_bwd: (o, qkv, p, qkv.copy(), 0, 4, scratch, v8[:6].copy(), cst)}
+    for fn, args in cases.items():
+        fresh = njit(fn.py_func, error_model="numpy", fastmath=fn.targetoptions.get("fastmath", False))
+        fresh(*args)  # an uncached copy: the compiled code of a cached one cannot be inspected
+        widened = [line.strip() for ir in fresh.inspect_llvm().values() for line in ir.splitlines()
+                   if "fpext float" in line]
+        assert widened == [], f"{fn.py_func.__name__}: float32 widened to float64: {widened[:3]}"
