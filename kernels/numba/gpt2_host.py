@@ -26,6 +26,7 @@ import concurrent.futures
 import ctypes
 import functools
 import math
+import os
 import threading
 
 import numba
@@ -89,9 +90,9 @@ def parallel(task, count):
         for i in range(count):
             task(i)
         return
-    if _POOL.get("size", 0) < workers - 1:
-        _POOL["pool"] = concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="gpt2")
-        _POOL["size"] = workers - 1
+    if _POOL.get("size", 0) < workers - 1 or _POOL.get("pid") != os.getpid():  # a forked child has no threads
+        _POOL.update(pool=concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="gpt2"),
+                     size=workers - 1, pid=os.getpid())
     items, lock = iter(range(count)), threading.Lock()
 
     def work():
