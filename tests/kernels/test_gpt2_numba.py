@@ -27,13 +27,13 @@ def cpu():
     return get_backend("numba-cpu")
 
 
-def _inputs(rng, dtype=np.float64):
+def _inputs(rng, dtype=np.float64, batch=B):
     """Perturbed initial parameters (LayerNorm scales and offsets, biases all non-trivial), tokens
     and targets; the oracle's float64 copies and the backend's in `dtype`."""
     params = gpt2.init_params(CFG, rng)
     params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
-    tokens = rng.standard_normal((B, T, CFG.input_dim))
-    y = rng.standard_normal((B, T // 2))
+    tokens = rng.standard_normal((batch, T, CFG.input_dim))
+    y = rng.standard_normal((batch, T // 2))
     if dtype == np.float32:  # the oracle sees the float32 numbers in float64
         params = {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
         tokens, y = (a.astype(np.float32).astype(np.float64) for a in (tokens, y))
@@ -111,7 +111,7 @@ def test_ten_adam_steps_follow_the_oracle(cpu, rng, grad_clip):
 
 
 def test_same_bits_every_run_and_for_any_thread_count(cpu, rng):
-    _, (p, tok, y) = _inputs(rng)
+    _, (p, tok, y) = _inputs(rng, batch=11)  # 8 chunks of 1 or 2 prompts
     runs = []
     for threads in (numba.config.NUMBA_NUM_THREADS, 1, numba.config.NUMBA_NUM_THREADS):
         old = numba.get_num_threads()
@@ -127,13 +127,22 @@ def test_same_bits_every_run_and_for_any_thread_count(cpu, rng):
 
 
 def test_no_kernel_reads_a_buffer_entry_it_did_not_write(cpu, rng):
-    _, (p, tok, y) = _inputs(rng)
-    loss, _, grads = cpu.loss_and_grads(p, tok, y, CFG)
-    cpu.fill_buffers(CFG, T, B, np.float64, np.nan)
-    loss2, _, grads2 = cpu.loss_and_grads(p, tok, y, CFG)
+    _, (p, tok, y) = _inputs(rng, batch=11)
+    dpred = rng.standard_normal((11, T // 2))
+
+    def run():
+        pred, cache = cpu.model_forward(p, tok, CFG)
+        return pred, cpu.model_backward(dpred, cache), cpu.loss_and_grads(p, tok, y, CFG)
+
+    (pred, (dtok, g), (loss, _, grads)) = run()
+    cpu.fill_buffers(CFG, T, 11, np.float64, np.nan)  # the training and the forward-only buffers
+    (pred2, (dtok2, g2), (loss2, _, grads2)) = run()
     assert loss2 == loss
+    np.testing.assert_array_equal(pred2, pred)
+    np.testing.assert_array_equal(dtok2, dtok)
     for k in grads:
         np.testing.assert_array_equal(grads2[k], grads[k], err_msg=k)
+        np.testing.assert_array_equal(g2[k], g[k], err_msg=k)
 
 
 def test_bad_inputs_are_refused_naming_the_argument(cpu, rng):
