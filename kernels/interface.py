@@ -7,6 +7,11 @@ take more after them if they have defaults (refimpl.model.model_backward's `inpu
 `interface_problems(module)` says what a module lacks or gets wrong (an empty list: it conforms).
 
 Shapes: B tasks, T tokens per task, D_in token width, L read-outs (one per layer application).
+A refimpl.gpt2.GPT2Config (the GPT-2 style model of SPEC 2.7) takes the same functions with its own
+conventions: tokens (B, T, d) interleaved, read-outs the predictions at the x positions (B, T/2),
+targets (B, T/2), the loss the plain mean squared error, per-layer losses a (1,) array, and the
+"pos" gradient of the full (2n, E) parameter (rows a shorter prompt does not reach are 0);
+readouts_and_query_gradient does not apply (it has no query token).
 """
 import inspect
 from typing import Protocol
