@@ -80,10 +80,22 @@ def test_x_position_states_in_chunks_equal_one_pass(rng, monkeypatch):
                                   gpt2.hidden_states(params, tokens, cfg)[:, :, 0::2])
 
 
+def test_the_last_blocks_probe_recovers_the_models_read_out(rng):
+    """The model's prediction is a linear function (with bias) of the last hidden state at its x
+    position: the closed-form probe fitted to the predictions reproduces them on held-out prompts."""
+    from refimpl.similarity import probe_fit, probe_predict
+    cfg = gpt2.GPT2Config(input_dim=3, num_pairs=5, embed_dim=8, num_layers=2, num_heads=2)
+    params = {k: v + 0.2 * rng.standard_normal(v.shape) for k, v in gpt2.init_params(cfg, rng).items()}
+    tokens = interleaved_tokens(rng.standard_normal((40, 5, 3)), rng.standard_normal((40, 5)))
+    states = fu_gpt2.x_position_states(params, cfg, tokens)[-1]  # (B, n, E)
+    pred = gpt2.predict(params, tokens, cfg)  # (B, n)
+    v, c = probe_fit(states[:30].reshape(-1, 8), pred[:30].reshape(-1))
+    np.testing.assert_allclose(probe_predict(states[30:], v, c), pred[30:], rtol=1e-9, atol=1e-10)
+
+
 def test_analysis_of_a_model_is_consistent(rng):
-    """On a random model: the last probe's states are the model's read-out's input, so its probe
-    error is at most the model's; the least-squares curve is the algorithm's; best matches lie on
-    their grids; the slopes are those of the best matches."""
+    """On a random model: the least-squares curve is the algorithm's; best matches lie on their
+    grids; the slopes are those of the best matches; the shapes are the documented ones."""
     cfg = fu_gpt2.Config()
     from refimpl.config import apply_overrides
     cfg = apply_overrides(cfg, fu_gpt2.QUICK)
@@ -93,7 +105,6 @@ def test_analysis_of_a_model_is_consistent(rng):
     y = np.einsum("bnd,bd->bn", x, rng.standard_normal((cfg.task.eval_tasks, cfg.task.input_dim)))
     f = fu_gpt2.analyse(params, m, cfg, x, y)
     P, d = cfg.probe_tasks, cfg.task.input_dim
-    assert np.mean(f["loss_probe_positions"][-1]) <= f["loss_model"] + 1e-12
     ls = alg.least_squares_predictions(x[P:], y[P:])
     np.testing.assert_allclose(f["loss_least_squares_positions"], np.mean((ls - y[P:]) ** 2, axis=0) / d, rtol=1e-12)
     assert np.array(f["loss_probe_positions"]).shape == (m.num_layers + 1, cfg.task.num_pairs)
