@@ -42,12 +42,11 @@ from kernels.numba import gpt2_host as numba_gpt2
 from kernels.numba import lsa as numba_lsa
 from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
-from kernels.numba.layout import I_NP, I_W_SIZE, build_constants, build_layout, build_posenc, cached_plan
+from kernels.numba.layout import I_NP, I_W_SIZE, plan
 from kernels.numba.model import task_backward, task_forward, task_loss_backward
 from kernels.params import pack, pack_like, unpack, unpack_like
 
 name = "numba-cpu"
-MAX_CHUNKS = 64  # per-chunk gradient rows; B / MAX_CHUNKS tasks per chunk (at least 1)
 
 
 def availability():
@@ -68,12 +67,6 @@ def to_numpy(x):
 
 def init_params(cfg, rng, dtype=np.float64):
     return _oracle_init_params(cfg, rng, dtype)
-
-
-def chunking(batch):
-    """(tasks per chunk, number of chunks): a function of B only, so results are deterministic."""
-    chunk = max(1, -(-batch // MAX_CHUNKS))
-    return chunk, -(-batch // chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,31 +121,6 @@ def sum_squares(g):
     for i in range(g.shape[0]):
         acc += np.float64(g[i]) * np.float64(g[i])
     return acc
-
-
-# ----------------------------------------------------------------------------------------------
-class _Plan:
-    """Everything a kernel needs for one (cfg, T, B, dtype), built once and reused."""
-
-    def __init__(self, cfg, T, B, dtype):
-        self.ii, self.lay = build_layout(cfg, T)
-        self.cst = build_constants(cfg, dtype, B)
-        self.pe = build_posenc(cfg, T, dtype)
-        self.chunk, self.nch = chunking(B)
-        self.ws = np.empty(self.nch * int(self.ii[I_W_SIZE]), dtype)
-        self.G = np.empty(self.nch * int(self.ii[I_NP]), dtype)
-        self.rd = np.empty((cfg.num_layers, B), dtype)
-        self.dr = np.empty((cfg.num_layers, B), dtype)
-        self.sq = np.empty((self.nch, cfg.num_layers), dtype)
-        self.no_dtok = np.empty((1, 1, 1), dtype)  # dtok placeholder where no input gradient is made
-        self.y0 = np.empty(B, dtype)  # y placeholder outside MODE_LOSS
-
-
-_PLANS = {}
-
-
-def plan(cfg, T, B, dtype):
-    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=16)
 
 
 def run_tasks(mode, tok, y, dr, pv, pl, rd, dtok):

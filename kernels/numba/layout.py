@@ -228,3 +228,37 @@ def cached_plan(cache, make, cfg, T, B, dtype, limit=16):
             cache.clear()
         cache[key] = make(cfg, T, B, dtype)
     return cache[key]
+
+
+# ------------------------------------------------------------------------------ numba-cpu's buffers
+MAX_CHUNKS = 64  # per-chunk gradient rows of kernels.numba.cpu; B / MAX_CHUNKS tasks per chunk (at least 1)
+
+
+def chunking(batch):
+    """(tasks per chunk, number of chunks): a function of B only, so results are deterministic."""
+    chunk = max(1, -(-batch // MAX_CHUNKS))
+    return chunk, -(-batch // chunk)
+
+
+class _Plan:
+    """Everything kernels.numba.cpu's task kernel needs for one (cfg, T, B, dtype), built once and reused."""
+
+    def __init__(self, cfg, T, B, dtype):
+        self.ii, self.lay = build_layout(cfg, T)
+        self.cst = build_constants(cfg, dtype, B)
+        self.pe = build_posenc(cfg, T, dtype)
+        self.chunk, self.nch = chunking(B)
+        self.ws = np.empty(self.nch * int(self.ii[I_W_SIZE]), dtype)
+        self.G = np.empty(self.nch * int(self.ii[I_NP]), dtype)
+        self.rd = np.empty((cfg.num_layers, B), dtype)
+        self.dr = np.empty((cfg.num_layers, B), dtype)
+        self.sq = np.empty((self.nch, cfg.num_layers), dtype)
+        self.no_dtok = np.empty((1, 1, 1), dtype)  # dtok placeholder where no input gradient is made
+        self.y0 = np.empty(B, dtype)  # y placeholder outside MODE_LOSS
+
+
+_PLANS = {}
+
+
+def plan(cfg, T, B, dtype):
+    return cached_plan(_PLANS, _Plan, cfg, T, B, dtype, limit=16)
