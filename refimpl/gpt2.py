@@ -107,18 +107,8 @@ def init_params(cfg: GPT2Config, rng: np.random.Generator, dtype=np.float64):
 
 def check_params(params, cfg: GPT2Config):
     """Every expected name with its shape, no unknown names, finite, one dtype."""
-    shapes = param_shapes(cfg)
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
-    missing = [n for n in shapes if n not in params]
-    unknown = [n for n in params if n not in shapes]
-    if missing or unknown:
-        raise ValueError(f"params: missing {missing} and unknown {unknown} for this GPT-2 config; "
-                         f"expected {list(shapes)}")
-    for name, shape in shapes.items():
-        check_array(f"params[{name!r}]", params[name], shape=shape)
-    check_same_dtype(**{n.replace(".", "_"): params[n] for n in shapes})
-    return params
+    from .params import check_named_arrays  # refimpl.params imports this module in init_params
+    return check_named_arrays(params, param_shapes(cfg))
 
 
 def check_tokens(tokens, cfg: GPT2Config, name="tokens"):

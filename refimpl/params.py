@@ -112,7 +112,12 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float64):
 
 def check_params(params, cfg: ModelConfig):
     """Every expected name present with its shape, no unknown names, finite, one dtype."""
-    shapes = param_shapes(cfg)
+    return check_named_arrays(params, param_shapes(cfg))
+
+
+def check_named_arrays(params, shapes):
+    """params against {name: shape}: every name present with its shape, no unknown names, finite,
+    one dtype (the check of every model's parameters: this module's and refimpl.gpt2's)."""
     if not isinstance(params, dict):
         raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
     missing = [n for n in shapes if n not in params]
