@@ -8,7 +8,8 @@ softmax + LayerNorm + MLP model, left out by default for its compile time) and d
 float64): loss and gradients of one batch, the losses of three Adam steps (refimpl.optim.adam_update
 with clipping) and, in float64, the parameters after them, each compared with the oracle (float64
 NumPy) on the same inputs. The cupy backend also runs its two-launch step (the multi-block
-reduction, forced) and a few steps of its graph trainer, graph against eager launches.
+reduction, forced) and a few steps of its graph trainer, graph against eager launches; numba-cuda
+its device task draw against the NumPy mirror and its DeviceTrainer against its train_step.
 One line per check: PASS / FAIL with the worst relative error, or SKIP with the reason. Exit status
 0 when nothing failed, 1 otherwise, 2 when no backend can run.
 """
@@ -110,6 +111,28 @@ def check_cupy_extras(dtype, B):
     return errs
 
 
+def check_numba_cuda_extras(dtype, B):
+    """numba-cuda's device draw against its NumPy mirror (a few ulps: the GPU's log / cos / sin),
+    and its DeviceTrainer against the functional train_step on the same batches (bit for bit)."""
+    from kernels.cupy import philox
+    from kernels.numba import gpu_draw, gpu_trainer
+    be = kernels.get_backend("numba-cuda")
+    tok, y = gpu_draw.linear_regression_tasks(7, 3, B, dtype=dtype)
+    t2, y2 = philox.linear_regression_tasks(7, 3, B, dtype=dtype)
+    errs = {"device draw vs mirror": max(rel_err(tok.copy_to_host(), t2), rel_err(y.copy_to_host(), y2))}
+    fig2 = MODELS["fig2"]
+    p0 = init_params(fig2, np.random.default_rng(1), dtype)
+    tr = gpu_trainer.DeviceTrainer(p0, fig2, ADAM, B, seed=3, dtype=dtype)
+    tr.run(5)
+    dp = {k: be.asarray(v) for k, v in p0.items()}
+    ds = be.adam_init(dp)
+    for s in range(5):
+        dp, ds, _ = be.train_step(dp, ds, *gpu_draw.linear_regression_tasks(3, s, B, dtype=dtype), fig2, ADAM)
+    got = tr.params()
+    errs["trainer == train_step (5 steps)"] = max(float(np.max(np.abs(got[k] - be.to_numpy(dp[k])))) for k in got)
+    return errs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="gpu_smoke", description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="B = 48 tasks (for compute-sanitizer)")
@@ -133,6 +156,8 @@ def main(argv=None):
             checks = [(m, lambda cfg=MODELS[m]: check_backend(be, cfg, dtype, B)) for m in models]
             if name == "cupy":
                 checks.append(("cupy extras", lambda: check_cupy_extras(dtype, B)))
+            if name == "numba-cuda":
+                checks.append(("numba-cuda extras", lambda: check_numba_cuda_extras(dtype, B)))
             for model, fn in checks:
                 try:
                     errs = fn()

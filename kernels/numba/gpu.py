@@ -12,8 +12,9 @@ Kernels: attention-only models (the paper's LSA and its softmax / tied / deep / 
 take their loss and gradients from kernels/numba/gpu_warp.py, one warp per task with the workspace
 in shared memory (host side kernels/numba/gpu_warp_host.py); every other model, and model_forward /
 model_backward, from the thread-per-task kernels of kernels/numba/gpu_kernels.py (launch shapes
-there). The reduction, norm and Adam kernels are shared. A training step allocates nothing on the
-device and waits for it once, to read the loss and the gradient norm back.
+there). The reduction, norm and Adam kernels are shared. `train_step` allocates its three output
+vectors and waits for the device once, to read the loss and the gradient norm back;
+kernels/numba/gpu_trainer.py DeviceTrainer steps with neither.
 """
 import numpy as np
 from numba import cuda
@@ -236,14 +237,27 @@ def _warp_loss_grads_launch(pv, tok, y, cfg):
     return pl
 
 
+def launch_loss_grads(pv, tok, y, cfg):
+    """Queue a batch's loss and gradient kernels on the path the config takes (one warp per task
+    where gpu_warp supports the model, else one thread per task); returns the plan holding them
+    (`grads_of(pl)`, `loss_sums_of(pl)`). Nothing is copied to the host."""
+    return (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, y, cfg)
+
+
+def loss_sums_of(pl):
+    """(sums (L,) device vector, mul): the per-layer losses are sums * mul / B, in the data's dtype."""
+    if isinstance(pl, gpu_warp.WarpPlan):
+        return pl.g[pl.NP:], 1.0
+    return pl.sqe_sum, 0.5
+
+
 def _per_layer(pl):
     """Per-layer losses on the host: L scalars copied back (waits for the queue)."""
-    if isinstance(pl, gpu_warp.WarpPlan):
-        return (pl.g[pl.NP:].copy_to_host() / pl.B).astype(pl.dtype)
-    return (0.5 * pl.sqe_sum.copy_to_host() / pl.B).astype(pl.dtype)
+    sums, mul = loss_sums_of(pl)
+    return (mul * sums.copy_to_host() / pl.B).astype(pl.dtype)
 
 
-def _grads(pl):
+def grads_of(pl):
     """The flat gradient (P,) on the device, in the plan's buffer."""
     return pl.g[:pl.NP] if isinstance(pl, gpu_warp.WarpPlan) else pl.g
 
@@ -252,8 +266,8 @@ def loss_and_grads(params, tokens, y, cfg):
     pv = _flat(params, cfg)
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
-    g = _copy(_grads(pl))  # the caller's own gradient: the plan's buffer is reused by the next call
+    pl = launch_loss_grads(pv, tok, yd, cfg)
+    g = _copy(grads_of(pl))  # the caller's own gradient: the plan's buffer is reused by the next call
     per_layer = _per_layer(pl)
     return per_layer[-1], per_layer, _views(g, cfg)
 
@@ -289,15 +303,16 @@ def adam_update(params, grads, state, adam_cfg: AdamConfig):
 
 
 def train_step(params, state, tokens, y, cfg, adam_cfg):
-    """Fused step on the device: per-task forward/backward, tree reduction, Adam.
-    Returns (params, state, loss); the new params/state are new device vectors."""
-    pv = _copy(_flat(params, cfg))
-    m, v = _copy(_flat(state["m"], cfg)), _copy(_flat(state["v"], cfg))
+    """Fused step on the device: per-task forward/backward, tree reduction, Adam. Returns (params,
+    state, loss); the new params/state are new device vectors written by the Adam kernel itself."""
+    from kernels.numba.gpu_trainer import adam_into  # (it imports this module)
+    pv = _flat(params, cfg)
+    m, v = _flat(state["m"], cfg), _flat(state["v"], cfg)
     tok = _device_tokens(tokens, cfg, pv.dtype)
     yd = _device_vector(y, tok.shape[0], pv.dtype, "y")
-    pl = (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, yd, cfg)
+    pl = launch_loss_grads(pv, tok, yd, cfg)
     t = state["t"] + 1
-    _adam_flat(pv, _grads(pl), m, v, t, adam_cfg, pl.sumsq, pl.factor)
+    pv, m, v = adam_into(pv, grads_of(pl), m, v, t, adam_cfg, pl.sumsq, pl.factor)
     # the host waits once, after every kernel of the step is queued: the losses, then the norm as
     # the device computed it (inf where its sum of squares overflowed: the training loop's
     # divergence check reads it, so an overflow stops the run instead of zeroing the update)

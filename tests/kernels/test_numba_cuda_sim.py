@@ -52,6 +52,18 @@ def test_numba_cuda_warp_kernel_matches_oracle_under_simulator():
     assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
 
 
+@pytest.mark.slow
+def test_numba_cuda_draw_and_trainer_match_under_simulator():
+    """tests/kernels/test_numba_cuda_trainer.py (the device draw and DeviceTrainer) under the simulator."""
+    reason = _numba_cuda_reason()
+    if reason:
+        pytest.skip(reason)
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_cuda_trainer.py"],
+             {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
 PTX_SCRIPT = textwrap.dedent("""
     from types import SimpleNamespace
     import numba.cuda.dispatcher as dispatcher
@@ -61,9 +73,12 @@ PTX_SCRIPT = textwrap.dedent("""
     import kernels.numba.gpu as nc
     import kernels.numba.gpu_kernels as gk
     import kernels.numba.gpu_warp as gw
+    import kernels.numba.gpu_draw as gd
+    import kernels.numba.gpu_trainer as gt
     from kernels.numba.adam import AdamHyper
     ks = nc.kernels()
     f64 = nt.Array(nt.float64, 1, "C")
+    total = 0
     for f, with_task in ((nt.float32, True), (nt.float64, False)):
         a1, a2, a3 = nt.Array(f, 1, "C"), nt.Array(f, 2, "C"), nt.Array(f, 3, "C")
         i1, i2 = nt.Array(nt.int64, 1, "C"), nt.Array(nt.int64, 2, "C")
@@ -79,11 +94,21 @@ PTX_SCRIPT = textwrap.dedent("""
         # one warp per task (attention-only models), both dtypes
         sigs["warp"] = (a3, a1, a1, i1, a1, nt.int64, nt.int64, a1)
         fns["warp"] = gw.warp_step_kernel("float32" if f == nt.float32 else "float64")
+        # the device trainer's kernels and the task draw (tokens in either dtype)
+        sigs["adam_out"] = (a1, a1, a1, a1, nt.NamedUniTuple(f, 9, AdamHyper), a1, a1, a1, a1)
+        sigs["record"] = (a1, f, f, f64, a2, nt.int64)
+        sigs["assemble"] = (nt.int64, nt.int64, nt.int64, f64, f64, a3, a1)
+        fns.update(gt.step_kernels(), assemble=gd.draw_kernels()["assemble"])
+        if with_task:
+            sigs["draw_w"] = (*[nt.int64] * 5, nt.float64, f64)
+            sigs["draw_x"] = (*[nt.int64] * 5, nt.float64, f64)
+            fns.update(draw_w=gd.draw_kernels()["w"], draw_x=gd.draw_kernels()["x"])
         for name, sig in sigs.items():
             ptx, _ = cuda.compile_ptx(fns[name].py_func, sig, cc=(9, 0))
             assert ".target sm_90" in ptx, name
             print("compiled", name, f, len(ptx))
-    print("kernels", sorted(ks))
+        total += len(sigs)
+    print("kernels", sorted(ks), "total", total)
 """)
 
 
@@ -98,7 +123,8 @@ def test_every_numba_cuda_kernel_compiles_to_ptx():
     if r.returncode != 0 and "NVVM" in (r.stderr + r.stdout) and "not found" in (r.stderr + r.stdout):
         pytest.skip("NVVM (libnvvm from the cu12 extra) not found: " + r.stderr[-500:])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert r.stdout.count("compiled") == 10, r.stdout
+    total = int(r.stdout.split("total")[-1])
+    assert total >= 18 and r.stdout.count("compiled") == total, r.stdout
 
 
 def _gpu_reason():
