@@ -28,40 +28,33 @@ def _run(args, env_extra, timeout=900):
                           timeout=timeout)
 
 
-@pytest.mark.slow
-def test_numba_cuda_matches_oracle_under_simulator():
+def _passes_under_simulator(*pytest_args):
+    """pytest on the given file (and options) in a subprocess under NUMBA_ENABLE_CUDASIM=1: it must
+    pass with nothing skipped. Skipped where numba-cuda is not installed."""
     reason = _numba_cuda_reason()
     if reason:
         pytest.skip(reason)
-    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_backends.py",
-              "-k", "numba-cuda and (f64 or deterministic or bad_input or mse) and not f32"],
-             {"NUMBA_ENABLE_CUDASIM": "1"})
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args], {"NUMBA_ENABLE_CUDASIM": "1"})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_numba_cuda_matches_oracle_under_simulator():
+    _passes_under_simulator("tests/kernels/test_numba_backends.py",
+                            "-k", "numba-cuda and (f64 or deterministic or bad_input or mse) and not f32")
 
 
 @pytest.mark.slow
 def test_numba_cuda_warp_kernel_matches_oracle_under_simulator():
     """tests/kernels/test_numba_cuda_warp.py (one warp per task) under the simulator."""
-    reason = _numba_cuda_reason()
-    if reason:
-        pytest.skip(reason)
-    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_cuda_warp.py"],
-             {"NUMBA_ENABLE_CUDASIM": "1"})
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+    _passes_under_simulator("tests/kernels/test_numba_cuda_warp.py")
 
 
 @pytest.mark.slow
 def test_numba_cuda_draw_and_trainer_match_under_simulator():
     """tests/kernels/test_numba_cuda_trainer.py (the device draw and DeviceTrainer) under the simulator."""
-    reason = _numba_cuda_reason()
-    if reason:
-        pytest.skip(reason)
-    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels/test_numba_cuda_trainer.py"],
-             {"NUMBA_ENABLE_CUDASIM": "1"})
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], r.stdout[-2000:]
+    _passes_under_simulator("tests/kernels/test_numba_cuda_trainer.py")
 
 
 PTX_SCRIPT = textwrap.dedent("""
