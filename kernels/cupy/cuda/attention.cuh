@@ -7,6 +7,9 @@
 // (q0 = 0: all). The last layer of a model needs only its query row (q0 = T - 1): the keys and
 // values are full, every query-side product is one row, and the backward takes dU = 0 on the
 // rows it skips (true there: only the query's label reaches the loss).
+// query_lsa_forward/backward: the query row of LINEAR attention alone in rank-one form (the same
+// algebra as kernels/numba/query_lsa.py): the keys and values are never formed, only vectors of
+// length D, S and K per head.
 #pragma once
 #include "common.cuh"
 
@@ -107,6 +110,88 @@ HD void attention_backward(int ln, int nl, const AttnDims& a, const real* X,
             for (int j = 0; j < HK; ++j) vv += dV[t * HK + j] * Wv[i * HK + j];
             acc = acc + kv + vv;
         }
+        dXin[e] = acc;
+    }
+    warp_sync();
+}
+
+// ----------------------------------------------------------------------------------------------
+// The query row (q0 = T - 1) of linear attention in rank-one form. C = X[:S] (S, D) the key
+// tokens (the query among them when S = T), q = x_q W_q (HK,) the query row; per head h:
+//   u_h = W_k^h q_h (D,)   so that the scores a_h = K^h q_h = C u_h       (S,)
+//   z_h = C^T a_h   (D,)   so that o_h = V^h^T a_h = W_v^h^T z_h           (K,)
+// then U[q0] = o W_p. Writes q (row q0 of Q), a_h (row q0 of P's head h), o (row q0 of O),
+// U[q0] (D,) and u, z (H, D); rows t < q0 are left as they are. Same numbers as
+// attention_forward's query row up to rounding.
+template <typename real>
+HD void query_lsa_forward(int ln, int nl, const AttnDims& a, const real* X, const real* Wq,
+                          const real* Wk, const real* Wv, const real* Wp, real* Q, real* P, real* O,
+                          real* U, real* u, real* z) {
+    const int HK = a.H * a.K, D = a.D, S = a.S, K = a.K, TS = a.T * a.S, q0 = a.T - 1;
+    real* q = Q + q0 * HK;  // (HK,)
+    real* aq = P + q0 * S;  // a_h at aq + h T S (S,)
+    real* o = O + q0 * HK;  // (HK,)
+    warp_matvecs<real>(ln, nl, 1, HK, D, Wq, 0, 1, HK, X + q0 * D, 0, 1, q, 0);  // q = x_q W_q
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, D, K, Wk, K, HK, 1, q, K, 1, u, D);  // u_h = W_k^h q_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, S, D, X, 0, D, 1, u, D, 1, aq, TS);  // a_h = C u_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, D, S, X, 0, 1, D, aq, TS, 1, z, D);  // z_h = C^T a_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, K, D, Wv, K, 1, HK, z, D, 1, o, K);  // o_h = W_v^h^T z_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, 1, D, HK, Wp, 0, 1, D, o, 0, 1, U + q0 * D, 0);  // U[q0] = o W_p
+    warp_sync();
+}
+
+// dU[q0] (D,) -> dXin (T, D); adds this task's weight gradients to gWq, gWk, gWv (D, HK), gWp (HK, D).
+// The gradients of K^h = C W_k^h and V^h = C W_v^h are rank one (dK^h = dA_h q_h^T,
+// dV^h = a_h dO_h^T), so every product is a matrix-vector or an outer product:
+//   dW_p += o du^T;  dO = du W_p^T;  w_h = W_v^h dO_h;  dA_h = C w_h;  g_h = C^T dA_h;
+//   dq_h = g_h W_k^h;  dW_v^h += z_h dO_h^T;  dW_k^h += g_h q_h^T;  dW_q += x_q dq^T;
+//   dXin = sum_h (dA_h u_h^T + a_h w_h^T) on the key rows t < S, + dq W_q^T on the query row,
+//   zero on the rows that are neither. Writes dO, dA_h (row q0 of dP's head h), dq (row q0 of dQ)
+// and w, g (H, D).
+template <typename real>
+HD void query_lsa_backward(int ln, int nl, const AttnDims& a, const real* X, const real* Wq,
+                           const real* Wk, const real* Wv, const real* Wp, const real* Q,
+                           const real* P, const real* O, const real* u, const real* z,
+                           const real* dU, real* dO, real* dP, real* dQ, real* w, real* g,
+                           real* gWq, real* gWk, real* gWv, real* gWp, real* dXin) {
+    const int HK = a.H * a.K, D = a.D, S = a.S, K = a.K, TS = a.T * a.S, q0 = a.T - 1;
+    const real* q = Q + q0 * HK;   // (HK,)
+    const real* aq = P + q0 * S;   // a_h at aq + h T S (S,)
+    const real* o = O + q0 * HK;   // (HK,)
+    const real* du = dU + q0 * D;  // (D,)
+    const real* xq = X + q0 * D;   // (D,)
+    real* daq = dP + q0 * S;       // dA_h at daq + h T S (S,)
+    real* dq = dQ + q0 * HK;       // (HK,)
+    for (int e = ln; e < HK * D; e += nl) gWp[e] += o[e / D] * du[e % D];  // dW_p += o du^T
+    warp_matvecs<real>(ln, nl, 1, HK, D, Wp, 0, D, 1, du, 0, 1, dO, 0);      // dO = du W_p^T
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, D, K, Wv, K, HK, 1, dO, K, 1, w, D);  // w_h = W_v^h dO_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, S, D, X, 0, D, 1, w, D, 1, daq, TS);  // dA_h = C w_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, D, S, X, 0, 1, D, daq, TS, 1, g, D);  // g_h = C^T dA_h
+    warp_sync();
+    warp_matvecs<real>(ln, nl, a.H, K, D, Wk, K, 1, HK, g, D, 1, dq, K);  // dq_h = g_h W_k^h
+    warp_sync();
+    for (int e = ln; e < D * HK; e += nl) {  // the outer products, entry (i, j) of head h = j / K
+        const int i = e / HK, j = e - i * HK, h = j / K;
+        gWv[e] += z[h * D + i] * dO[j];  // dW_v^h += z_h dO_h^T
+        gWk[e] += g[h * D + i] * q[j];   // dW_k^h += g_h q_h^T
+        gWq[e] += xq[i] * dq[j];         // dW_q += x_q dq^T
+    }
+    for (int e = ln; e < a.T * D; e += nl) {  // dXin: key rows through u and w, the query row through W_q
+        const int t = e / D, i = e - t * D;
+        real acc = real(0);
+        if (t == q0)
+            for (int j = 0; j < HK; ++j) acc += dq[j] * Wq[i * HK + j];
+        if (t < S)
+            for (int h = 0; h < a.H; ++h)
+                acc += daq[h * TS + t] * u[h * D + i] + aq[h * TS + t] * w[h * D + i];
         dXin[e] = acc;
     }
     warp_sync();

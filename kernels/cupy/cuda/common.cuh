@@ -77,6 +77,24 @@ HD void warp_matmul(int ln, int nl, int M, int N, int Kd,
     }
 }
 
+// y_h (M,) = A_h (M, Kd) @ x_h (Kd,) for h < H (heads), all in shared memory, any strides:
+// A_h[m, k] = A[h * ah + m * as0 + k * as1], x_h[k] = x[h * xh + k * xs], y_h[m] = y[h * yh + m].
+// Lane ln computes the outputs (h, m) = ln, ln + nl, ... of all H * M (row-major), each the plain
+// sum k = 0 .. Kd-1 in order from zero. For matrix-vector products, where warp_matmul's 2 x 2
+// tiles would compute every product twice.
+template <typename real>
+HD void warp_matvecs(int ln, int nl, int H, int M, int Kd, const real* A, int ah, int as0, int as1,
+                     const real* x, int xh, int xs, real* y, int yh) {
+    for (int e = ln; e < H * M; e += nl) {
+        const int h = e / M, m = e - h * M;
+        const real* ar = A + h * ah + m * as0;
+        const real* xr = x + h * xh;
+        real s = real(0);
+        for (int k = 0; k < Kd; ++k) s += ar[k * as1] * xr[k * xs];
+        y[h * yh + m] = s;
+    }
+}
+
 // Adam with bias correction for one entry (refimpl/optim.py adam_update); g already clipped.
 template <typename real>
 HD void adam_entry(real* p, real* m, real* v, real g, real lr, real b1, real one_minus_b1,
