@@ -151,6 +151,9 @@ MODELS = {
     "deep2_3head_wide_key_clip": dict(token_dim=6, num_layers=2, num_heads=3, key_size=8,
                                       token_clip=0.9, init_scale=2.0),
     "deep_lsa": dict(token_dim=4, num_layers=2, num_heads=2, key_size=3, init_scale=2.0),
+    "deep2_3head_query_yupdate_clip": dict(token_dim=5, num_layers=2, num_heads=3, key_size=2,
+                                           include_query=True, y_update=True, token_clip=0.9,
+                                           dampening=0.7, init_scale=2.0),
     # softmax attention, alone or in the first layer only
     "softmax_2heads_causal": dict(attention="softmax", num_heads=2, key_size=6, causal=True),
     "softmax_causal_query": dict(num_layers=2, attention="softmax", causal=True,

@@ -95,15 +95,26 @@ class ModelDims:
 
     @property
     def workspace_reals(self):
-        """model_step_workspace(m).total"""
+        """model_step_workspace(m).qu: the buffers up to the target, the layout that numba-cuda's
+        warp kernel (kernels/numba/gpu_warp.py) shares"""
         TD, HK, HTS = self.T * self.D, self.H * self.K, self.H * self.T * self.S
         return (self.L * TD + TD + self.T * HK + 2 * self.S * HK + HTS + self.T * HK + TD
                 + 2 * TD + self.T * HK + HTS + self.T * HK + 2 * self.S * HK + TD
                 + self.num_params + self.L + self.L + 1)
 
+    @property
+    def last_layer_rank_one(self):
+        """last_layer_rank_one(m): the last layer is linear attention (rank-one query-row form)"""
+        return not (self.softmax or (self.L == 1 and self.first_softmax))
+
+    @property
+    def step_workspace_reals(self):
+        """model_step_workspace(m).total: then u, z, w, g (H, D) each of a rank-one last layer"""
+        return self.workspace_reals + (4 * self.H * self.D if self.last_layer_rank_one else 0)
+
     def warp_bytes(self, d, dtype):
         """model_step_warp_bytes(m, d, sizeof(real))"""
-        b = 8 * d + np.dtype(dtype).itemsize * self.workspace_reals
+        b = 8 * d + np.dtype(dtype).itemsize * self.step_workspace_reals
         return (b + 15) // 16 * 16
 
 

@@ -64,8 +64,18 @@ def perturbed_params(cfg, rng, dtype, scale=0.3):
     return {k: (v + scale * rng.standard_normal(v.shape)).astype(dtype) for k, v in params.items()}
 
 
-MODEL_CONFIGS = model_configs("fig2", "tied3_yupdate_damped", "deep3_clip_2heads", "softmax_causal_query",
-                              "first_softmax")
+# linear last layers (model_step.cu's rank-one query row): one head with H K = D, several heads with
+# H K != D, include_query off and on, tied and deep, y_update, clipping, dampening; softmax last
+# layers (the query row of attention_forward): every layer softmax, or one layer made softmax by
+# first_layer_softmax
+MODEL_CONFIGS = {**model_configs("fig2", "tied3_yupdate_damped", "deep3_clip_2heads", "deep3_2head_clip_damp",
+                                 "tied3_yupdate_query", "deep2_3head_query_yupdate_clip", "first_softmax",
+                                 "first_softmax_query",
+                                 "softmax_causal_query", "softmax_2heads_causal"),
+                 "heads3_query_clip_damped_1layer": ModelConfig(token_dim=5, num_heads=3, key_size=2,
+                                                                include_query=True, token_clip=0.9,
+                                                                dampening=0.7),
+                 "first_softmax_1layer": ModelConfig(first_layer_softmax=True, num_heads=2, key_size=4)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +107,12 @@ def test_workspace_layouts_match_python_mirrors(lib):
     for name, cfg in MODEL_CONFIGS.items():
         d = cb.model_dims(cfg, 11)
         ints, _ = model_dims_arrays(d)
-        assert lib.model_workspace_reals(ptr(ints)) == d.workspace_reals, name
+        assert lib.model_workspace_reals(ptr(ints)) == d.step_workspace_reals, name
+        # the rank-one buffers follow the layout numba-cuda's warp kernel shares
+        assert lib.model_workspace_query_row_offset(ptr(ints)) == d.workspace_reals, name
+        linear_last = cfg.layer_attention(cfg.num_layers - 1) == "linear"
+        assert d.last_layer_rank_one == linear_last, name
+        assert d.step_workspace_reals - d.workspace_reals == (4 * d.H * d.D if linear_last else 0), name
     for cfg in (ModelConfig(layernorm=True, mlp=True, num_heads=2, key_size=3),
                 ModelConfig(num_layers=2, layernorm=True), ModelConfig(mlp=True, mlp_widening=3)):
         for layer in range(cfg.num_layers):
@@ -129,6 +144,48 @@ def test_model_step_task_math_matches_oracle_loss_and_grads(lib, rng, name, dtyp
     assert_close_to_oracle(stats, per_layer, dtype, red, "per-layer losses")
     for k, v in cb.unpack(g, cfg).items():
         assert_close_to_oracle(v, grads[k], dtype, red, f"grads[{k}]")
+
+
+WORKSPACE_FIELDS = ("Xs", "Xc", "Q", "Kt", "V", "P", "O", "U", "dX", "dU", "dO", "dP", "dQ", "dK", "dV",
+                    "dXin", "gacc", "readout", "target", "qu", "qz", "qw", "qg", "total")
+
+
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_model_step_task_reads_only_what_it_wrote_and_rank_one_forms_no_keys(lib, rng, name):
+    """One task on a workspace of NaNs (the accumulator zeroed, tokens and target in place): the
+    gradients still equal the oracle's, so nothing unwritten is read. With one linear layer the
+    rank-one form fills its u, z, w, g and never touches the keys, values or their gradients;
+    with a softmax last layer those are formed and there are no rank-one buffers."""
+    cfg = MODEL_CONFIGS[name]
+    T, D = 9, cfg.token_dim
+    params = perturbed_params(cfg, rng, np.float64)
+    tokens = rng.uniform(-1, 1, size=(1, T, D))
+    target = rng.standard_normal(1)
+    d = cb.model_dims(cfg, T)
+    ints, fl = model_dims_arrays(d)
+    offs = np.zeros(len(WORKSPACE_FIELDS), np.int32)
+    lib.model_workspace_offsets(ptr(ints), ptr(offs))
+    o = dict(zip(WORKSPACE_FIELDS, offs.tolist()))
+    ws = np.full(o["total"], np.nan)
+    ws[o["Xs"]:o["Xs"] + T * D] = tokens.ravel()
+    ws[o["target"]] = target[0]
+    ws[o["gacc"]:o["readout"]] = 0.0
+    packed = np.ascontiguousarray(cb.pack(params, cfg))
+    lib.model_task_step_f64(ptr(ints), ptr(fl), ptr(packed), ptr(ws))
+    _, per_layer, grads = loss_and_grads(params, tokens, target, cfg)
+    g = ws[o["gacc"]:o["gacc"] + d.num_params]
+    assert_close_to_oracle(ws[o["gacc"] + d.num_params:o["readout"]], per_layer, np.float64,
+                           name="per-layer losses")
+    for k, v in cb.unpack(g, cfg).items():
+        assert_close_to_oracle(v, grads[k], np.float64, name=f"grads[{k}]")
+    keys = np.concatenate([ws[o[b]:o[b] + d.S * d.H * d.K] for b in ("Kt", "V", "dK", "dV")])
+    rank_one = ws[o["qu"]:o["total"]]
+    if d.last_layer_rank_one:
+        assert rank_one.size == 4 * d.H * D and np.all(np.isfinite(rank_one))
+        if d.L == 1:
+            assert np.all(np.isnan(keys)), "the rank-one last layer formed keys or values"
+    else:
+        assert rank_one.size == 0 and np.all(np.isfinite(keys))
 
 
 def oracle_block(cfg, layer, params, X, dXout):

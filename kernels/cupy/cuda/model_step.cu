@@ -17,7 +17,7 @@
 //   gradients in task order into its own shared-memory accumulator; warps are summed by a fixed
 //   pairwise tree; each block writes one partial row; the last block to finish (integer ticket, no
 //   float atomics) sums the partial rows by a fixed pairwise tree and applies Adam.
-//   2 -- (current) the last layer computes only its query row (attention.cuh q0 = T - 1: one row of
+//   2 -- the last layer computes only its query row (attention.cuh q0 = T - 1: one row of
 //   Q, scores, O, U and of their gradients: at fig2's shapes 8 646 multiply-adds per task for
 //   the layer's forward and backward instead of 22 506; keys and values stay full); the
 //   products use 2 x 2 register tiles (common.cuh warp_matmul); the partial rows are summed
@@ -28,6 +28,13 @@
 //   depends only on the model's shapes and the device's SM count and shared memory. The backend
 //   compiles the source once per model shape with its sizes and flags as constants (MS_* macros,
 //   kernels/cupy/build.py model_step_defines; without them the sizes are read at run time).
+//   3 -- (current) a LINEAR last layer runs in rank-one form (attention.cuh query_lsa_forward /
+//   query_lsa_backward, the algebra of kernels/numba/query_lsa.py): keys, values and their
+//   gradients are never formed, only matrix-vector and outer products with vectors of D, S or K
+//   per head (u_h = W_k^h q_h, a_h = C u_h, z_h = C^T a_h; backward w_h, dA_h, g_h); at fig2's
+//   shapes 2 112 multiply-adds per task for the layer's forward and backward (704 + 1 408)
+//   instead of 8 646. u, z, w, g (H, D) each end the workspace (no room when the last layer is
+//   softmax, which keeps version 2's query row); a_h and dA_h sit in the query rows of P and dP.
 // Parameters are one packed vector in refimpl.params.param_shapes order: per parameter set
 //   p (p = 0 when weight-tied): W_q, W_k, W_v (D, HK), W_p (HK, D).
 #include "attention.cuh"
@@ -47,10 +54,24 @@ struct ModelDims {
 HD int model_set_size(const ModelDims& m) { return 4 * m.D * m.H * m.K; }
 HD int model_num_params(const ModelDims& m) { return (m.tied ? 1 : m.L) * model_set_size(m); }
 
+HD AttnDims layer_attention(const ModelDims& m, int l) {
+    AttnDims a;
+    a.T = m.T; a.D = m.D; a.H = m.H; a.K = m.K; a.S = m.S;
+    a.softmax = (m.softmax || (l == 0 && m.first_softmax)) ? 1 : 0;
+    a.causal = m.causal;
+    a.q0 = l == m.L - 1 ? m.T - 1 : 0;  // the last layer: only the query row reaches the loss
+    return a;
+}
+
+// A linear last layer runs in rank-one form (attention.cuh query_lsa_forward / _backward).
+HD bool last_layer_rank_one(const ModelDims& m) { return !layer_attention(m, m.L - 1).softmax; }
+
 // Offsets (in reals) of one warp's buffers; the warp's region starts with `d_draw` doubles of
-// scratch for the task draw, then these reals.
+// scratch for the task draw, then these reals. The buffers up to `target` are the layout
+// kernels/numba/gpu_warp.py shares; qu, qz, qw, qg (u, z, w, g of the rank-one last layer) end it.
 struct StepWorkspace {
-    int Xs, Xc, Q, Kt, V, P, O, U, dX, dU, dO, dP, dQ, dK, dV, dXin, gacc, readout, target, total;
+    int Xs, Xc, Q, Kt, V, P, O, U, dX, dU, dO, dP, dQ, dK, dV, dXin, gacc, readout, target,
+        qu, qz, qw, qg, total;
 };
 
 HD StepWorkspace model_step_workspace(const ModelDims& m) {
@@ -76,6 +97,11 @@ HD StepWorkspace model_step_workspace(const ModelDims& m) {
     w.gacc = o; o += model_num_params(m) + m.L;  // gradients, then sum_b 0.5 r_l^2 per layer
     w.readout = o; o += m.L;
     w.target = o; o += 1;
+    const int R = last_layer_rank_one(m) ? m.H * m.D : 0;  // (H, D) each
+    w.qu = o; o += R;
+    w.qz = o; o += R;
+    w.qw = o; o += R;
+    w.qg = o; o += R;
     w.total = o;
     return w;
 }
@@ -84,15 +110,6 @@ HD StepWorkspace model_step_workspace(const ModelDims& m) {
 HD int model_step_warp_bytes(const ModelDims& m, int d, int real_size) {
     const int bytes = 8 * d + real_size * model_step_workspace(m).total;
     return (bytes + 15) / 16 * 16;
-}
-
-HD AttnDims layer_attention(const ModelDims& m, int l) {
-    AttnDims a;
-    a.T = m.T; a.D = m.D; a.H = m.H; a.K = m.K; a.S = m.S;
-    a.softmax = (m.softmax || (l == 0 && m.first_softmax)) ? 1 : 0;
-    a.causal = m.causal;
-    a.q0 = l == m.L - 1 ? m.T - 1 : 0;  // the last layer: only the query row reaches the loss
-    return a;
 }
 
 // x_out = clip(x_in + lam * mask * U) on rows q0.. (the rows the next layer or the readout reads).
@@ -121,8 +138,12 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
         const real* Xin = ws + w.Xs + l * TD;
         real* Xout = (l + 1 < m.L) ? ws + w.Xs + (l + 1) * TD : ws + w.Xc;
         const AttnDims a = layer_attention(m, l);
-        attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
-                                ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
+        if (l == m.L - 1 && last_layer_rank_one(m))
+            query_lsa_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK, ws + w.Q,
+                                    ws + w.P, ws + w.O, ws + w.U, ws + w.qu, ws + w.qz);
+        else
+            attention_forward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
+                                    ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
         residual_update<real>(ln, nl, m, a.q0, Xin, ws + w.U, Xout);
         warp_sync();
         if (ln == 0) ws[w.readout + l] = -Xout[TD - 1];  // SPEC 2.6: y_hat = -H[query, -1]
@@ -148,7 +169,7 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
                                     ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.U);
         const real lam = (real)m.lam, c = (real)m.clip;
         // rows below q0 (the last layer's context rows): their incoming gradient is zero and
-        // attention_backward reads no dU there
+        // attention_backward / query_lsa_backward read no dU there
         for (int e = a.q0 * m.D + ln; e < TD; e += nl) {
             const real mask = (!m.y_update || e % m.D == m.D - 1) ? real(1) : real(0);
             real dx = ws[w.dX + e];
@@ -161,10 +182,16 @@ HD void model_task_step(int ln, int nl, const ModelDims& m, const real* params, 
             ws[w.dU + e] = (lam * dx) * mask;
         }
         warp_sync();
-        attention_backward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
-                                 ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.dU,
-                                 ws + w.dO, ws + w.dP, ws + w.dQ, ws + w.dK, ws + w.dV,
-                                 G, G + DHK, G + 2 * DHK, G + 3 * DHK, ws + w.dXin);
+        if (l == m.L - 1 && last_layer_rank_one(m))
+            query_lsa_backward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK, ws + w.Q,
+                                     ws + w.P, ws + w.O, ws + w.qu, ws + w.qz, ws + w.dU,
+                                     ws + w.dO, ws + w.dP, ws + w.dQ, ws + w.qw, ws + w.qg,
+                                     G, G + DHK, G + 2 * DHK, G + 3 * DHK, ws + w.dXin);
+        else
+            attention_backward<real>(ln, nl, a, Xin, W, W + DHK, W + 2 * DHK, W + 3 * DHK,
+                                     ws + w.Q, ws + w.Kt, ws + w.V, ws + w.P, ws + w.O, ws + w.dU,
+                                     ws + w.dO, ws + w.dP, ws + w.dQ, ws + w.dK, ws + w.dV,
+                                     G, G + DHK, G + 2 * DHK, G + 3 * DHK, ws + w.dXin);
         for (int e = ln; e < TD; e += nl) ws[w.dX + e] = ws[w.dX + e] + ws[w.dXin + e];
         warp_sync();
     }

@@ -6,13 +6,18 @@
 #include "model_step.cu"
 #include "block.cu"
 
-template <typename real>
-static void model_loss_grads(const int* dims, const double* fdims, int B, const real* params,
-                             const real* tokens, const real* targets, real* grads, real* stats) {
+static ModelDims make_model(const int* dims, const double* fdims) {
     ModelDims m;
     m.T = dims[0]; m.D = dims[1]; m.H = dims[2]; m.K = dims[3]; m.S = dims[4]; m.L = dims[5];
     m.tied = dims[6]; m.first_softmax = dims[7]; m.softmax = dims[8]; m.causal = dims[9];
     m.y_update = dims[10]; m.lam = fdims[0]; m.clip = fdims[1];
+    return m;
+}
+
+template <typename real>
+static void model_loss_grads(const int* dims, const double* fdims, int B, const real* params,
+                             const real* tokens, const real* targets, real* grads, real* stats) {
+    const ModelDims m = make_model(dims, fdims);
     const StepWorkspace w = model_step_workspace(m);
     const int P = model_num_params(m), TD = m.T * m.D;
     std::vector<real> ws(w.total, real(0));
@@ -90,10 +95,23 @@ void draw_tasks_f32(uint64_t seed, uint32_t step, int B, int N, int d, double r,
                                            tokens + (size_t)b * (N + 1) * (d + 1), targets + b);
 }
 int model_workspace_reals(const int* dims) {
-    ModelDims m;
-    m.T = dims[0]; m.D = dims[1]; m.H = dims[2]; m.K = dims[3]; m.S = dims[4]; m.L = dims[5];
-    m.tied = dims[6];
-    return model_step_workspace(m).total;
+    const double f[2] = {1.0, 0.0};
+    return model_step_workspace(make_model(dims, f)).total;
+}
+int model_workspace_query_row_offset(const int* dims) {  // where u, z, w, g start
+    const double f[2] = {1.0, 0.0};
+    return model_step_workspace(make_model(dims, f)).qu;
+}
+void model_workspace_offsets(const int* dims, int* out) {  // StepWorkspace's fields in order
+    const double f[2] = {1.0, 0.0};
+    const StepWorkspace w = model_step_workspace(make_model(dims, f));
+    const int o[] = {w.Xs, w.Xc, w.Q, w.Kt, w.V, w.P, w.O, w.U, w.dX, w.dU, w.dO, w.dP, w.dQ,
+                     w.dK, w.dV, w.dXin, w.gacc, w.readout, w.target, w.qu, w.qz, w.qw, w.qg,
+                     w.total};
+    for (int i = 0; i < (int)(sizeof(o) / sizeof(o[0])); ++i) out[i] = o[i];
+}
+void model_task_step_f64(const int* dims, const double* fdims, const double* params, double* ws) {
+    model_task_step<double>(0, 1, make_model(dims, fdims), params, ws, 1.0);  // one task, B = 1
 }
 int block_workspace_reals(const int* dims) {
     const double f[2] = {1.0, 0.0};
