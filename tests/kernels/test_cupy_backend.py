@@ -17,11 +17,15 @@ from refimpl.params import init_params
 AVAILABLE, REASON = kernels.availability("cupy")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not AVAILABLE, reason=f"needs a CUDA GPU: {REASON}")]
 
-# fused path: model_step for fig2, tied2, deep5_clip; the block kernels for softmax_ln_mlp and
-# tied_ln_mlp_clip; unfused for front_end and too_wide_for_shared_memory
+# fused path: model_step for fig2, tied2, deep5_clip, dampened_yupdate, the softmax ones and the
+# linear last layers with several heads or the query among the keys (deep3_2head_clip_damp,
+# tied3_yupdate_query, deep2_3head_query_yupdate_clip: model_step.cu's rank-one query row,
+# H K != D); the block kernels for softmax_ln_mlp and tied_ln_mlp_clip; unfused for front_end and
+# too_wide_for_shared_memory
 CONFIGS = model_configs("fig2", "tied2", "deep5_clip", "dampened_yupdate", "softmax_2heads_causal",
-                        "first_softmax_query", "softmax_ln_mlp", "tied_ln_mlp_clip", "front_end",
-                        "too_wide_for_shared_memory",
+                        "first_softmax_query", "deep3_2head_clip_damp", "tied3_yupdate_query",
+                        "deep2_3head_query_yupdate_clip", "softmax_ln_mlp", "tied_ln_mlp_clip",
+                        "front_end", "too_wide_for_shared_memory",
                         renamed={"dampened_yupdate": "tied3_yupdate_damped",
                                  "softmax_ln_mlp": "softmax_ln_mlp_2layer"})
 

@@ -194,7 +194,7 @@ def test_a_run_compiles_only_its_dtype(cp, be, rng, dtype):
         assert names == sorted(f"{k}<{real}>" for k in cb.KERNELS[src]), src
 
 
-@pytest.mark.parametrize("name", ["softmax_2heads_causal", "tied2"])
+@pytest.mark.parametrize("name", ["softmax_2heads_causal", "tied2", "deep2_3head_query_yupdate_clip"])
 def test_model_step_compiled_for_the_model_shapes_gives_the_generic_bits(cp, be, rng, name):
     """With specialize=True model_step.cu is built with this model's sizes and flags as constants
     (model_step_defines; the emulation compiles those -D options too): the same bits as the
