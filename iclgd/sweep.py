@@ -305,6 +305,7 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
                     progress.finished(outcome.status == "complete")
             if broken:  # the pool is unusable: its other jobs fail with it and go again on a new one
                 executor, generation = _replaced(executor, make_executor), generation + 1
+        executor.shutdown(wait=True)  # (a Ctrl-C while the workers stop is an interruption too)
     except KeyboardInterrupt:
         for future, (job, _) in inflight.items():
             future.cancel()
@@ -316,7 +317,6 @@ def execute(jobs, make_executor, capacity, retries=2, progress=None, poll_s=0.5,
     finally:
         if progress:
             progress.show(len(inflight))
-    executor.shutdown(wait=True)
     return outcomes
 
 

@@ -94,20 +94,29 @@ def _sweep(args, out, seeds, grid, planned, complete, todo):
         except Interrupted as e:
             outcomes.update(e.outcomes)
             interrupted = True
+        except KeyboardInterrupt:  # Ctrl-C outside execute's own handler: its outcomes are read below
+            interrupted = True
         finally:
             progress.close()
             close()
     for job, config in planned:  # a run stopped after writing its results (while drawing, say) is complete
-        if outcomes[job].status in ("interrupted", "pending") and is_complete(job, config):
-            outcomes[job].status = "complete"
+        outcome = outcomes.setdefault(job, Outcome("pending"))
+        if outcome.status in ("interrupted", "pending") and is_complete(job, config):
+            outcome.status = "complete"
     jobs = [job for job, _ in planned]
-    sweep = write_sweep(args, out, seeds, grid, jobs, outcomes, time.perf_counter() - start)
+    sweep_json = os.path.join(out, "sweep.json")
+    try:
+        sweep = write_sweep(args, out, seeds, grid, jobs, outcomes, time.perf_counter() - start)
+    except KeyboardInterrupt:  # sweep.json is written whole or not at all: the runs are safe either way
+        print(f"iclgd sweep: interrupted while merging into {sweep_json}; the same command continues (complete "
+              f"runs are skipped, the others resume their checkpoints) and merges again", file=sys.stderr)
+        return 130
     from iclgd.sweep_merge import summary_lines
     print("\n".join(summary_lines(sweep)))
     if interrupted:
         done = sum(o.status in ("complete", "skipped") for o in outcomes.values())
         print(f"iclgd sweep: interrupted; {done} of {len(jobs)} runs complete and merged into "
-              f"{os.path.join(out, 'sweep.json')}; the same command continues (complete runs are skipped, "
+              f"{sweep_json}; the same command continues (complete runs are skipped, "
               f"the others resume their checkpoints)", file=sys.stderr)
         return 130
     return 0 if sweep["status"] == "complete" else 1

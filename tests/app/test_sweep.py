@@ -291,3 +291,29 @@ def test_gpu_backends_get_one_worker_per_visible_device(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(ValueError, match="--backend cupy: expected a visible GPU"):
         executor_for(args, n_todo=10)
+
+
+def _ctrl_c(*_, **__):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_outside_the_executors_handler_still_merges_and_says_how_to_continue(monkeypatch, capsys, tmp_path):
+    """A Ctrl-C that reaches the sweep outside execute's own handler (the pool stopping, say) still
+    writes sweep.json with the runs as they are and prints how to continue; exit 130."""
+    monkeypatch.setattr(sw, "execute", _ctrl_c)
+    argv = ["sweep", "fig2", "--quick", "--seeds", "0-1", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; 0 of 2 runs complete" in err and "the same command continues" in err, err
+    merged = json.loads((tmp_path / "sweep.json").read_text())
+    assert merged["status"] == "interrupted" and merged["points"][0]["seeds"] == []
+
+
+def test_ctrl_c_while_merging_leaves_the_runs_and_says_how_to_continue(monkeypatch, capsys, tmp_path):
+    from iclgd.cli import sweep as cli_sweep
+    monkeypatch.setattr(sw, "execute", lambda jobs, *a, **k: {job: sw.Outcome("failed", 1, "E") for job in jobs})
+    monkeypatch.setattr(cli_sweep, "write_sweep", _ctrl_c)
+    assert main(["sweep", "fig2", "--quick", "--seeds", "0", "--out", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while merging into" in err and "the same command continues" in err, err
+    assert not (tmp_path / "sweep.json").exists()

@@ -37,21 +37,26 @@ def _popen(*argv):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_a_running_job(folder, proc, timeout=300):
-    """SIGKILL the worker holding the lock of a run folder under `folder` (its PID is in the lock
-    file); the PID."""
+def _running_job_pid(folder, proc, timeout=300, seed="seed"):
+    """The PID of the worker holding the lock of a run folder under `folder` whose name starts with
+    `seed` (the PID is in the lock file), once there is one."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         for root, _, files in os.walk(folder):
-            if ".iclgd.lock" in files and os.path.basename(root).startswith("seed"):
+            if ".iclgd.lock" in files and os.path.basename(root).startswith(seed):
                 try:
-                    pid = int(open(os.path.join(root, ".iclgd.lock")).read().strip())
+                    return int(open(os.path.join(root, ".iclgd.lock")).read().strip())
                 except (OSError, ValueError):
                     continue
-                os.kill(pid, signal.SIGKILL)
-                return pid
         time.sleep(0.05)
     raise AssertionError(f"no run started under {folder}: {proc.communicate()}")
+
+
+def _kill_a_running_job(folder, proc, timeout=300):
+    """SIGKILL the worker running a job under `folder`; the PID."""
+    pid = _running_job_pid(folder, proc, timeout)
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +133,7 @@ def test_ctrl_c_keeps_finished_runs_and_the_same_command_continues(tmp_path):
     argv = ["sweep", "fig2", "--seeds", "0-1", *TINY, "--out", tmp_path, "--jobs", "1"]
     proc = _popen(*argv)
     first = tmp_path / "base" / "seed0" / "results.json"
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    _running_job_pid(tmp_path, proc, seed="seed1")  # seed 0 is done, seed 1 is running
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
