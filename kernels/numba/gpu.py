@@ -8,11 +8,11 @@ Parameters and the Adam moments live in one flat device vector each; the {name: 
 backend hands out are `DeviceParams`, whose values are views of that vector, so a training step
 does no packing and no host round trip except the scalar loss it returns.
 
-Kernels: attention-only models (the paper's LSA and its softmax / tied / deep / clipped variants)
-take their loss and gradients from kernels/numba/gpu_warp.py, one warp per task with the workspace
-in shared memory (host side kernels/numba/gpu_warp_host.py); every other model, and model_forward /
-model_backward, from the thread-per-task kernels of kernels/numba/gpu_kernels.py (launch shapes
-there). The reduction, norm and Adam kernels are shared. `train_step` allocates its three output
+Kernels: loss_and_grads and train_step run one warp per task (workspace and gradient accumulator
+in shared memory) where that fits Numba's 48 KiB: attention-only models on gpu_warp.py, models
+with LayerNorm / MLP on gpu_warp_block.py (the choice: gpu_warp_host.py warp_kernel). Front ends,
+bigger workspaces and model_forward / model_backward run one thread per task (gpu_kernels.py).
+The reduction, norm and Adam kernels are shared. `train_step` allocates its three output
 vectors and waits for the device once, to read the loss and the gradient norm back;
 kernels/numba/gpu_trainer.py DeviceTrainer steps with neither.
 """
@@ -241,7 +241,8 @@ def launch_loss_grads(pv, tok, y, cfg):
     """Queue a batch's loss and gradient kernels on the path the config takes (one warp per task
     where gpu_warp supports the model, else one thread per task); returns the plan holding them
     (`grads_of(pl)`, `loss_sums_of(pl)`). Nothing is copied to the host."""
-    return (_warp_loss_grads_launch if gpu_warp.supported(cfg) else _loss_grads_launch)(pv, tok, y, cfg)
+    warp = gpu_warp.supported(cfg, tok.shape[1], pv.dtype)  # one warp per task where it fits
+    return (_warp_loss_grads_launch if warp else _loss_grads_launch)(pv, tok, y, cfg)
 
 
 def loss_sums_of(pl):
@@ -325,7 +326,7 @@ def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Fill every persistent device buffer with `value` (tests poison them with NaN)."""
     pl = plan(cfg, num_tokens, batch, dtype)
     bufs = (pl.ws, pl.G, pl.rd, pl.dr, pl.sqe, pl.no_dtok, pl.y0, pl.factor, pl.g, pl.sqe_sum, *pl.red)
-    if gpu_warp.supported(cfg):
+    if gpu_warp.supported(cfg, num_tokens, dtype):
         bufs += warp_plan(cfg, num_tokens, batch, dtype).buffers()
     for a in bufs:
         a.copy_to_device(np.full(a.shape, value, a.dtype))

@@ -3,7 +3,10 @@
 Kernels (launch shapes):
     task_kernel       one thread per task (blocks of TPB threads): the per-task forward/backward of
                       kernels/numba/model.py (the very functions numba-cpu runs), each task writing
-                      its own gradient row G[b] (B, P) and workspace; no atomics. One kernel per
+                      its own gradient row G[b] (B, P) and workspace; no atomics. It runs
+                      model_forward / model_backward of every model, and the loss and gradients
+                      of the models no warp-per-task kernel runs (kernels/numba/gpu_warp_host.py
+                      warp_kernel: a front end, or a workspace over 48 KiB). One kernel per
                       mode (forward; forward + backward; loss + backward), each compiled on its
                       first launch: a training run compiles only the loss + backward one
     reduce_kernel     column sums of a (R, P) row block in groups of GROUP rows, each group summed in

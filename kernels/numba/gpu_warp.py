@@ -1,6 +1,9 @@
 """numba-cuda, one warp per task, for attention-only models (the paper's LSA; softmax layers, heads,
 tied or deep, token clipping, dampening, y_update): loss and parameter gradients of a batch in one
-launch, the task's workspace and its gradient accumulator in shared memory.
+launch, the task's workspace and its gradient accumulator in shared memory. Models with LayerNorm
+or an MLP run kernels/numba/gpu_warp_block.py, built on this module's step_kernel and device
+functions (matmul, attention_forward / attention_backward); the choice between the two and the
+thread-per-task kernel is kernels/numba/gpu_warp_host.py warp_kernel.
 
 Mirrors refimpl/loss.py loss_and_grads (model_forward + mse + model_backward of refimpl/model.py),
 the same computation as kernels/cupy/cuda/model_step.cu, written for Numba: lane ln of a warp's 32
@@ -12,10 +15,12 @@ Versions: 1 -- warp_step_kernel: each warp runs tasks_per_warp consecutive tasks
   runs the same number of task iterations (a warp past the last task repeats it with a zero loss
   gradient and adds nothing), so block-wide barriers separate the phases (the CUDA simulator has
   no __syncwarp).
-Launch shape (kernels/numba/gpu_warp_host.py WarpPlan): kernels/cupy/build.py model_step_launch (the same workspace, d = 0) with the device's
-  SMs and 48 KiB of dynamic shared memory per block (Numba does not raise the opt-in limit):
-  block 32 * warps_per_block threads, grid ceil(B / (warps_per_block * tasks_per_warp)), dynamic
-  shared memory warps_per_block * warp_bytes; partials (grid, P + L).
+Launch shape (kernels/numba/gpu_warp_host.py WarpPlan): kernels/cupy/build.py model_step_launch
+  (the same workspace, d = 0) with the device's SMs and 48 KiB of dynamic shared memory per block
+  (Numba does not raise the opt-in limit): block 32 * warps_per_block threads, grid
+  ceil(B / (warps_per_block * tasks_per_warp)), dynamic shared memory warps_per_block * warp_bytes;
+  partials (grid, P + L). A model whose warp_bytes exceed those 48 KiB (less build.py's
+  SMEM_STATIC_RESERVE) runs one thread per task instead.
 Kernels are built per dtype on first use.
 """
 import math
@@ -39,13 +44,23 @@ _KERNELS = {}
 def warp_step_kernel(dtype):
     dt = np.dtype(dtype)
     if dt not in _KERNELS:
-        _KERNELS[dt] = _build(float64 if dt == np.float64 else float32)
+        _KERNELS[dt] = step_kernel(float64 if dt == np.float64 else float32, _task_step())
     return _KERNELS[dt]
 
 
-def _build(nbtype):
-    """The kernel and its device functions for one dtype (nbtype: numba's float32 or float64)."""
+_DEVICE = {}
 
+
+def device_functions():
+    """{"matmul", "attention_forward", "attention_backward"}: the warp's device functions, built on
+    first use (dtype-generic: compiled per argument types). kernels/numba/gpu_warp_block.py builds
+    its LayerNorm / MLP block on them, with a dm table whose first NUM_DM entries mean the same."""
+    if not _DEVICE:
+        _DEVICE.update(_device_functions())
+    return _DEVICE
+
+
+def _device_functions():
     @cuda.jit(device=True)
     def matmul(ln, M, N, Kd, A, ao, as0, as1, Bm, bo, bs0, bs1, C, co, cs0, acc, zero):
         """C[co + m cs0 + n] (+)= sum_k A[ao + m as0 + k as1] Bm[bo + k bs0 + n bs1], lanes over (m, n)."""
@@ -170,6 +185,15 @@ def _build(nbtype):
             e += 32
         cuda.syncthreads()
 
+    return {"matmul": matmul, "attention_forward": attention_forward,
+            "attention_backward": attention_backward}
+
+
+def _task_step():
+    """The attention-only model's task_step(ln, dm, pv, sm, w0, cst, active) for step_kernel."""
+    fns = device_functions()
+    attention_forward, attention_backward = fns["attention_forward"], fns["attention_backward"]
+
     @cuda.jit(device=True)
     def task_step(ln, dm, pv, sm, w0, cst, active):
         """One task (tokens at W_XS, target at W_TGT): forward, loss, backward; gradients and
@@ -236,6 +260,14 @@ def _build(nbtype):
                 sm[w0 + dm[W_DX] + e] = sm[w0 + dm[W_DX] + e] + sm[w0 + dm[W_DXIN] + e]
                 e += 32
             cuda.syncthreads()
+
+    return task_step
+
+
+def step_kernel(nbtype, task_step):
+    """The launch around task_step(ln, dm, pv, sm, w0, cst, active) (one task at W_XS and W_TGT of
+    the warp's workspace; its gradients and 0.5 r_l^2 added at W_GACC): tasks per warp in order,
+    warps summed by a fixed tree, one partial row per block. nbtype: numba's float32 or float64."""
 
     @cuda.jit
     def kernel(tok, y, pv, dm, cst, B, tpw, partials):

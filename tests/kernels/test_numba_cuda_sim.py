@@ -66,6 +66,7 @@ PTX_SCRIPT = textwrap.dedent("""
     import kernels.numba.gpu as nc
     import kernels.numba.gpu_kernels as gk
     import kernels.numba.gpu_warp as gw
+    import kernels.numba.gpu_warp_block as gwb
     import kernels.numba.gpu_draw as gd
     import kernels.numba.gpu_trainer as gt
     from kernels.numba.adam import AdamHyper
@@ -84,9 +85,11 @@ PTX_SCRIPT = textwrap.dedent("""
                 sigs[f"task{mode}"] = task_sig
                 fns[f"task{mode}"] = gk.task_kernel(mode)
         assert set(sigs) <= set(fns), sorted(fns)
-        # one warp per task (attention-only models), both dtypes
+        # one warp per task (attention-only models; LayerNorm / MLP models), both dtypes
         sigs["warp"] = (a3, a1, a1, i1, a1, nt.int64, nt.int64, a1)
         fns["warp"] = gw.warp_step_kernel("float32" if f == nt.float32 else "float64")
+        sigs["warp_block"] = sigs["warp"]
+        fns["warp_block"] = gwb.block_step_kernel("float32" if f == nt.float32 else "float64")
         # the device trainer's kernels and the task draw (tokens in either dtype)
         sigs["adam_out"] = (a1, a1, a1, a1, nt.NamedUniTuple(f, 9, AdamHyper), a1, a1, a1, a1)
         sigs["record"] = (a1, f, f, f64, a2, nt.int64)
@@ -108,7 +111,7 @@ PTX_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_every_numba_cuda_kernel_compiles_to_ptx():
     """The task kernels of two modes (float32: the per-task code is dtype-generic), the warp-per-task
-    kernel and the small kernels in both dtypes."""
+    kernels (attention only; LayerNorm / MLP) and the small kernels in both dtypes."""
     reason = _numba_cuda_reason()
     if reason:
         pytest.skip(reason)
