@@ -1,7 +1,8 @@
 """float32 data is computed in float32: the numba-cpu building blocks that mix integer counts or
 literals into their arithmetic (LayerNorm's means, GELU and its derivative) must not widen to
 float64 (in Numba, float32 / int64 and int64 * float32 are float64). Checked on the compiled code:
-no `fpext` (float -> double) in the LLVM IR of their float32 versions."""
+no `fpext` (float -> double) in the LLVM IR of their float32 versions, and no double-precision
+instruction at all in the PTX of numba-cuda's float32 warp-per-task kernels."""
 import numpy as np
 import pytest
 from numba import njit
@@ -36,3 +37,45 @@ def test_float32_blocks_never_widen_to_float64(name):
     assert len(irs) == 1
     widened = [line.strip() for line in irs[0].splitlines() if "fpext float" in line]
     assert widened == [], f"{name}: float32 widened to float64: {widened[:3]}"
+
+
+# The numba-cuda warp-per-task kernels (kernels/numba/gpu_warp.py, gpu_warp_block.py), checked on
+# their PTX: the float32 kernel may hold no double-precision register, load, store or arithmetic
+# (".f64"). Compiled for sm_90 in a subprocess without the simulator (the device query that
+# compile_ptx makes is stubbed: no driver is needed, only NVVM).
+CUDA_PTX_SCRIPT = """
+import re
+from types import SimpleNamespace
+import numba.cuda.dispatcher as dispatcher
+from numba import cuda, types as nt
+dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
+from kernels.numba import gpu_warp, gpu_warp_block
+a1, a3, i1 = nt.Array(nt.float32, 1, "C"), nt.Array(nt.float32, 3, "C"), nt.Array(nt.int64, 1, "C")
+sig = (a3, a1, a1, i1, a1, nt.int64, nt.int64, a1)
+for name, k in (("gpu_warp", gpu_warp.warp_step_kernel("float32")),
+                ("gpu_warp_block", gpu_warp_block.block_step_kernel("float32"))):
+    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if re.search(r"[.]f64(?![0-9])", line)]
+    print(name, "ptx", len(ptx), "f64", len(f64), f64[:3])
+"""
+
+
+@pytest.mark.slow
+def test_float32_warp_kernels_never_use_float64():
+    import os
+    import subprocess
+    import sys
+    try:
+        import numba_cuda  # noqa: F401
+    except ImportError:
+        pytest.skip("numba-cuda is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", CUDA_PTX_SCRIPT], cwd=root, capture_output=True,
+                       text=True, timeout=900, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    if r.returncode != 0 and "NVVM" in r.stdout + r.stderr and "not found" in r.stdout + r.stderr:
+        pytest.skip("NVVM (libnvvm from the cu12 extra) not found")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    lines = [line for line in r.stdout.splitlines() if " ptx " in line]
+    assert len(lines) == 2, r.stdout
+    for line in lines:
+        assert " f64 0 " in line, f"float32 kernel uses float64: {line}"
