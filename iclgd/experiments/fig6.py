@@ -6,7 +6,8 @@ evaluation set rescaled for every alpha (one draw, so the curves are smooth):
   input   x -> alpha x (alpha in input_grid)
   weight  w -> alpha w (alpha in weight_grid; every loss is exactly alpha^2 times the alpha = 1 loss)
   laws    exponential / normal / Laplace inputs normalised by ||X||_F, times alpha (law_grid)
-and with k = 0 .. N context labels replaced by N(0, 1) draws (distractors).
+and with k = 0 .. N context labels replaced by N(0, 1) draws (distractors). The evaluation is
+iclgd.experiments.ood's, which fig7 runs on figure 3's multi-layer models.
 
 For the input scale, one GD step's expected loss over the uniform law in closed form
 (refimpl.baselines.expected_one_step_gd_loss_uniform) at the eta the run uses (the grid optimum on
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refimpl import baselines, metrics
-from refimpl.tasks import INPUT_LAWS, eval_tasks, other_law_tasks
+from refimpl.tasks import eval_tasks
 from iclgd.train import TrainConfig
 from refimpl.config import TaskConfig
-from refimpl.fieldcheck import check_fields, check_items
+from refimpl.fieldcheck import check_fields
 from iclgd.evaluation import evaluation_ops
 from iclgd.gdpp_fit import GDPPConfig, fit_gdpp
+from iclgd.experiments import ood as ood_eval
 from iclgd.experiments.common import lsa_config, make_evaluator, mean_over_seeds, resolved_settings, train_model
 
 
@@ -39,14 +41,7 @@ class Config:
 
     def __post_init__(self):
         check_fields(self, "")
-        for key in ("input_grid", "weight_grid", "law_grid"):
-            start, stop, step = check_items(key, getattr(self, key), float, "> 0", length=3)
-            if not stop >= start or (stop - start) / step > MAX_GRID_POINTS:
-                raise ValueError(f"{key}: expected [start, stop, step] with start <= stop and at most "
-                                 f"{MAX_GRID_POINTS} steps, got {list(getattr(self, key))!r}")
-
-
-MAX_GRID_POINTS = 10_000
+        ood_eval.check_grids(self)
 
 
 QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",
@@ -57,28 +52,19 @@ QUICK = {"train.steps": "300", "train.batch": "256", "train.eval_every": "100",
 REPORTED_INPUT_SCALES = (0.5, 0.8, 1.1, 1.4, 1.7, 2.0)  # where SPEC 6 lists one-step GD losses
 
 
-def grid(spec, name):
-    if len(spec) != 3 or not spec[2] > 0 or spec[1] < spec[0]:
-        raise ValueError(f"{name}: expected (start, stop, step) with step > 0, stop >= start, got {spec}")
-    start, stop, step = map(float, spec)
-    return start + step * np.arange(int(np.floor((stop - start) / step + 1e-9)) + 1)
-
-
 def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
     start = time.perf_counter()
     task = cfg.task
     d, N = task.input_dim, task.num_context
     tokens, targets = eval_tasks(task, distractors=0)
-    law_tokens, law_targets, law = other_law_tasks(np.random.default_rng(task.eval_seed + 1), task.eval_tasks,
-                                                 N, d, task.weight_scale)
+    law_set = ood_eval.law_tasks(task)  # tokens (B, T, D), targets (B,), law (B,)
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=1)
     gd = (baselines.gd_params(d, eta, N), baselines.gd_model_config(d, 1))
     ops = evaluation_ops(backend)
     ref = metrics.Reference(*gd, tokens, targets, ops)
     cfg_tf = lsa_config(task)
     evaluate = make_evaluator(cfg_tf, tokens, targets, {"gd": ref}, backend)
-    grids = {"input": grid(cfg.input_grid, "input_grid"), "weight": grid(cfg.weight_grid, "weight_grid"),
-             "laws": grid(cfg.law_grid, "law_grid")}
+    grids = ood_eval.grids(cfg)
     per_seed, steps_run = [], 0
     for seed in seeds:
         res = train_model(cfg_tf, cfg, seed, backend, out_dir, "lsa1", evaluate, resume, progress)
@@ -88,26 +74,13 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         interp, _ = metrics.interpolated_params(res.params, gd[0], d)
         models = {"tf": (res.params, cfg_tf), "gd": gd, "interp": (interp, gd[1]),
                   "gdpp": (baselines.gdpp_params(d, etas, gammas, N), baselines.gdpp_model_config(d, 1, True))}
-        ood = {"input": metrics.ood_curve(models, tokens, targets, grids["input"], "input", ops),
-               "weight": metrics.ood_curve(models, tokens, targets, grids["weight"], "weight", ops),
-               "laws": metrics.ood_curve(models, law_tokens, law_targets, grids["laws"], "input", ops)}
-        # the same tasks split by their input law, so that the laws can be told apart
-        ood["by_law"] = {name: metrics.ood_curve(models, law_tokens[law == i], law_targets[law == i],
-                                                 grids["laws"], "input", ops)
-                         for i, name in enumerate(INPUT_LAWS)}
-        dis = {name: [] for name in models}
-        for k in range(N + 1):
-            t, y = eval_tasks(task, distractors=k)
-            for name, (p, c) in models.items():
-                dis[name].append(metrics.losses(p, t, y, c, ops)[0])
-        ood["distractors"] = dis
+        ood = ood_eval.ood_curves(models, task, tokens, targets, grids, law_set, ops)
         final = evaluate(res.params)
         final.update({"loss_gd": ref.loss, "loss_interp": metrics.losses(interp, tokens, targets, gd[1], ops)[0],
                       "gdpp_eta": etas, "gdpp_gamma": gammas, "gdpp_fit": fit})
-        for name in models:
-            w = np.array([np.nan if v is None else v for v in ood["weight"][name]])
-            final[f"weight_scale_law_dev_{name}"] = float(np.nanmax(np.abs(
-                w / (grids["weight"] ** 2 * metrics.losses(models[name][0], tokens, targets, models[name][1], ops)[0]) - 1)))
+        for name, (params, model_cfg) in models.items():
+            final[f"weight_scale_law_dev_{name}"] = ood_eval.weight_scale_law_dev(
+                ood["weight"][name], grids["weight"], metrics.losses(params, tokens, targets, model_cfg, ops)[0])
         for name in ("tf", "interp"):  # the step a learned layer takes: -W_KQ diagonal x W_PV[-1, -1]
             W_KQ, W_PV = metrics.layer_products(models[name][0])  # (D, D) each
             final[f"{name}_eta_over_n"] = float(-np.mean(np.diag(W_KQ)[:d]) * W_PV[d, d])
@@ -129,8 +102,7 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
                   "gd_closed_form_opt": closed["eta_opt"] / N}
     return {"final": final,
             "curves": mean_over_seeds([s["curves"] for s in per_seed]),
-            "ood": {"alpha": {k: v for k, v in grids.items()}, "k": list(range(N + 1)),
-                    "law_tasks": {name: int(np.sum(law == i)) for i, name in enumerate(INPUT_LAWS)},
+            "ood": {**ood_eval.ood_axes(grids, task, law_set[2]),
                     **mean_over_seeds([s["ood"] for s in per_seed]),
                     "input_closed_form": {"gd": closed["gd"], "gd_opt": closed["gd_opt"]},
                     "eta_over_n": eta_over_n},
