@@ -68,6 +68,9 @@ def variants(cfg: Config):
 
 
 def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_dir, resume, progress):
+    """Train one variant for one seed and evaluate it against L-step GD (the grid's eta) and GD++
+    (fitted): (final numbers, the training's result, models), where models = {"tf", "gd",
+    "gdpp": (params, ModelConfig)} as evaluated here (GD without token clipping)."""
     task = cfg.task
     d, N = task.input_dim, task.num_context
     eta, _ = baselines.grid_search_eta(tokens, targets, steps=L)
@@ -93,7 +96,8 @@ def run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend, out_d
         "layers": L, "weight_tied": tied, "steps": steps, "lr": adam.lr, "grad_clip": adam.grad_clip,
         "token_clip": cfg_tf.token_clip,
     })
-    return final, res
+    models = {"tf": (res.params, cfg_tf), "gd": (ref_gd.params, gd_cfg), "gdpp": (ref_gdpp.params, gdpp_cfg)}
+    return final, res, models
 
 
 def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, eval_set, reuse, progress=False, backend=None):
@@ -121,18 +125,28 @@ def cached_gdpp(cfg, name, L, tied, eta, seed, out_dir, eval_set, reuse, progres
 
 def _variant_job(args):
     """One (seed, variant) in a worker process; the backend travels by name."""
-    cfg, (name, L, tied, steps), seed, backend_name, out_dir, resume, progress = args
+    cfg, (name, L, tied, steps), seed, backend_name, out_dir, resume, progress, per_variant = args
     from kernels import get_backend
+    backend = get_backend(backend_name)
     tokens, targets = eval_tasks(cfg.task)
-    final, res = run_variant(cfg, name, L, tied, steps, seed, tokens, targets, get_backend(backend_name),
-                             out_dir, resume, progress)
-    return final, res.curves, res.steps_run
+    final, res, models = run_variant(cfg, name, L, tied, steps, seed, tokens, targets, backend,
+                                     out_dir, resume, progress)
+    more = per_variant(cfg, L, models, tokens, targets, backend) if per_variant else {}
+    final.update(more.pop("final", {}))
+    return final, res.curves, res.steps_run, more
 
 
-def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
+def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True, per_variant=None):
+    """Train and evaluate every variant for every seed (cfg.workers at a time). `per_variant(cfg, L,
+    models, tokens, targets, backend) -> dict`, when given, runs in each variant's job after its
+    training and fits (models as run_variant returns them; tokens (B, T, D) and targets (B,) the
+    evaluation set): its "final" entry joins the variant's final numbers, and each other KEY becomes
+    results[KEY][variant] (mean over seeds) and per_seed[i][KEY][variant] (fig7 adds its
+    out-of-distribution curves this way)."""
     start = time.perf_counter()
     tokens, targets = eval_tasks(cfg.task)
-    jobs = [(cfg, v, seed, backend.name, out_dir, resume, progress) for seed in seeds for v in variants(cfg)]
+    jobs = [(cfg, v, seed, backend.name, out_dir, resume, progress, per_variant)
+            for seed in seeds for v in variants(cfg)]
     if cfg.workers > 1:
         import multiprocessing
         with multiprocessing.get_context("fork").Pool(min(cfg.workers, len(jobs))) as pool:
@@ -141,15 +155,20 @@ def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
         outputs = [_variant_job(job) for job in jobs]
     per_seed, steps_run, it = [], 0, iter(outputs)
     for seed in seeds:
-        finals, curves = {}, {}
+        entry = {"seed": seed, "final": {}, "curves": {}}
         for name, *_ in variants(cfg):
-            finals[name], curves[name], n = next(it)
+            entry["final"][name], entry["curves"][name], n, more = next(it)
             steps_run += n
-        per_seed.append({"seed": seed, "final": finals, "curves": curves})
-    final = {name: mean_over_seeds([s["final"][name] for s in per_seed]) for name, *_ in variants(cfg)}
-    curves = {name: mean_over_seeds([s["curves"][name] for s in per_seed]) for name, *_ in variants(cfg)}
+            for key, value in more.items():
+                entry.setdefault(key, {})[name] = value
+        per_seed.append(entry)
+    names = [name for name, *_ in variants(cfg)]
+    extra = {key: {name: mean_over_seeds([s[key][name] for s in per_seed]) for name in names}
+             for key in per_seed[0] if key not in ("seed", "final", "curves")}
+    final = {name: mean_over_seeds([s["final"][name] for s in per_seed]) for name in names}
+    curves = {name: mean_over_seeds([s["curves"][name] for s in per_seed]) for name in names}
     resolved = {"adam": {name: resolved_adam(cfg.train, L) for name, L, *_ in variants(cfg)}}
-    return {"final": final, "curves": curves, "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved,
+    return {"final": final, "curves": curves, **extra, "per_seed": per_seed, "steps_run": steps_run, "resolved": resolved,
             "loss_zero": float(0.5 * np.mean(targets**2)), "runtime_s": time.perf_counter() - start,
             "notes": "final and curves hold one entry per variant (tiedL, deepL); *_layers: loss after "
                      "each layer / GD step; GD is plain GD (no token clipping); GD++ and the TF clip "
