@@ -21,6 +21,8 @@ EXPERIMENTS = {
              "two layers (softmax, then linear) on alternating x / y tokens: the first layer learns to copy"),
     "fig6": ("iclgd.experiments.fig6", "Figures 6, 7",
              "out-of-distribution losses (input scale, weight scale, other input laws), distractors"),
+    "fig7": ("iclgd.experiments.fig7", "Figure 7 (+ 6)",
+             "out-of-distribution losses of fig3's weight-tied and deep models vs L-step GD and GD++"),
     "fig8": ("iclgd.experiments.fig8", "Figures 7, 8",
              "figure 3's weight-tied and deep models with several heads and MLPs vs GD and GD++"),
     "fig11": ("iclgd.experiments.fig11", "Figure 11",

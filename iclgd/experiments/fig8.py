@@ -4,7 +4,8 @@ The paper's text: deeper models "with multiple heads and equipped with MLPs" giv
 equivalent results" to figure 3's. It does not give the head count or the depths of these figures;
 `heads` and `mlp` are config keys, so `iclgd sweep fig8 --grid heads=1,2,4 --grid mlp=false,true`
 covers the combinations. Everything else (variants, training, the GD++ fits, the results keys) is
-fig3's; Figure 7's out-of-distribution panels are not computed here.
+fig3's; Figure 7's out-of-distribution panels are not computed here (fig7 computes them for figure
+3's one-head models without MLPs, through fig3.run's per_variant).
 """
 from dataclasses import dataclass
 
