@@ -1,5 +1,6 @@
 """`iclgd run` trains and evaluates on numba-cpu by default: every experiment's --quick results
-(final numbers and curves) on it equal the float64 oracle's (--backend numpy) to 1e-10."""
+(final numbers, curves and, where written, the out-of-distribution curves `ood`) on it equal the
+float64 oracle's (--backend numpy) to 1e-10."""
 import json
 import os
 
@@ -47,8 +48,8 @@ def test_quick_results_on_the_default_backend_equal_the_oracles(name, tmp_path):
     fast = _quick(name, None, tmp_path / "default")
     oracle = _quick(name, "numpy", tmp_path / "oracle")
     assert fast["backend"] == DEFAULT_BACKEND and oracle["backend"] == "numpy"
-    a = _numbers({"final": oracle["final"], "curves": oracle["curves"]})
-    b = _numbers({"final": fast["final"], "curves": fast["curves"]})
+    a = _numbers({"final": oracle["final"], "curves": oracle["curves"], "ood": oracle.get("ood")})
+    b = _numbers({"final": fast["final"], "curves": fast["curves"], "ood": fast.get("ood")})
     assert a.keys() == b.keys()
     assert len(a) > 10
     for k, x in a.items():
