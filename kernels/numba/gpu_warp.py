@@ -52,7 +52,8 @@ _DEVICE = {}
 
 
 def device_functions():
-    """{"matmul", "attention_forward", "attention_backward"}: the warp's device functions, built on
+    """{"matmul", "attention_forward", "attention_backward", "loss_and_seed"}: the warp's device
+    functions, built on
     first use (dtype-generic: compiled per argument types). kernels/numba/gpu_warp_block.py builds
     its LayerNorm / MLP block on them, with a dm table whose first NUM_DM entries mean the same."""
     if not _DEVICE:
@@ -185,21 +186,44 @@ def _device_functions():
             e += 32
         cuda.syncthreads()
 
+    @cuda.jit(device=True)
+    def loss_and_seed(ln, dm, sm, w0, cst, active):
+        """After the forward: 0.5 r_l^2 of every read-out added to the accumulator, and the
+        backward's seed dX = d loss / d (last output), nonzero only at [query, -1] where
+        y_hat = -H[query, -1] and d loss / d y_hat = (y_hat - y) / B (only the last read-out has a
+        loss). A task that is not active adds nothing and seeds zeros."""
+        TD, L, zero = dm[T_] * dm[D_], dm[L_], cst[C_ZERO]
+        target = sm[w0 + dm[W_TGT]]
+        gacc = w0 + dm[W_GACC]
+        if ln == 0 and active:
+            for l in range(L):
+                r = sm[w0 + dm[W_READ] + l] - target
+                sm[gacc + dm[NP_] + l] += cst[C_HALF] * (r * r)
+        dread = zero
+        if active:
+            dread = cst[C_INV_B] * (sm[w0 + dm[W_READ] + L - 1] - target)
+        e = ln
+        while e < TD:
+            sm[w0 + dm[W_DX] + e] = -dread if e == TD - 1 else zero
+            e += 32
+        cuda.syncthreads()
+
     return {"matmul": matmul, "attention_forward": attention_forward,
-            "attention_backward": attention_backward}
+            "attention_backward": attention_backward, "loss_and_seed": loss_and_seed}
 
 
 def _task_step():
     """The attention-only model's task_step(ln, dm, pv, sm, w0, cst, active) for step_kernel."""
     fns = device_functions()
     attention_forward, attention_backward = fns["attention_forward"], fns["attention_backward"]
+    loss_and_seed = fns["loss_and_seed"]
 
     @cuda.jit(device=True)
     def task_step(ln, dm, pv, sm, w0, cst, active):
         """One task (tokens at W_XS, target at W_TGT): forward, loss, backward; gradients and
         0.5 r_l^2 added to the accumulator (nothing added when not active)."""
         T, D, L = dm[T_], dm[D_], dm[L_]
-        TD, NP = T * D, dm[NP_]
+        TD, gacc = T * D, w0 + dm[W_GACC]
         setsz = 4 * D * dm[H_] * dm[K_]
         lam, c, zero = cst[C_LAM], cst[C_CLIP], cst[C_ZERO]
         for l in range(L):  # forward
@@ -221,20 +245,7 @@ def _task_step():
             if ln == 0:
                 sm[w0 + dm[W_READ] + l] = -sm[out + TD - 1]  # y_hat = -H[query, -1]
             cuda.syncthreads()
-        target = sm[w0 + dm[W_TGT]]
-        gacc = w0 + dm[W_GACC]
-        if ln == 0 and active:
-            for l in range(L):
-                r = sm[w0 + dm[W_READ] + l] - target
-                sm[gacc + NP + l] += cst[C_HALF] * (r * r)
-        dread = zero
-        if active:
-            dread = cst[C_INV_B] * (sm[w0 + dm[W_READ] + L - 1] - target)
-        e = ln
-        while e < TD:
-            sm[w0 + dm[W_DX] + e] = -dread if e == TD - 1 else zero
-            e += 32
-        cuda.syncthreads()
+        loss_and_seed(ln, dm, sm, w0, cst, active)
         for l in range(L - 1, -1, -1):  # backward
             wo = 0 if dm[TIED_] else l * setsz
             xo = w0 + dm[W_XS] + l * TD

@@ -27,9 +27,9 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from kernels.numba import gpu_warp as gw
-from kernels.numba.gpu_warp import (C_CLIP, C_HALF, C_INV_B, C_LAM, C_ONE, C_ZERO, D_, L_, NP_,
-                                    NUM_CST, NUM_DM, T_, W_DU, W_DX, W_DXIN, W_GACC, W_READ, W_TGT,
-                                    W_U, W_XC, W_XS, YUP_, CLIP_)
+from kernels.numba.gpu_warp import (C_CLIP, C_HALF, C_LAM, C_ONE, C_ZERO, D_, L_, NUM_CST, NUM_DM,
+                                    T_, W_DU, W_DX, W_DXIN, W_GACC, W_READ, W_U, W_XC, W_XS, YUP_,
+                                    CLIP_)
 from kernels.numba.layout import (NUM_LAY, Y_B1, Y_B2, Y_LN1, Y_LN1O, Y_LN1S, Y_LN2O, Y_LN2S,
                                   Y_SOFTMAX, Y_W1, Y_W2, Y_WQ)
 
@@ -182,6 +182,7 @@ def _task_step():
     """task_step(ln, dm, pv, sm, w0, cst, active) of one LN / MLP model task, for gw.step_kernel."""
     fns = gw.device_functions()
     attention_forward, attention_backward = fns["attention_forward"], fns["attention_backward"]
+    loss_and_seed = fns["loss_and_seed"]
     layernorm_forward, layernorm_backward, mlp_forward, mlp_backward = _layer_functions()
 
     @cuda.jit(device=True)
@@ -280,7 +281,7 @@ def _task_step():
         """One task (tokens at W_XS, target at W_TGT): forward, loss, backward; gradients and
         0.5 r_l^2 added to the accumulator (nothing added when not active)."""
         T, D, L = dm[T_], dm[D_], dm[L_]
-        TD, NP, zero = T * D, dm[NP_], cst[C_ZERO]
+        TD = T * D
         for l in range(L):  # forward
             q0 = T - 1 if l == L - 1 else 0
             layer_forward(ln, dm, l, q0, True, pv, sm, w0, cst)
@@ -288,20 +289,7 @@ def _task_step():
                 out = w0 + dm[W_XS] + (l + 1) * TD if l + 1 < L else w0 + dm[W_XC]
                 sm[w0 + dm[W_READ] + l] = -sm[out + TD - 1]
             cuda.syncthreads()
-        target = sm[w0 + dm[W_TGT]]
-        gacc = w0 + dm[W_GACC]
-        if ln == 0 and active:
-            for l in range(L):
-                r = sm[w0 + dm[W_READ] + l] - target
-                sm[gacc + NP + l] += cst[C_HALF] * (r * r)
-        dread = zero
-        if active:  # only the last read-out has a loss: d loss / d y_hat = (y_hat - y) / B
-            dread = cst[C_INV_B] * (sm[w0 + dm[W_READ] + L - 1] - target)
-        e = ln
-        while e < TD:
-            sm[w0 + dm[W_DX] + e] = -dread if e == TD - 1 else zero
-            e += 32
-        cuda.syncthreads()
+        loss_and_seed(ln, dm, sm, w0, cst, active)
         for l in range(L - 1, -1, -1):  # backward
             q0 = T - 1 if l == L - 1 else 0
             if l < L - 1:  # recompute this layer's caches (the last layer's are still in place)
