@@ -64,9 +64,9 @@ def test_trainer_equals_train_step_on_the_same_batches(cfg):
     parameters, moments, losses and norms bit for bit; the log read back across a full ring."""
     gpu, gpu_draw, gpu_trainer = _draw_modules()
     p0 = init_params(cfg, np.random.default_rng(1), np.float64)
-    steps, N, d = 4, 5, 3
+    steps, N, d = 3, 5, 3
     tr = gpu_trainer.DeviceTrainer(p0, cfg, ADAM, B, seed=11, num_context=N, input_dim=d,
-                                   dtype=np.float64, log_capacity=3)
+                                   dtype=np.float64, log_capacity=2)
     log = tr.run(steps, log_every=2)
     params = gpu.asarray(p0)
     state = gpu.adam_init(params)
@@ -92,7 +92,7 @@ def test_trainer_equals_train_step_on_the_same_batches(cfg):
     np.testing.assert_array_equal(table[:, -2], losses)
     np.testing.assert_allclose(table[:, -1], norms, rtol=1e-15)
     assert max(norms) > ADAM.grad_clip  # clipping was exercised
-    assert log == [(2, losses[1]), (4, losses[3])]
+    assert log == [(2, losses[1])]
 
 
 def test_trainer_first_loss_is_the_oracles_on_the_mirrors_batch():
