@@ -9,6 +9,8 @@ status ("complete"; "incomplete" when a job failed or diverged; "interrupted"), 
                  (a list of numbers, such as the losses per layer, element-wise)
     curves       the tree of each run's `curves`, every curve by {mean, std, per_seed} (lists,
                  element-wise), "step" kept as it is
+    ood          (fig6, fig7, fig8) the tree of each run's `ood` in the same way, its axes (alpha,
+                 k, law_tasks) kept as they are
     tail_median  per curve (those in `final` too, as fig3's GD++ fit), the median over its last
                  TAIL_FRACTION of evaluations (a statistic that does not depend on where a noisy
                  curve happens to end), as {mean, std, per_seed}
@@ -24,6 +26,8 @@ from iclgd.results import RESULTS_FILE, read_results
 
 SWEEP_FILE = "sweep.json"
 TAIL_FRACTION = 0.1
+MERGED = ("final", "curves", "ood")  # the trees of results.json merged across seeds, where every run has one
+AXES = ("step", "alpha", "k", "law_tasks")  # what curves run over: kept when equal across seeds, else listed
 
 
 def _is_number(v):
@@ -51,11 +55,11 @@ def _numeric_list(v):
 
 def stats_tree(trees):
     """The tree of `trees` (one per seed, shaped alike) with each number, and each list of numbers
-    element-wise (a curve, the losses per layer), replaced by its stats across them; a list under
-    the key "step" and other leaves kept when equal across seeds, else listed."""
+    element-wise (a curve, the losses per layer), replaced by its stats across them; the axes (a
+    tree under a key of AXES) and other leaves kept when equal across seeds, else listed."""
     first = trees[0]
     if isinstance(first, dict):
-        return {k: (_kept(v) if k == "step" else stats_tree(v))
+        return {k: (_kept(v) if k in AXES else stats_tree(v))
                 for k in first if all(k in t for t in trees) for v in [[t[k] for t in trees]]}
     if _numeric_list(first) and all(_numeric_list(t) and len(t) == len(first) for t in trees):
         return _curve_stats(trees)
@@ -104,8 +108,9 @@ def merge_point(name, sweep_dir, settings, seeds, jobs):
     entry = {"name": name, "folder": name, "settings": dict(settings), "seeds": sorted(runs), "jobs": jobs}
     if runs:
         ordered = [runs[s] for s in sorted(runs)]
-        entry["final"] = stats_tree([r["final"] for r in ordered])
-        entry["curves"] = stats_tree([r["curves"] for r in ordered])
+        for key in MERGED:
+            if all(key in r for r in ordered):
+                entry[key] = stats_tree([r[key] for r in ordered])
         entry["tail_median"] = stats_tree([_merged(tail_medians(r["curves"]), tail_medians(r["final"]))
                                            for r in ordered])
     return entry

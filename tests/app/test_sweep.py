@@ -149,6 +149,35 @@ def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
     assert os.path.getsize(tmp_path / "sweep.png") > 0 and os.path.getsize(tmp_path / "sweep.pdf") > 0
 
 
+def test_merge_carries_the_ood_curves_over_seeds_and_keeps_their_axes(tmp_path):
+    rng = np.random.default_rng(2)
+    axes = {"alpha": {"input": [0.5, 1.0, 2.0]}, "k": [0, 1], "law_tasks": {"normal": 3}}
+    oods = [{"deep5": {**axes, "input": {"tf": list(rng.random(3)), "gd": [1.0, None, 2.0]},
+                       "by_law": {"normal": {"tf": list(rng.random(3))}}}} for _ in range(2)]
+    for s, ood in enumerate(oods):
+        folder = tmp_path / "p" / f"seed{s}"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({
+            "experiment": "fig7", "figure": "F", "config": {}, "seeds": [s], "backend": "numpy", "versions": {},
+            "quick": True, "runtime_s": 1.0, "steps_run": 1, "per_seed": [], "notes": "",
+            "final": {"deep5": {"loss_tf": float(s)}}, "curves": {"deep5": {"step": [0], "loss_tf": [1.0]}},
+            "ood": ood}))
+    jobs = {0: {"status": "complete"}, 1: {"status": "complete"}}
+    point, = sm.merge({"experiment": "fig7", "seeds": [0, 1]}, [("p", str(tmp_path), {}, [0, 1], jobs)])["points"]
+    o = point["ood"]["deep5"]
+    assert {k: o[k] for k in axes} == axes  # the axes as they are, not averaged
+    stack = np.array([ood["deep5"]["input"]["tf"] for ood in oods])  # (seeds, alphas)
+    np.testing.assert_allclose(o["input"]["tf"]["mean"], stack.mean(0), **TOL["float64_reordered"])
+    np.testing.assert_allclose(o["input"]["tf"]["std"], stack.std(0, ddof=1), **TOL["float64_reordered"])
+    assert o["input"]["gd"]["mean"] == [1.0, None, 2.0]  # a diverged point stays null
+    assert o["by_law"]["normal"]["tf"]["per_seed"] == [ood["deep5"]["by_law"]["normal"]["tf"] for ood in oods]
+    del oods[1]["deep5"]["k"]
+    (tmp_path / "p" / "seed1" / "results.json").write_text(json.dumps({
+        **json.loads((tmp_path / "p" / "seed1" / "results.json").read_text()), "ood": oods[1]}))
+    point, = sm.merge({"experiment": "fig7", "seeds": [0, 1]}, [("p", str(tmp_path), {}, [0, 1], jobs)])["points"]
+    assert "k" not in point["ood"]["deep5"] and "input" in point["ood"]["deep5"]  # only what every seed has
+
+
 def test_show_and_plot_name_a_bad_sweep_file(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text(json.dumps({"experiment": "fig2"}))
     for command in ("show", "plot"):
