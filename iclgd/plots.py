@@ -275,15 +275,15 @@ def plot_results(results, out_dir):
 
 def _imported(module, name):
     """Plotter `name` of another plots module, imported when used (those modules read this one's
-    helpers): iclgd.plots_fu (the second paper), iclgd.plots_ood (fig7)."""
+    helpers): iclgd.plots_fu (the second paper), iclgd.plots_ood (fig7, fig8)."""
     def plot(r, out_dir):
         import importlib
         return getattr(importlib.import_module(module), name)(r, out_dir)
     return plot
 
 
-PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig8": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16,
-            "fig7": _imported("iclgd.plots_ood", "plot_fig7"),
+PLOTTERS = {"fig2": plot_fig2, "fig1": plot_fig1, "fig3": plot_fig3, "fig6": plot_fig6, "fig16": plot_fig16,
+            "fig7": _imported("iclgd.plots_ood", "plot_fig7"), "fig8": _imported("iclgd.plots_ood", "plot_fig8"),
             "fu-algorithms": _imported("iclgd.plots_fu", "plot_fu_algorithms"),
             "theory-preconditioner": _imported("iclgd.plots_fu", "plot_theory_preconditioner"),
             "fu-lsa": _imported("iclgd.plots_fu", "plot_fu_lsa"), "fu-gpt2": _imported("iclgd.plots_fu", "plot_fu_gpt2")}

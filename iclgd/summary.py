@@ -9,6 +9,20 @@ SPEC6_FIG6_INPUT = {"0.50": "~0.08", "0.80": "~0.15", "1.10": "~0.27", "1.40": "
                     "2.00": "~8.5"}  # SPEC 6, figures 6/7: read off the paper's log plot
 
 FIG7_PAPER = "similar to GD and GD++ for depth > 1, less for deeper models"  # A.2, qualitative
+FIG7_ROWS = [  # no published number: the paper's words (A.2) on its figures 6 and 7
+    ("loss in distribution: TF vs GD++", "loss_tf", "loss_gdpp", "-"),
+    ("L-step GD in distribution: clipped as in the curves vs fig3's", "loss_gd_ood", "loss_gd", "-"),
+    ("input scale 2: TF vs L-step GD", "loss_tf_input_2.00", "loss_gd_input_2.00", FIG7_PAPER),
+    ("input scale 2: TF vs GD++", "loss_tf_input_2.00", "loss_gdpp_input_2.00", FIG7_PAPER),
+    ("weight scale 5: TF vs GD++", "loss_tf_weight_5.00", "loss_gdpp_weight_5.00", FIG7_PAPER),
+    ("other laws at alpha 5: TF vs GD++", "loss_tf_laws_5.00", "loss_gdpp_laws_5.00",
+     "recurrent almost identical; deep less so far from alpha 1"),
+    ("max |TF / GD++ - 1| over the input scales", "ood_rel_dev_gdpp_input", None, "-"),
+    ("max |TF / GD++ - 1| over the weight scales", "ood_rel_dev_gdpp_weight", None, "-"),
+    ("max |TF / GD++ - 1| over the other laws", "ood_rel_dev_gdpp_laws", None, "-"),
+    ("weight scale s: GD's deviation from s^2 x loss", "weight_scale_law_dev_gd", None, "0 unless tokens are clipped"),
+]
+
 
 REFERENCE = {
     "fig2": [
@@ -31,10 +45,12 @@ REFERENCE = {
         ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "matches GD++"),
         ("model cos (TF vs GD++)", "model_cos_gdpp", None, "~1"),
     ],
+    "fig7": FIG7_ROWS,
     "fig8": [
         ("loss: trained TF vs L-step GD", "loss_tf", "loss_gd", "qualitatively as figure 3"),
         ("loss: trained TF vs GD++", "loss_tf", "loss_gdpp", "qualitatively as figure 3"),
         ("model cos (TF vs GD++)", "model_cos_gdpp", None, "qualitatively as figure 3"),
+        *FIG7_ROWS[2:],  # fig7's out-of-distribution rows
     ],
     "fig4": [
         ("loss of predicting 0", "loss_zero", None, "-"),
@@ -60,19 +76,6 @@ REFERENCE = {
         *[(f"GD expected at input scale {r}: run's eta vs optimum", f"loss_gd_closed_form_input_{r}",
            f"loss_gd_closed_form_opt_input_{r}", "closed form at the optimum (SPEC 6)")
           for r in SPEC6_FIG6_INPUT],
-    ],
-    "fig7": [  # no published number: the paper's words (A.2) on its figures 6 and 7
-        ("loss in distribution: TF vs GD++", "loss_tf", "loss_gdpp", "-"),
-        ("L-step GD in distribution: clipped as in the curves vs fig3's", "loss_gd_ood", "loss_gd", "-"),
-        ("input scale 2: TF vs L-step GD", "loss_tf_input_2.00", "loss_gd_input_2.00", FIG7_PAPER),
-        ("input scale 2: TF vs GD++", "loss_tf_input_2.00", "loss_gdpp_input_2.00", FIG7_PAPER),
-        ("weight scale 5: TF vs GD++", "loss_tf_weight_5.00", "loss_gdpp_weight_5.00", FIG7_PAPER),
-        ("other laws at alpha 5: TF vs GD++", "loss_tf_laws_5.00", "loss_gdpp_laws_5.00",
-         "recurrent almost identical; deep less so far from alpha 1"),
-        ("max |TF / GD++ - 1| over the input scales", "ood_rel_dev_gdpp_input", None, "-"),
-        ("max |TF / GD++ - 1| over the weight scales", "ood_rel_dev_gdpp_weight", None, "-"),
-        ("max |TF / GD++ - 1| over the other laws", "ood_rel_dev_gdpp_laws", None, "-"),
-        ("weight scale s: GD's deviation from s^2 x loss", "weight_scale_law_dev_gd", None, "0 unless tokens are clipped"),
     ],
     "fig12": [
         ("loss: softmax layer vs 1 GD step", "loss_tf", "loss_gd", "1 head cannot match GD; 2 heads much closer"),

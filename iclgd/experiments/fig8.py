@@ -3,17 +3,18 @@ several heads per layer and an MLP after each attention, against L-step GD and G
 The paper's text: deeper models "with multiple heads and equipped with MLPs" give "qualitatively
 equivalent results" to figure 3's. It does not give the head count or the depths of these figures;
 `heads` and `mlp` are config keys, so `iclgd sweep fig8 --grid heads=1,2,4 --grid mlp=false,true`
-covers the combinations. Everything else (variants, training, the GD++ fits, the results keys) is
-fig3's; Figure 7's out-of-distribution panels are not computed here (fig7 computes them for figure
-3's one-head models without MLPs, through fig3.run's per_variant).
+covers the combinations. Everything else is fig7's, which is fig3's (variants, training, the GD++
+fits, the in-distribution results keys) plus, per variant, Figure 7's out-of-distribution curves of
+the TF, the token-clipped L-step GD and GD++ (iclgd.experiments.fig7.variant_ood; its grid keys and
+results keys). The figure is fig3's (fig8.png) and fig7's (fig8-ood.png).
 """
 from dataclasses import dataclass
 
-from iclgd.experiments import fig3
+from iclgd.experiments import fig7
 
 
 @dataclass(frozen=True)
-class Config(fig3.Config):
+class Config(fig7.Config):
     heads: int = 2  # attention heads per layer, each of key size D (paper: "multiple heads", number not given)
     mlp: bool = True  # H <- H + MLP(H) after each attention, D -> 4D -> D, GELU (paper: "equipped with MLPs")
 
@@ -26,5 +27,11 @@ class Config(fig3.Config):
         return {"num_heads": self.heads, "mlp": self.mlp}
 
 
-QUICK = fig3.QUICK
-run = fig3.run
+QUICK = fig7.QUICK
+
+
+def run(cfg: Config, seeds, backend, out_dir=None, resume=False, progress=True):
+    r = fig7.run(cfg, seeds, backend, out_dir, resume, progress)
+    r["notes"] = (f"fig3's and fig7's keys for models of {cfg.heads} heads per layer (key size D each), MLP "
+                  f"{'on' if cfg.mlp else 'off'}. " + r["notes"])
+    return r

@@ -136,6 +136,11 @@ def test_other_experiments_write_their_keys(tmp_path, name):
         assert p["param/layer1.attn.W_q"].shape == (11, 11 * heads)
         assert ("param/layer1.mlp.W1" in p.files) is mlp
         assert all(key in r["final"]["deep2"] for _, key, _, _ in REFERENCE[name])
+    if name == "fig8":  # and fig7's out-of-distribution curves of each variant, in a second figure
+        assert set(r["ood"]) == set(r["final"]) == {"tied2", "deep2"}
+        for fam in ("input", "weight", "laws"):
+            assert all(len(r["ood"]["deep2"][fam][m]) == len(r["ood"]["deep2"]["alpha"][fam]) for m in ("tf", "gd", "gdpp"))
+        assert os.path.getsize(tmp_path / "fig8-ood.png") > 1000 and os.path.isfile(tmp_path / "fig8-ood.pdf")
     if name == "fig6":
         for fam in ("input", "weight", "laws"):
             assert len(r["ood"][fam]["tf"]) == len(r["ood"]["alpha"][fam])
