@@ -24,7 +24,7 @@ from numba import njit, prange
 from refimpl import layers
 
 from kernels.numba.layout import build_constants
-from kernels.numba.ops import C_GELU_A, C_GELU_C, C_HALF, C_ONE, gelu_tanh
+from kernels.numba.ops import C_GELU_A, C_GELU_C, C_HALF, C_ONE, G_HALF, G_ONE, gelu_consts, gelu_tanh
 
 GELU_PIECE = 4096  # elements per parallel piece of the GELU loops
 
@@ -43,17 +43,18 @@ def is_front_param(name):
     return name.startswith("embed.") or name.startswith("input_mlp.")
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def gelu_kernel(h, g, t, cst):
     """g = gelu(h) and t = tanh(c (h + a h^3)) (kept for the backward), flat arrays, in pieces:
     kernels.numba.ops.gelu_fwd's formula and tanh (ops.gelu_tanh)."""
     n = h.size
+    k = gelu_consts(cst)
     for p in prange((n + GELU_PIECE - 1) // GELU_PIECE):
         for i in range(p * GELU_PIECE, min(n, (p + 1) * GELU_PIECE)):
             x = h[i]
-            ti = gelu_tanh(x, cst)
+            ti = gelu_tanh(x, k)
             t[i] = ti
-            g[i] = cst[C_HALF] * x * (cst[C_ONE] + ti)
+            g[i] = k[G_HALF] * x * (k[G_ONE] + ti)
 
 
 @njit(cache=True, parallel=True)

@@ -13,6 +13,7 @@ Workspace of one task (ws, 1-D): the front end's buffers, then one block per app
 (the layer's input x, the LayerNorm caches, Q, K, V, K^T V or P, O, u and z of the
 query-row attention, ...), then backward scratch.
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -20,8 +21,10 @@ import numpy as np
 from refimpl.layers import GELU_C, LN_EPS, sinusoidal_encoding
 from refimpl.params import param_offsets
 
-from kernels.numba.ops import (C_CLIP, C_GELU_A, C_GELU_C, C_HALF, C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF,
-                               C_ONE, C_SQRT_K, C_ZERO, NUM_CONSTS)
+from kernels.numba.ops import (C_CLIP, C_EXP_BIAS, C_EXP_BIT, C_EXP_LIM, C_EXP_LN2_HI, C_EXP_LN2_LO,
+                               C_EXP_LOG2E, C_EXP_POLY, C_EXP_POW, C_EXP_ROUND, C_EXP_SCALE, C_GELU_A, C_GELU_C, C_HALF,
+                               C_INV_B, C_LAM, C_LN_EPS, C_NEG_INF, C_ONE, C_SQRT_K, C_ZERO, EXP_BIAS,
+                               EXP_BITS, EXP_DEGREE, NUM_CONSTS)
 
 
 class TaskLayout(NamedTuple):
@@ -207,7 +210,23 @@ def build_constants(cfg, dtype, batch):
     c[C_SQRT_K] = np.sqrt(cfg.key_size)
     c[C_NEG_INF] = -np.inf
     c[C_INV_B] = 1.0 / batch  # mse_backward: (dloss / B) * r
+    exp_constants(c, dtype)
     return c.astype(dtype)
+
+
+def exp_constants(c, dtype):
+    """Fill the constants of ops.gelu_tanh's exp into c (float64, NUM_CONSTS): ln 2 in two parts is
+    fdlibm's for float64 and a 9-bit head for float32 (so that k ln2_hi is exact in either)."""
+    single = np.dtype(dtype) == np.float32
+    c[C_EXP_LOG2E], c[C_EXP_LIM] = 1.0 / math.log(2.0), 40.0
+    c[C_EXP_LN2_HI], c[C_EXP_LN2_LO] = ((0.693359375, -2.12194440e-4) if single else
+                                        (6.93147180369123816490e-01, 1.90821492927058770002e-10))
+    c[C_EXP_BIAS], c[C_EXP_SCALE] = EXP_BIAS, 2.0 ** -EXP_BIAS
+    c[C_EXP_ROUND] = 1.5 * 2.0 ** (23 if single else 52)  # y + this - this: y rounded to an integer
+    for b in range(EXP_BITS):
+        c[C_EXP_BIT + b] = 2.0 ** (EXP_BITS - 1 - b)
+        c[C_EXP_POW + b] = 2.0 ** (2 ** (EXP_BITS - 1 - b))
+    c[C_EXP_POLY:C_EXP_POLY + EXP_DEGREE + 1] = [1.0 / math.factorial(j) for j in range(EXP_DEGREE, -1, -1)]
 
 
 def build_posenc(cfg, num_tokens, dtype):

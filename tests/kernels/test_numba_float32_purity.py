@@ -13,7 +13,8 @@ from kernels.numba import front, ops
 def _fresh(fn):
     """An uncached copy of an @njit function (inspection of cached code is disabled)."""
     return njit(fn.py_func, fastmath=fn.targetoptions.get("fastmath", False),
-                parallel=fn.targetoptions.get("parallel", False))
+                parallel=fn.targetoptions.get("parallel", False),
+                error_model=fn.targetoptions.get("error_model", "python"))
 
 
 f = np.zeros(64, np.float32)
@@ -21,7 +22,7 @@ CASES = {
     "layernorm_fwd": (ops.layernorm_fwd, lambda c: (f, 0, 2, 5, f, 0, 0, f, 0, f, 0, f, 0, c)),
     "layernorm_bwd": (ops.layernorm_bwd, lambda c: (f, 0, 2, 5, f, 0, f, 0, f, 0, f, 0, 0, f, 0, 0, c)),
     "gelu_fwd": (ops.gelu_fwd, lambda c: (f, 0, 8, f, 0, c)),
-    "gelu_bwd": (ops.gelu_bwd, lambda c: (f, 0, f, 0, 8, f, 0, c)),
+    "gelu_bwd": (ops.gelu_bwd, lambda c: (f, 0, f, 0, 8, c)),
     "front.gelu_kernel": (front.gelu_kernel, lambda c: (f, f.copy(), f.copy(), c)),
     "front.gelu_backward_kernel": (front.gelu_backward_kernel, lambda c: (f, f.copy(), f.copy(), f.copy(), c)),
 }

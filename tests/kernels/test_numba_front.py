@@ -4,7 +4,7 @@ the sine model's loss, every gradient, read-outs and query gradient on uneven sh
 import numpy as np
 import pytest
 
-from kernels.numba import cpu, front
+from kernels.numba import cpu, front, ops
 from kernels.numba.layout import build_constants
 from refimpl import layers
 from refimpl import loss as oracle_loss
@@ -30,6 +30,41 @@ def test_gelu_and_its_derivative_match_the_oracle_everywhere(dtype):
     out = np.empty_like(x)
     front.gelu_backward_kernel(dy, x, t, out, cst)
     np.testing.assert_allclose(out, layers.gelu_backward(dy.astype(np.float64), cache)[0], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_task_kernels_gelu_matches_the_oracle_over_the_range_and_keeps_non_finite_values(dtype):
+    """kernels.numba.ops.gelu_fwd / gelu_bwd (the per-task MLP's; their tanh from a polynomial exp,
+    2^k from k's binary digits) against refimpl.layers, computed in the same dtype: within a few eps
+    of the scale of each term, over every exponent the clamp reaches and beyond, and the same
+    NaN / inf / signed zero where the oracle's has them."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([3 * rng.standard_normal(4001), np.linspace(-60, 60, 6001), -np.logspace(-30, 30, 241),
+                        np.logspace(-30, 30, 241), [0.0, -0.0, 1e-300, 1e30, -1e30]]).astype(dtype)
+    cst = build_constants(SINE_LIKE, dtype, 1)
+    g = np.full_like(x, 7.0)
+    ops.gelu_fwd(x, 0, x.size, g, 0, cst)
+    dy = rng.uniform(-1, 1, x.size).astype(dtype)
+    dx = dy.copy()
+    ops.gelu_bwd(dx, 0, x, 0, x.size, cst)
+    with np.errstate(all="ignore"):  # x^3 overflows for |x| = 1e30 (1e13 in float32), in the oracle too
+        want, cache = layers.gelu_forward(x)  # the oracle, in the same dtype
+        want_dx = layers.gelu_backward(dy, cache)[0]
+    ax = np.abs(x.astype(np.float64))
+    eps = np.finfo(dtype).eps
+    for got, ref, scale in ((g, want, np.maximum(ax, 1)), (dx, want_dx, 64 * (1 + ax ** 3))):
+        fin = np.isfinite(ref)
+        assert np.array_equal(got[~fin], ref[~fin], equal_nan=True)
+        err = np.abs(got[fin].astype(np.float64) - ref[fin]) / scale[fin]
+        assert err.max() <= 4 * eps, (dtype, err.max() / eps)
+    assert g[-5] == 0 and np.signbit(g[-4]) == np.signbit(want[-4]) and g[-2] == x[-2] and g[-1] == 0
+    # what the oracle refuses as input: gelu(inf) = inf, gelu(-inf) = -inf * 0 = NaN, NaN stays NaN
+    odd = np.array([np.inf, -np.inf, np.nan], dtype)
+    out = np.zeros_like(odd)
+    ops.gelu_fwd(odd, 0, 3, out, 0, cst)
+    assert out[0] == np.inf and np.isnan(out[1]) and np.isnan(out[2])
+    ops.gelu_bwd(out, 0, odd, 0, 3, cst)
+    assert np.isnan(out).all()
 
 
 def test_the_sine_model_matches_the_oracle_in_float64():
