@@ -206,7 +206,9 @@ def _both(values, tail, key):
 def plot_sweep(sweep, out_dir, max_panels=12):
     """DIR/sweep.png and .pdf: for every loss curve (per variant; not the per-layer ones) one panel,
     each point its mean over seeds with a band of +- one std, each seed thin, and the mean of each
-    baseline the summary compares it with (GD, GD++) as a horizontal line. The paths."""
+    baseline the summary compares it with (GD, GD++) as a horizontal line; where the runs have
+    out-of-distribution curves, one more panel per variant: every model's loss over the input
+    scale, mean and band. At most max_panels panels. The paths."""
     from iclgd.plots import _arr, _plt, _save
     panels = []
     for p in sweep["points"]:
@@ -214,11 +216,17 @@ def plot_sweep(sweep, out_dir, max_panels=12):
             if path[-1].startswith("loss") and "layer" not in path[-1] and path not in panels:
                 panels.append(path)
     panels = panels[:max_panels] or [("loss",)]
+    for p in sweep["points"]:  # and the out-of-distribution curves over the input scale (fig6, fig7, fig8)
+        panels += [("ood", *path) for path, _ in _ood_groups(p.get("ood") or {}) if ("ood", *path) not in panels]
+    panels = panels[:max_panels]
     plt = _plt()
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), layout="constrained", squeeze=False)
     for ax, path in zip(axes.flat, panels):
+        if path[0] == "ood":
+            _plot_ood_panel(ax, sweep["points"], path[1:], _arr)
+            continue
         for i, p in enumerate(sweep["points"]):
             node, steps = _lookup(p.get("curves") or {}, path)
             if node is None:
@@ -241,6 +249,36 @@ def plot_sweep(sweep, out_dir, max_panels=12):
     r = {"quick": sweep.get("quick")}
     return _save(r, fig, out_dir, "sweep", f"{sweep['experiment']} over seeds "
                  f"{', '.join(map(str, sweep['seeds']))}: mean, +- 1 std band, each seed thin")
+
+
+OOD_STYLES = {"tf": "-", "gd": "--", "gdpp": ":", "interp": "-."}
+
+
+def _ood_groups(ood):
+    """[(path, tree)] of the trees in a point's `ood` that hold curves over alpha: the top level
+    (fig6) or one per variant (fig7, fig8)."""
+    if "alpha" in ood:
+        return [((), ood)]
+    return [((k,), v) for k, v in ood.items() if isinstance(v, dict) and "alpha" in v]
+
+
+def _plot_ood_panel(ax, points, path, _arr):
+    """One panel: each point's models (TF, GD, GD++, ...) over the input scale, mean with a band of
+    +- one std over seeds."""
+    for i, p in enumerate(points):
+        group = dict(_ood_groups(p.get("ood") or {})).get(tuple(path))
+        if not group or "input" not in group:
+            continue
+        x = _arr(group["alpha"]["input"])
+        for model, node in group["input"].items():
+            mean = _arr(node["mean"])
+            std = _arr([0.0 if v is None else v for v in node["std"]])
+            ax.plot(x, mean, OOD_STYLES.get(model, "-"), color=f"C{i % 10}", label=f"{p['name']}: {model}")
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2, lw=0)
+    ax.axvline(1.0, color="gray", lw=0.6, ls=":")
+    ax.set(xlabel="input scale alpha (x -> alpha x)", ylabel="loss (evaluation tasks)", yscale="log",
+           title=" / ".join(["ood", *path, "input"]))
+    ax.legend(fontsize=7)
 
 
 def _baselines(experiment, final, path):

@@ -149,7 +149,7 @@ def test_merge_reads_each_complete_seed_and_marks_the_rest(tmp_path):
     assert os.path.getsize(tmp_path / "sweep.png") > 0 and os.path.getsize(tmp_path / "sweep.pdf") > 0
 
 
-def test_merge_carries_the_ood_curves_over_seeds_and_keeps_their_axes(tmp_path):
+def test_merge_carries_the_ood_curves_over_seeds_and_keeps_their_axes(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     axes = {"alpha": {"input": [0.5, 1.0, 2.0]}, "k": [0, 1], "law_tasks": {"normal": 3}}
     oods = [{"deep5": {**axes, "input": {"tf": list(rng.random(3)), "gd": [1.0, None, 2.0]},
@@ -171,6 +171,15 @@ def test_merge_carries_the_ood_curves_over_seeds_and_keeps_their_axes(tmp_path):
     np.testing.assert_allclose(o["input"]["tf"]["std"], stack.std(0, ddof=1), **TOL["float64_reordered"])
     assert o["input"]["gd"]["mean"] == [1.0, None, 2.0]  # a diverged point stays null
     assert o["by_law"]["normal"]["tf"]["per_seed"] == [ood["deep5"]["by_law"]["normal"]["tf"] for ood in oods]
+    merged = sm.merge({"experiment": "fig7", "seeds": [0, 1]}, [("p", str(tmp_path), {}, [0, 1], jobs)])
+    import iclgd.plots as plots
+    figures = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda r, fig, *a: (figures.append(fig), real(r, fig, *a))[1])
+    sm.plot_sweep({**merged, "quick": True}, str(tmp_path))  # a panel of the OOD curves beside the training curve's
+    panel, = [a for a in figures[0].axes if a.get_title() == "ood / deep5 / input"]
+    assert [list(line.get_xdata()) for line in panel.lines[:2]] == [axes["alpha"]["input"]] * 2
+    np.testing.assert_allclose(panel.lines[0].get_ydata(), stack.mean(0), **TOL["float64_reordered"])
     del oods[1]["deep5"]["k"]
     (tmp_path / "p" / "seed1" / "results.json").write_text(json.dumps({
         **json.loads((tmp_path / "p" / "seed1" / "results.json").read_text()), "ood": oods[1]}))
