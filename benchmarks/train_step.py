@@ -4,6 +4,8 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
     a  one-layer LSA                                    lr 1e-3, clip 0.001
     b  deep 5-layer LSA, token clipping at 10           lr 5e-4, clip 10
     c  2-head softmax attention with LayerNorm and MLP  lr 1e-3, clip 0.001
+    d  deep 5-layer LSA, 2 heads and an MLP per layer,   lr 5e-4, clip 10
+       token clipping at 10 (fig8's deepest model)
 in float64 and float32, for every available backend and, in the same run, for the peers: the same
 model and step written as a JAX jit program and a PyTorch eager (autograd) program on the CPU
 (benchmarks/peers.py; optional: `--peers ''` leaves them out, a missing framework is reported as
@@ -42,6 +44,8 @@ CASES = {
     "b_lsa_deep5": (ModelConfig(num_layers=5, token_clip=10.0), AdamConfig(lr=5e-4, grad_clip=10.0)),
     "c_softmax_2head_ln_mlp": (ModelConfig(attention="softmax", num_heads=2, layernorm=True, mlp=True),
                                AdamConfig(lr=1e-3, grad_clip=0.001)),
+    "d_lsa_deep5_2head_mlp": (ModelConfig(num_layers=5, num_heads=2, mlp=True, token_clip=10.0),
+                              AdamConfig(lr=5e-4, grad_clip=10.0)),
 }
 
 
