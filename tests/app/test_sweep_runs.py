@@ -130,7 +130,9 @@ def test_local_pool_sweep_retries_the_run_of_a_killed_worker(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_runs_and_the_same_command_continues(tmp_path):
-    argv = ["sweep", "fig2", "--seeds", "0-1", *TINY, "--out", tmp_path, "--jobs", "1"]
+    # 2 000 steps: long enough that seed 1 is still running when the poll (every 50 ms) finds it,
+    # on a fast machine with a warm Numba cache too (20 steps could finish between two polls)
+    argv = ["sweep", "fig2", "--seeds", "0-1", *TINY, "--set", "train.steps=2000", "--out", tmp_path, "--jobs", "1"]
     proc = _popen(*argv)
     first = tmp_path / "base" / "seed0" / "results.json"
     _running_job_pid(tmp_path, proc, seed="seed1")  # seed 0 is done, seed 1 is running
