@@ -16,7 +16,6 @@ encoding), E embedding width (= D, the model width), F input-MLP width.
 Backward in reverse, as refimpl.model.front_backward: dE0 = dH + (gelu'(h) * (dH W2^T)) W1^T.
 """
 import dataclasses
-import math
 
 import numpy as np
 from numba import njit, prange

@@ -22,9 +22,10 @@ MM_FLAGS = {"contract", "reassoc"}
 
 # indices into the constants vector `cst` (values in the data's dtype)
 C_ZERO, C_ONE, C_HALF, C_LAM, C_CLIP, C_LN_EPS, C_GELU_C, C_GELU_A, C_SQRT_K, C_NEG_INF, C_INV_B = range(11)
-# the exp of gelu_tanh (layout.build_constants fills them): log2(e), ln 2 in two parts, the clamp of
-# its argument, EXP_BIAS and 2^-EXP_BIAS, the rounding constant 1.5 2^52 (float32: 1.5 2^23); the binary digits' values 2^b (b = 6 .. 0) and their powers
-# 2^(2^b); the Taylor coefficients 1/EXP_DEGREE!, ..., 1/1!, 1
+# the exp of gelu_tanh (layout.exp_constants fills them): log2(e), ln 2 in two parts, the clamp of
+# its argument, EXP_BIAS and 2^-EXP_BIAS, the rounding constant 1.5 2^52 (float32: 1.5 2^23); the
+# binary digits' values 2^b (b = 6 .. 0) and their powers 2^(2^b); the Taylor coefficients
+# 1/EXP_DEGREE!, ..., 1/1!, 1
 C_EXP_LOG2E, C_EXP_LN2_HI, C_EXP_LN2_LO, C_EXP_LIM, C_EXP_BIAS, C_EXP_SCALE, C_EXP_ROUND = range(11, 18)
 EXP_BITS = 7  # 2^k for an integer k in [-EXP_BIAS, EXP_BIAS): k + EXP_BIAS in binary, 7 digits
 EXP_BIAS = 2 ** (EXP_BITS - 1)
