@@ -16,9 +16,10 @@ import numpy as np
 
 from refimpl.atomic import atomic_save
 
-# keys of the flattened identity that may change between a run and its resumption
+# keys of the flattened identity that may change between a run and its resumption; deep_layers
+# names which models a run trains, not how one is trained, so a resume may add depths to it
 RESUMABLE = ("train.steps", "train.checkpoint_every", "config.train.steps", "config.train.checkpoint_every",
-             "config.deep_steps", "config.workers")
+             "config.deep_steps", "config.deep_layers", "config.workers")
 SECTIONS = ("param", "adam_m", "adam_v")
 
 

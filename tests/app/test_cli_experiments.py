@@ -175,3 +175,18 @@ def test_bad_inputs_give_clear_errors(capsys, tmp_path):
     assert _run(["plot", tmp_path / "nowhere"]) == 2
     assert "results.json" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "results.json")
+
+
+@pytest.mark.slow
+def test_resume_with_another_depth_reads_back_the_finished_models(tmp_path):
+    base = ["run", "fig3", "--out", tmp_path, *TINY, "--set", "train.steps=20", "--set", "deep_steps=[30]"]
+    assert _run([*base, "--set", "deep_layers=[2]"]) == 0
+    first = _results(tmp_path)
+    stamp = os.path.getmtime(tmp_path / "checkpoints" / "deep2_seed0.npz")
+    assert _run([*base, "--set", "deep_layers=[2,4]", "--resume"]) == 0
+    r = _results(tmp_path)
+    assert set(r["final"]) == {"tied2", "deep2", "deep4"} and r["config"]["deep_layers"] == [2, 4]
+    assert r["final"]["deep2"] == first["final"]["deep2"] and r["final"]["tied2"] == first["final"]["tied2"]
+    assert os.path.getmtime(tmp_path / "checkpoints" / "deep2_seed0.npz") == stamp  # not retrained
+    # another setting than the resumable ones is still refused
+    assert _run([*base, "--set", "deep_layers=[2,4]", "--set", "train.lr=0.002", "--resume"]) == 2
