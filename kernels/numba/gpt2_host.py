@@ -37,11 +37,11 @@ from refimpl.layers import GELU_C, LN_EPS
 from refimpl.optim import scaled_norm
 from refimpl.validate import check_array, check_same_dtype, check_upstream
 
-from kernels.numba.gpt2 import (BLOCK_NAMES, E_BIAS, E_LIM, E_LN2_HI, E_LN2_LO, E_LOG2E, E_POLY, E_SHIFT, EXP_DEGREE,
+from kernels.numba.gpt2 import (BLOCK_NAMES, E_BIAS, E_LIM, E_LN2_HI, E_LN2_LO, E_LOG2E, E_POLY, E_SHIFT,
                                 G_POS_ROWS, GLOBAL_NAMES, NUM_GPT2_CONSTS, adam_piece, chunk_backward, chunk_forward,
                                 sum_chunks)
 from kernels.numba.adam import adam_hyper, clip_factor
-from kernels.numba.layout import cached_plan
+from kernels.numba.layout import cached_plan, exp_reduction
 from kernels.numba.ops import C_GELU_A, C_GELU_C, C_HALF, C_LN_EPS, C_NEG_INF, C_ONE, C_SQRT_K
 
 MAX_CHUNKS = 8  # chunks of prompts per step; their gradient rows are summed in chunk order
@@ -149,18 +149,15 @@ def unpack(vector, cfg):
 
 def constants(cfg, dtype):
     """The kernels' constants in `dtype` (float32 kernels stay float32): kernels.numba.ops', then
-    gelu_fwd's exp (E_*): log2(e), ln 2 in two parts (fdlibm's for float64; for float32 a 9-bit
-    head), the clamp, the exponent bias and the mantissa width of the dtype, and the Taylor
-    coefficients 1/12!, ..., 1/1!, 1."""
+    gelu_fwd's exp (E_*): layout.exp_reduction's (log2(e), the clamp, ln 2 in two parts, the Taylor
+    coefficients), the exponent bias and the mantissa width of the dtype."""
     c = np.zeros(NUM_GPT2_CONSTS)
     c[C_ONE], c[C_HALF], c[C_LN_EPS], c[C_GELU_C], c[C_GELU_A] = 1.0, 0.5, LN_EPS, GELU_C, 0.044715
     c[C_SQRT_K], c[C_NEG_INF] = np.sqrt(cfg.head_size), -np.inf
     single = np.dtype(dtype) == np.float32
-    c[E_LOG2E], c[E_LIM] = 1.0 / math.log(2.0), 40.0
-    c[E_LN2_HI], c[E_LN2_LO] = (0.693359375, -2.12194440e-4) if single else (6.93147180369123816490e-01,
-                                                                           1.90821492927058770002e-10)
+    c[E_LOG2E], c[E_LIM], c[E_LN2_HI], c[E_LN2_LO], poly = exp_reduction(dtype)
     c[E_BIAS], c[E_SHIFT] = (127, 23) if single else (1023, 52)
-    c[E_POLY:] = [1.0 / math.factorial(k) for k in range(EXP_DEGREE, -1, -1)]
+    c[E_POLY:] = poly
     return c.astype(dtype)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from kernels.numba.ops import (C_GELU_A, C_GELU_C, C_HALF, C_LN_EPS, C_NEG_INF, C_ONE, C_SQRT_K, C_ZERO,
-                               MM_FLAGS, NUM_CONSTS, count_as)
+                               EXP_DEGREE, MM_FLAGS, NUM_CONSTS, count_as)
 
 # parameter offsets into the flat vector: `off` (L + 1, 16), row l for block l, row L for the rest
 (O_LN1S, O_LN1O, O_WQ, O_BQ, O_WK, O_BK, O_WV, O_BV, O_WP, O_BP, O_LN2S, O_LN2O, O_W1, O_B1, O_W2,
@@ -27,7 +27,6 @@ BLOCK_NAMES = ("ln1.scale", "ln1.offset", "attn.W_q", "attn.b_q", "attn.W_k", "a
 GLOBAL_NAMES = ("read_in.W", "read_in.b", "pos", "ln_f.scale", "ln_f.offset", "read_out.W", "read_out.b")
 # the exp of gelu_fwd: constants after kernels.numba.ops' in the constants vector (gpt2_host.constants)
 E_LOG2E, E_LN2_HI, E_LN2_LO, E_LIM, E_BIAS, E_SHIFT, E_POLY = range(NUM_CONSTS, NUM_CONSTS + 7)
-EXP_DEGREE = 12  # e^r = sum_k r^k / k! for k <= 12: relative error < 2e-16 for |r| <= ln(2) / 2
 NUM_GPT2_CONSTS = E_POLY + EXP_DEGREE + 1
 
 

@@ -214,19 +214,28 @@ def build_constants(cfg, dtype, batch):
     return c.astype(dtype)
 
 
-def exp_constants(c, dtype):
-    """Fill the constants of ops.gelu_tanh's exp into c (float64, NUM_CONSTS): ln 2 in two parts is
-    fdlibm's for float64 and a 9-bit head for float32 (so that k ln2_hi is exact in either)."""
+def exp_reduction(dtype):
+    """The exp of the GELU kernels (ops.gelu_tanh, gpt2_ops.gelu_fwd) in `dtype`: log2(e), the clamp
+    of its argument, ln 2 in two parts (fdlibm's for float64, a 9-bit head for float32, so that
+    k ln2_hi is exact in either) and the Taylor coefficients 1/EXP_DEGREE!, ..., 1/1!, 1."""
     single = np.dtype(dtype) == np.float32
-    c[C_EXP_LOG2E], c[C_EXP_LIM] = 1.0 / math.log(2.0), 40.0
-    c[C_EXP_LN2_HI], c[C_EXP_LN2_LO] = ((0.693359375, -2.12194440e-4) if single else
-                                        (6.93147180369123816490e-01, 1.90821492927058770002e-10))
+    ln2_hi, ln2_lo = (0.693359375, -2.12194440e-4) if single else (6.93147180369123816490e-01,
+                                                                   1.90821492927058770002e-10)
+    poly = [1.0 / math.factorial(j) for j in range(EXP_DEGREE, -1, -1)]
+    return 1.0 / math.log(2.0), 40.0, ln2_hi, ln2_lo, poly
+
+
+def exp_constants(c, dtype):
+    """Fill the constants of ops.gelu_tanh's exp into c (float64, NUM_CONSTS): exp_reduction's,
+    EXP_BIAS and 2^-EXP_BIAS, the rounding constant, the binary digits' values and powers."""
+    single = np.dtype(dtype) == np.float32
+    c[C_EXP_LOG2E], c[C_EXP_LIM], c[C_EXP_LN2_HI], c[C_EXP_LN2_LO], poly = exp_reduction(dtype)
     c[C_EXP_BIAS], c[C_EXP_SCALE] = EXP_BIAS, 2.0 ** -EXP_BIAS
     c[C_EXP_ROUND] = 1.5 * 2.0 ** (23 if single else 52)  # y + this - this: y rounded to an integer
     for b in range(EXP_BITS):
         c[C_EXP_BIT + b] = 2.0 ** (EXP_BITS - 1 - b)
         c[C_EXP_POW + b] = 2.0 ** (2 ** (EXP_BITS - 1 - b))
-    c[C_EXP_POLY:C_EXP_POLY + EXP_DEGREE + 1] = [1.0 / math.factorial(j) for j in range(EXP_DEGREE, -1, -1)]
+    c[C_EXP_POLY:C_EXP_POLY + EXP_DEGREE + 1] = poly
 
 
 def build_posenc(cfg, num_tokens, dtype):
