@@ -8,7 +8,7 @@ input MLP or positional encoding; any depth, weight tying, number of heads, key 
 and train_step, and its general per-task kernels for everything else.
 
 Shape legend: T tokens, D token width, S key tokens (T - 1, or T with include_query), H heads,
-K key size, L applications, Lp parameter sets (1 when weight-tied, else L), LANES tasks per group.
+K key size, L applications, Lp parameter sets (1 when weight-tied, else L), NL tasks per group.
 
 The algebra (row-vector convention of refimpl.attention; X (T, D) one task's tokens, C = X[:S]):
     Out = sum_h (X W_q^h)(C W_k^h)^T (C W_v^h) W_p^h = sum_h X W_KQ^h A W_PV^h
@@ -23,24 +23,24 @@ Backward of a layer, per head, from dOut (the gradient of the attention output):
     dX[:S] += C (dA + dA^T)                           (skipped for the first application)
 and on the host dW_q = dW_KQ W_k, dW_k = dW_KQ^T W_q, dW_v = dW_PV W_p^T, dW_p = W_v^T dW_PV.
 
-Layout: tasks are taken in groups of LANES = 8, stored innermost ((T, D, LANES) per group). The
-products (kernels.numba.lsa_lanes) keep the eight lanes in lane tuples of eight scalars, which
-LLVM's SLP vectoriser turns into packed instructions (two AVX2 registers in float64, one in
-float32). Numba compiles with that vectoriser off (NUMBA_SLP_VECTORIZE=0), so `loss_and_grads`
+Layout: tasks are taken in groups of NL (8 in float64, 16 in float32), stored innermost ((T, D, NL)
+per group). The products (kernels.numba.lsa_lanes) keep the NL lanes in lane tuples of NL scalars,
+which LLVM's SLP vectoriser turns into packed instructions (a tuple is 64 bytes in either dtype: one
+AVX-512 register or two AVX2 registers, so float32 does twice the tasks per instruction). Numba compiles with that vectoriser off (NUMBA_SLP_VECTORIZE=0), so `loss_and_grads`
 turns it on while the kernel is compiled: about 2x on the deep model. A last, partial group is
 padded with zero tokens and zero loss gradient, which contribute nothing.
 
 Kernel (`@njit(cache=True, parallel=True)`): kernels.numba.lsa_kernels.lsa_kernel, prange over
 chunks of groups. Determinism: each chunk adds its tasks' gradients per lane in task order, sums
 its lanes in lane order into its own row, and rows are summed in chunk order; chunks depend on B
-alone, so every run gives the same bits whatever the thread count.
+(and the dtype's NL) alone, so every run gives the same bits whatever the thread count.
 """
 import numpy as np
 from numba import set_parallel_chunksize
 
 from kernels.numba.layout import cached_plan
 from kernels.numba.lsa_kernels import lsa_kernel
-from kernels.numba.lsa_lanes import LANES, slp_vectorizer
+from kernels.numba.lsa_lanes import lane_count, slp_vectorizer
 
 MAX_CHUNKS = 64  # gradient rows; a function of B only
 TRAIN, READOUTS_AND_QUERY_GRADIENT, READOUTS = 0, 1, 2  # lsa_kernel's modes (its `evaluate`)
@@ -60,16 +60,17 @@ class _Plan:
     def __init__(self, cfg, T, B, dtype):
         D, H, L = cfg.model_dim, cfg.num_heads, cfg.num_layers
         Lp = 1 if cfg.weight_tied else L
-        groups = -(-B // LANES)
+        NL = lane_count(dtype)  # tasks per SIMD group
+        groups = -(-B // NL)
         self.gpc = max(1, -(-groups // MAX_CHUNKS))  # groups per chunk
         nch = -(-groups // self.gpc)
         e = lambda *shape: np.empty((nch,) + shape, dtype)  # noqa: E731
-        self.Xs = e(L + 1, T, D, LANES)
-        self.Zs = e(L, T, D, LANES) if L > 1 else None  # None: compiled without the deep layers
-        self.As = e(L, D, D, LANES)
-        self.Us, self.Vs = e(L, H, T, D, LANES), e(L, H, T, D, LANES)
-        self.tmp, self.dA, self.small = e(4, T, D, LANES), e(D, D, LANES), e(5, max(D, 4), LANES)
-        self.dW_KQ_lanes, self.dW_PV_lanes = e(Lp, H, D, D, LANES), e(Lp, H, D, D, LANES)
+        self.Xs = e(L + 1, T, D, NL)
+        self.Zs = e(L, T, D, NL) if L > 1 else None  # None: compiled without the deep layers
+        self.As = e(L, D, D, NL)
+        self.Us, self.Vs = e(L, H, T, D, NL), e(L, H, T, D, NL)
+        self.tmp, self.dA, self.small = e(4, T, D, NL), e(D, D, NL), e(3, max(D, 4), NL)
+        self.dW_KQ_lanes, self.dW_PV_lanes = e(Lp, H, D, D, NL), e(Lp, H, D, D, NL)
         self.dW_KQ_rows, self.dW_PV_rows = e(Lp, H, D, D), e(Lp, H, D, D)
         self.SQ = e(L)
         self.no_rd, self.no_dq = np.empty((L, 1), dtype), np.empty((1, D), dtype)  # training: unused

@@ -1,24 +1,26 @@
 """The Numba kernels of the linear-self-attention fast path (host side, algebra: kernels.numba.lsa).
 
 Shape legend: T tokens, D token width, S key tokens, H heads, L applications, Lp parameter sets,
-LANES tasks per group. Per head: W_KQ = W_q W_k^T and W_PV = W_v W_p (D, D), shared by all tasks;
-A = C^T C (D, D, LANES) per task. A layer is U_h = X W_KQ^h, V_h = U_h A, O = sum_h V_h W_PV^h.
+NL tasks per group. Per head: W_KQ = W_q W_k^T and W_PV = W_v W_p (D, D), shared by all tasks;
+A = C^T C (D, D, NL) per task. A layer is U_h = X W_KQ^h, V_h = U_h A, O = sum_h V_h W_PV^h.
 
 Kernel (`@njit(cache=True, parallel=True)`): `lsa_kernel`, prange over chunks of groups; every
-other function here works on one group of LANES tasks. One kernel serves training (the loss and
+other function here works on one group of NL tasks. One kernel serves training (the loss and
 its parameter gradients) and evaluation (every application's read-out and the input gradient of
 the final read-out at the query token), so an evaluation compiles nothing more.
 """
 from numba import njit, prange
 
-from kernels.numba.lsa_lanes import LANES, add_at_b, gram, lanes_column, mul_lanes, mul_shared, shared_column
+from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma, fma_scalar, gram, lanes, lanes_column, mul,
+                                     mul_lanes, mul_shared, nlanes, scale, shared_column, store, unclipped)
 
 
 @njit(cache=True)
 def load_group(tok, y, b0, X, yl, real):
-    """Tasks b0 .. b0+LANES-1 into lanes (zeros beyond B); real[j] = 1 for a task, 0 for padding."""
+    """Tasks b0 .. b0+NL-1 into lanes (zeros beyond B); real[j] = 1 for a task, 0 for padding."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     B, T, D = tok.shape
-    for j in range(LANES):
+    for j in range(NL):
         b = b0 + j
         if b < B:
             for t in range(T):
@@ -38,47 +40,38 @@ def load_group(tok, y, b0, X, yl, real):
 def full_forward(X, S, W_KQ, W_PV, lam, yup, clip, A, U, V, O, Z, Xn):
     """One application that updates every token: A, U_h = X W_KQ^h, V_h = U_h A,
     O = sum_h V_h W_PV^h, Z = X + lam O (label column only with y_update), Xn = clip(Z)
-    (Xn = Z when clip = 0). W_KQ, W_PV (H, D, D); U, V (H, T, D, LANES)."""
+    (Xn = Z when clip = 0). W_KQ, W_PV (H, D, D); U, V (H, T, D, NL)."""
     T, D = X.shape[0], X.shape[1]
     gram(X, S, A)
     for h in range(W_KQ.shape[0]):
         mul_shared(X, T, W_KQ[h], U[h], False)
         mul_lanes(U[h], T, A, V[h], False)
         mul_shared(V[h], T, W_PV[h], O, h > 0)
-    for t in range(T):
+    for t in range(T):  # lane tuples: packed adds and clips
         for i in range(D):
-            if yup and i < D - 1:
-                for j in range(LANES):
-                    Z[t, i, j] = X[t, i, j]
-            else:
-                for j in range(LANES):
-                    Z[t, i, j] = X[t, i, j] + lam * O[t, i, j]
-            if clip > 0:
-                for j in range(LANES):
-                    Xn[t, i, j] = min(max(Z[t, i, j], -clip), clip)
-            else:
-                for j in range(LANES):
-                    Xn[t, i, j] = Z[t, i, j]
+            z = lanes(X, t, i) if yup and i < D - 1 else fma_scalar(lanes(X, t, i), lanes(O, t, i), lam)
+            store(Z, t, i, z)
+            store(Xn, t, i, clip_lanes(z, clip) if clip > 0 else z)
 
 
 @njit(cache=True, fastmath={"contract"})
 def full_backward(X, S, W_KQ_T, W_PV_T, lam, yup, clip, A, U, V, Z, dX, need_dx, dO, dV, dU, dA,
                   dW_KQ, dW_PV):
-    """Backward of full_forward. dX (T, D, LANES): on entry d Xn, on exit d X (when need_dx).
-    dW_KQ, dW_PV (H, D, D, LANES) gain this group's parameter-space gradients."""
+    """Backward of full_forward. dX (T, D, NL): on entry d Xn, on exit d X (when need_dx).
+    dW_KQ, dW_PV (H, D, D, NL) gain this group's parameter-space gradients."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[0], X.shape[1]
     for t in range(T):
         for i in range(D):
-            if clip > 0:
-                for j in range(LANES):
-                    if abs(Z[t, i, j]) > clip:
-                        dX[t, i, j] = 0  # clipped: no gradient (refimpl.layers.clip_backward)
+            d = lanes(dX, t, i)
+            if clip > 0:  # clipped: no gradient (refimpl.layers.clip_backward)
+                d = unclipped(d, lanes(Z, t, i), clip)
+                store(dX, t, i, d)
             if yup and i < D - 1:
-                for j in range(LANES):
+                for j in range(NL):
                     dO[t, i, j] = 0  # y_update: the attention output's x part is dropped
             else:
-                for j in range(LANES):
-                    dO[t, i, j] = lam * dX[t, i, j]
+                store(dO, t, i, scale(d, lam))
     if need_dx:
         dA[...] = 0
     for h in range(W_KQ_T.shape[0]):
@@ -92,84 +85,83 @@ def full_backward(X, S, W_KQ_T, W_PV_T, lam, yup, clip, A, U, V, Z, dX, need_dx,
     if need_dx:
         for i in range(D):
             for k in range(i, D):
-                for j in range(LANES):
-                    s = dA[i, k, j] + dA[k, i, j]
-                    dA[i, k, j] = s
-                    dA[k, i, j] = s
+                a = add(lanes(dA, i, k), lanes(dA, k, i))
+                store(dA, i, k, a)
+                store(dA, k, i, a)
         mul_lanes(X, S, dA, dX, True)  # dX[:S] += C (dA + dA^T)
 
 
 @njit(cache=True, fastmath={"contract"})
 def readout_forward(X, S, W_KQ, W_PV, lam, A, U, V, z):
     """The last application, query label only: z = X[T-1, D-1] + lam sum_h (A (W_KQ^h^T q)) .
-    W_PV^h[:, -1]; returns nothing, fills A, row 0 of U and V (H, T, D, LANES) with u = q W_KQ^h
-    and v = A u, and z (LANES,) (pre-clip)."""
+    W_PV^h[:, -1]; returns nothing, fills A, row 0 of U and V (H, T, D, NL) with u = q W_KQ^h
+    and v = A u, and z (NL,) (pre-clip)."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[0], X.shape[1]
     gram(X, S, A)
-    for j in range(LANES):
+    for j in range(NL):
         z[j] = 0
     for h in range(W_KQ.shape[0]):
-        u, v = U[h], V[h]  # row 0: (T, D, LANES)
+        u, v = U[h], V[h]  # row 0: (T, D, NL)
         for k in range(D):  # one column at a time (the blocked products compile far longer)
             shared_column(X, T - 1, W_KQ[h], k, u, 0, False)  # u = q W_KQ^h
         for k in range(D):
             lanes_column(u, 0, A, k, v, 0, False)  # v = u A = A u (A symmetric)
         for k in range(D):
             p = W_PV[h, k, D - 1]
-            for j in range(LANES):
+            for j in range(NL):
                 z[j] += v[0, k, j] * p
-    for j in range(LANES):
+    for j in range(NL):
         z[j] = X[T - 1, D - 1, j] + lam * z[j]
 
 
 @njit(cache=True, fastmath={"contract"})
-def readout_backward(X, S, W_KQ_T, W_PV, lam, A, U, V, dz, need_dx, dX, cs, dv, du, dW_KQ, dW_PV):
-    """Backward of readout_forward from dz (LANES,), the gradient of the pre-clip query label;
-    W_KQ_T (H, D, D) holds W_KQ^h^T; cs (2, LANES), dv and du (1, D, LANES) are scratch. With
-    need_dx, dX (T, D, LANES) is overwritten with d X."""
+def readout_backward(X, S, W_KQ_T, W_PV, lam, A, U, V, dz, need_dx, dX, dv, du, dW_KQ, dW_PV):
+    """Backward of readout_forward from dz (NL,), the gradient of the pre-clip query label;
+    W_KQ_T (H, D, D) holds W_KQ^h^T; dv and du (1, D, NL) are scratch. With
+    need_dx, dX (T, D, NL) is overwritten with d X."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[0], X.shape[1]
     if need_dx:
         dX[...] = 0
-        for j in range(LANES):
+        for j in range(NL):
             dX[T - 1, D - 1, j] = dz[j]  # residual
     for h in range(W_KQ_T.shape[0]):
-        u, v = U[h, 0], V[h, 0]  # (D, LANES)
+        v = V[h, 0]  # (D, NL)
         for k in range(D):
             p = W_PV[h, k, D - 1]
-            for j in range(LANES):
+            for j in range(NL):
                 do = lam * dz[j]
                 dW_PV[h, k, D - 1, j] += do * v[k, j]  # dW_PV[:, -1] += do v
                 dv[0, k, j] = do * p  # dv = do W_PV[:, -1]
         for k in range(D):
             lanes_column(dv, 0, A, k, du, 0, False)  # du = dv A = A dv
-        for i in range(D):
+        for i in range(D):  # dW_KQ += q du^T
+            q = lanes(X, T - 1, i)
             for k in range(D):
-                for j in range(LANES):
-                    dW_KQ[h, i, k, j] += X[T - 1, i, j] * du[0, k, j]  # dW_KQ += q du^T
+                store(dW_KQ[h], i, k, fma(lanes(dW_KQ[h], i, k), q, lanes(du, 0, k)))
         if need_dx:
             for k in range(D):
                 shared_column(du, 0, W_KQ_T[h], k, dX, T - 1, True)  # dq += W_KQ du
             # dA = u dv^T: dX[:S] += C (dA + dA^T) = (C u) dv^T + (C dv) u^T
-            for s in range(S):
-                for j in range(LANES):
-                    cs[0, j] = 0
-                    cs[1, j] = 0
+            Uh = U[h]  # row 0 is u
+            for s in range(S):  # lane tuples: c0 = x_s . u, c1 = x_s . dv
+                c0, c1 = mul(lanes(X, s, 0), lanes(Uh, 0, 0)), mul(lanes(X, s, 0), lanes(dv, 0, 0))
+                for i in range(1, D):
+                    x = lanes(X, s, i)
+                    c0, c1 = fma(c0, x, lanes(Uh, 0, i)), fma(c1, x, lanes(dv, 0, i))
                 for i in range(D):
-                    for j in range(LANES):
-                        cs[0, j] += X[s, i, j] * u[i, j]
-                        cs[1, j] += X[s, i, j] * dv[0, i, j]
-                for i in range(D):
-                    for j in range(LANES):
-                        dX[s, i, j] += cs[0, j] * dv[0, i, j] + cs[1, j] * u[i, j]
+                    store(dX, s, i, add(lanes(dX, s, i), fma(mul(c1, lanes(Uh, 0, i)), c0, lanes(dv, 0, i))))
 
 
 @njit(cache=True, fastmath={"contract"})
 def readout_loss(X, z, yl, real, clip, inv_b, sq, dz):
     """Squared read-out errors of the group's real tasks into sq (L,) (application l reads out
-    -X[l + 1] query label, the last one -clip(z)), and dz (LANES,) = d loss / d z."""
+    -X[l + 1] query label, the last one -clip(z)), and dz (NL,) = d loss / d z."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[1], X.shape[2]
     L = sq.shape[0]
-    for j in range(LANES):
+    for j in range(NL):
         zc = min(max(z[j], -clip), clip) if clip > 0 else z[j]
         e = -zc - yl[j]  # read-out - target
         if real[j] > 0:
@@ -189,6 +181,7 @@ def readout_loss(X, z, yl, real, clip, inv_b, sq, dz):
 @njit(cache=True, fastmath={"contract"})
 def sum_lanes(dW_KQ, dW_PV, row_KQ, row_PV):
     """row_KQ = dW_KQ summed over lanes in lane order (Lp, H, D, D); the same for W_PV."""
+    NL = nlanes(dW_KQ)  # tasks per group: 8 in float64, 16 in float32
     Lp, H, D = dW_KQ.shape[0], dW_KQ.shape[1], dW_KQ.shape[2]
     for p in range(Lp):
         for h in range(H):
@@ -196,7 +189,7 @@ def sum_lanes(dW_KQ, dW_PV, row_KQ, row_PV):
                 for k in range(D):
                     s_kq = dW_KQ[p, h, i, k, 0]
                     s_pv = dW_PV[p, h, i, k, 0]
-                    for j in range(1, LANES):
+                    for j in range(1, NL):
                         s_kq += dW_KQ[p, h, i, k, j]
                         s_pv += dW_PV[p, h, i, k, j]
                     row_KQ[p, h, i, k] = s_kq
@@ -206,10 +199,11 @@ def sum_lanes(dW_KQ, dW_PV, row_KQ, row_PV):
 @njit(cache=True, fastmath={"contract"})
 def readout_gradient(X, z, clip, real, b0, RD, dz):
     """Evaluation: the group's read-outs into RD (L, B) (application l reads out -X[l + 1] query
-    label, the last one -clip(z)) and dz (LANES,) = d (final read-out) / d z."""
+    label, the last one -clip(z)) and dz (NL,) = d (final read-out) / d z."""
+    NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[1], X.shape[2]
     L = RD.shape[0]
-    for j in range(LANES):
+    for j in range(NL):
         if real[j] > 0:
             for l in range(L - 1):
                 RD[l, b0 + j] = -X[l + 1, T - 1, D - 1, j]
@@ -230,16 +224,17 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
 
     tok (B, T, D), y (B,); W_KQ, W_PV, W_PV_T, W_KQ_T (Lp, H, D, D): W_KQ^h, W_PV^h and their
     transposes per parameter set; players (L,) parameter set of each application. Per chunk c
-    (workspace leading index c): Xs (L+1, T, D, LANES) layer inputs, Zs (L, T, D, LANES) pre-clip
+    (workspace leading index c): Xs (L+1, T, D, NL) layer inputs, Zs (L, T, D, NL) pre-clip
     values or None for a one-application model (Numba then prunes the deep layers' code, which
-    is most of the kernel's first-run compile time), As (L, D, D, LANES), Us/Vs (L, H, T, D, LANES), tmp (4, T, D, LANES), dA (D, D, LANES),
-    small (5, max(D, 4), LANES), dW_KQ_lanes/dW_PV_lanes (Lp, H, D, D, LANES) lane accumulators.
+    is most of the kernel's first-run compile time), As (L, D, D, NL), Us/Vs (L, H, T, D, NL), tmp (4, T, D, NL), dA (D, D, NL),
+    small (3, max(D, 4), NL), dW_KQ_lanes/dW_PV_lanes (Lp, H, D, D, NL) lane accumulators.
     Out: dW_KQ_rows/dW_PV_rows (nch, Lp, H, D, D) chunk rows of d loss / d W_KQ^h and d W_PV^h,
     SQ (nch, L) sums of squared read-out errors per application.
     """
+    NL = nlanes(Xs)  # tasks per group: 8 in float64, 16 in float32
     B = tok.shape[0]
     L = players.shape[0]
-    groups = (B + LANES - 1) // LANES
+    groups = (B + NL - 1) // NL
     nch = dW_KQ_rows.shape[0]
     for c in prange(nch):
         X, Ac, U, V, tm, dAc, sm = Xs[c], As[c], Us[c], Vs[c], tmp[c], dA[c], small[c]
@@ -249,7 +244,7 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
         SQ[c] = 0
         yl, real, z, dz = sm[0, 0], sm[0, 1], sm[0, 2], sm[0, 3]
         for g in range(c * gpc, min(groups, (c + 1) * gpc)):
-            load_group(tok, y, g * LANES, X[0], yl, real)
+            load_group(tok, y, g * NL, X[0], yl, real)
             if Zs is not None:  # pruned when compiling for one application (Zs None)
                 for l in range(L - 1):
                     p = players[l]
@@ -258,13 +253,13 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
             p = players[L - 1]
             readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], z)
             if evaluate > 0:
-                readout_gradient(X, z, clip, real, g * LANES, RD, dz)
+                readout_gradient(X, z, clip, real, g * NL, RD, dz)
             else:
                 readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
             if evaluate == 2:  # read-outs only: no backward
                 continue
             readout_backward(X[L - 1], S, W_KQ_T[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], dz,
-                             L > 1 or evaluate > 0, tm[0], sm[1], sm[2:3], sm[3:4], dKQ[p], dPV[p])
+                             L > 1 or evaluate > 0, tm[0], sm[1:2], sm[2:3], dKQ[p], dPV[p])
             if Zs is not None:
                 for l in range(L - 2, -1, -1):
                     p = players[l]
@@ -273,8 +268,8 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
                                   dPV[p])
             if evaluate == 1:  # tm[0] holds d (final read-out) / d X[0], the group's tokens
                 Dm = tm.shape[2]
-                for j in range(LANES):
+                for j in range(NL):
                     if real[j] > 0:
                         for i in range(Dm):
-                            DQ[g * LANES + j, i] = tm[0, tm.shape[1] - 1, i, j]
+                            DQ[g * NL + j, i] = tm[0, tm.shape[1] - 1, i, j]
         sum_lanes(dKQ, dPV, dW_KQ_rows[c], dW_PV_rows[c])
