@@ -9,7 +9,10 @@ Cases (B = 2048 tasks, N = d = 10, SPEC 1.1 / 3):
 in float64 and float32, for every available backend and, in the same run, for the peers: the same
 model and step written as a JAX jit program and a PyTorch eager (autograd) program on the CPU
 (benchmarks/peers.py; optional: `--peers ''` leaves them out, a missing framework is reported as
-unavailable). Each timing is the median of `--repeats` steps after `--warmup` steps (compilation happens in the warm-up). The batch is drawn from the host
+unavailable). Each timing is the median of `--repeats` steps after `--warmup` steps (compilation happens in the warm-up);
+per case and dtype, every backend and peer runs in turn in each of the `--repeats` rounds (one untimed
+step, then the timed one), so all are timed over the same minutes (this shared machine's speed drifts by up to a third between
+minutes, which timing them one after another would put into the ratios). The batch is drawn from the host
 NumPy Generator inside the timed step, then handed to the backend: by the backend's own
 `linear_regression_tasks` where it has one (numba-cpu: kernels.numba.draw, the same bits as the
 oracle's refimpl.data, in parallel), else by refimpl.data. The kernel part alone (train_step on a
@@ -60,29 +63,27 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def time_backend(be, cfg, acfg, dtype, batch, warmup, repeats, seed):
+def backend_stepper(be, cfg, acfg, dtype, batch, seed):
+    """One of our backends' full steps as a function: () -> (step seconds, train_step alone, loss).
+    The batch is drawn inside the step by the backend's own drawer where it has one (same bits)."""
     rng = np.random.default_rng(seed)
     params = be.init_params(cfg, rng, dtype)
-    state = be.adam_init(params)
-    full, kernel = [], []
+    state = [params, be.adam_init(params)]
     sync = getattr(be, "synchronize", lambda: None)
     draw = getattr(be, "linear_regression_tasks", data.linear_regression_tasks)  # same bits
-    for i in range(warmup + repeats):
+
+    def step():
         t0 = time.perf_counter()
         tokens, y = draw(rng, batch, 10, 10, dtype=dtype)  # fresh batch
         tok, yy = be.asarray(tokens), be.asarray(y)
         sync()
         t1 = time.perf_counter()
-        params, state, loss = be.train_step(params, state, tok, yy, cfg, acfg)
-        float(loss)
+        state[0], state[1], loss = be.train_step(state[0], state[1], tok, yy, cfg, acfg)
+        loss = float(loss)
         sync()
         t2 = time.perf_counter()
-        if i >= warmup:
-            full.append(t2 - t0)
-            kernel.append(t2 - t1)
-    return {"step_median_s": float(np.median(full)), "step_min_s": float(np.min(full)),
-            "train_step_only_median_s": float(np.median(kernel)), "repeats": repeats,
-            "warmup": warmup, "final_loss": float(loss)}
+        return t2 - t0, t2 - t1, loss
+    return step
 
 
 def nominal_flops(cfg, T, batch):
@@ -111,42 +112,74 @@ def _timed(f):
     return time.perf_counter() - t0
 
 
-def time_peer(kind, cfg, acfg, dtype, batch, warmup, repeats, seed):
-    """The JAX-jit or PyTorch-eager peer's full step (draw, forward, backward, Adam) on the CPU."""
+def peer_stepper(kind, cfg, acfg, dtype, batch, seed):
+    """The JAX-jit or PyTorch-eager peer's full step (draw, forward, backward, Adam) on the CPU as a
+    function: () -> (step seconds, None, loss). The loss must come in `dtype` (a peer that silently
+    computes in another precision is refused by `check_dtype`)."""
     from peers import JaxPeer, TorchPeer
     from refimpl.params import init_params
     params = init_params(cfg, np.random.default_rng(seed))
     if kind == "jax-jit":
         import jax
-        # JAX computes float64 as float32 unless 64-bit mode is on: on for the whole float64 case
-        with jax.enable_x64(np.dtype(dtype) == np.float64):
+        # JAX computes float64 as float32 unless 64-bit mode is on: on around every float64 step
+        x64 = np.dtype(dtype) == np.float64
+        with jax.enable_x64(x64):
             peer = JaxPeer(cfg, acfg, batch=batch, dtype=dtype, device=jax.devices("cpu")[0])
-            state = peer.init_state(params, seed)
+            state = [peer.init_state(params, seed)]
 
-            def step(state):
-                state, loss = peer.train_step(state)
+        def step():
+            with jax.enable_x64(x64):
+                t0 = time.perf_counter()
+                state[0], loss = peer.train_step(state[0])
                 peer.block(loss)
-                return state, loss
-            return _time_steps(step, state, warmup, repeats, dtype)
+                return time.perf_counter() - t0, None, loss
+        return step
     peer = TorchPeer(cfg, acfg, batch=batch, dtype=dtype, device="cpu")
-    state = peer.init_state(params, seed)
-    return _time_steps(lambda st: (st, peer.train_step(st)), state, warmup, repeats, dtype)
+    state = [peer.init_state(params, seed)]
 
-
-def _time_steps(step, state, warmup, repeats, dtype):
-    """Median and min of `repeats` calls of step(state) -> (state, loss) after `warmup` calls; the
-    loss's dtype must be `dtype` (a peer that silently computes in another precision is refused)."""
-    times = []
-    for i in range(warmup + repeats):
+    def step():
         t0 = time.perf_counter()
-        state, loss = step(state)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        loss = peer.train_step(state[0])
+        return time.perf_counter() - t0, None, loss
+    return step
+
+
+def check_dtype(loss, dtype):
     got = str(getattr(loss, "dtype", type(loss).__name__)).replace("torch.", "")
     if got != np.dtype(dtype).name:
         raise ValueError(f"dtype: expected the peer's loss in {np.dtype(dtype).name}, got {got}")
-    return {"step_median_s": float(np.median(times)), "step_min_s": float(np.min(times)),
-            "repeats": repeats, "warmup": warmup, "final_loss": float(loss), "computed_dtype": got}
+    return got
+
+
+def time_interleaved(steppers, warmup, repeats, settle=1):
+    """({name: result}, {name: last loss}) for steppers {name: step}: each warmed up `warmup` times,
+    then `repeats` rounds in which every stepper runs in turn, `settle` untimed steps and one timed
+    step, so all of them are timed over the same minutes (this shared machine's speed drifts by up to
+    a third; timed one after another, the ratios would carry that drift). The untimed steps keep
+    the previous stepper's threads, which spin for a while after their work (OpenMP, PyTorch, XLA),
+    out of the timed one."""
+    last = {}
+    for name, step in steppers.items():
+        for _ in range(warmup):
+            last[name] = step()
+    full = {name: [] for name in steppers}
+    kernel = {name: [] for name in steppers}
+    for _ in range(repeats):
+        for name, step in steppers.items():
+            for _ in range(settle):
+                step()
+            t, tk, loss = last[name] = step()
+            full[name].append(t)
+            if tk is not None:
+                kernel[name].append(tk)
+    out = {}
+    for name in steppers:
+        r = {"step_median_s": float(np.median(full[name])), "step_min_s": float(np.min(full[name])),
+             "repeats": repeats, "warmup": warmup, "final_loss": float(last[name][2])}
+        if kernel[name]:
+            r["train_step_only_median_s"] = float(np.median(kernel[name]))
+        out[name] = r
+    return out, {name: last[name][2] for name in steppers}
 
 
 PEERS = {"jax-jit": "jax", "torch-eager": "torch"}
@@ -171,43 +204,42 @@ def parse_args(argv):
 
 
 def time_all(args):
-    """One result per (backend, case, dtype); an unavailable backend gives one entry with its reason."""
-    results = []
+    """One result per (backend, case, dtype); an unavailable backend gives one entry with its reason.
+    Per (case, dtype) every available backend and peer is timed in the same rounds (time_interleaved)."""
+    results, backends, peers = [], [], []
     for name in args.backends.split(","):
         ok, reason = availability(name)
-        if not ok:
+        if ok:
+            backends.append((name, get_backend(name)))
+        else:
             results.append({"backend": name, "available": False, "reason": reason})
             print(f"{name}: unavailable ({reason})", flush=True)
-            continue
-        be = get_backend(name)
-        for case in args.cases.split(","):
-            cfg, acfg = CASES[case]
-            for dt in args.dtypes.split(","):
-                r = time_backend(be, cfg, acfg, np.dtype(dt), args.batch, args.warmup, args.repeats,
-                                 args.seed)
-                r.update(backend=name, case=case, dtype=dt, load_avg_after=os.getloadavg())
-                results.append(r)
-                print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms  "
-                      f"(train_step alone {r['train_step_only_median_s'] * 1e3:9.3f} ms)", flush=True)
     for name in filter(None, args.peers.split(",")):
         try:
             __import__(PEERS[name])
+            peers.append(name)
         except ImportError as e:
             results.append({"backend": name, "available": False, "reason": f"{e} (pip install -e \".[peers]\")"})
             print(f"{name}: unavailable ({e})", flush=True)
-            continue
-        for case in args.cases.split(","):
-            cfg, acfg = CASES[case]
-            for dt in args.dtypes.split(","):
+    for case in args.cases.split(","):
+        cfg, acfg = CASES[case]
+        for dt in args.dtypes.split(","):
+            dtype = np.dtype(dt)
+            steppers = {name: backend_stepper(be, cfg, acfg, dtype, args.batch, args.seed) for name, be in backends}
+            for name in peers:
                 try:
-                    r = time_peer(name, cfg, acfg, np.dtype(dt), args.batch, args.warmup, args.repeats, args.seed)
+                    steppers[name] = peer_stepper(name, cfg, acfg, dtype, args.batch, args.seed)
                 except ValueError as e:  # a model the peers do not implement
-                    results.append({"backend": name, "case": case, "dtype": dt, "available": False,
-                                    "reason": str(e)})
-                    continue
+                    results.append({"backend": name, "case": case, "dtype": dt, "available": False, "reason": str(e)})
+            timed, losses = time_interleaved(steppers, args.warmup, args.repeats)
+            for name, r in timed.items():
+                if name in PEERS:
+                    r["computed_dtype"] = check_dtype(losses[name], dtype)
                 r.update(backend=name, case=case, dtype=dt, load_avg_after=os.getloadavg())
                 results.append(r)
-                print(f"{name:10s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms", flush=True)
+                alone = (f"  (train_step alone {r['train_step_only_median_s'] * 1e3:9.3f} ms)"
+                         if "train_step_only_median_s" in r else "")
+                print(f"{name:11s} {case:24s} {dt:8s} step {r['step_median_s'] * 1e3:9.3f} ms{alone}", flush=True)
     return results
 
 

@@ -54,4 +54,24 @@ def test_one_run_times_the_backend_and_the_peers_side_by_side(tmp_path):
 def test_a_peer_computing_in_another_precision_is_refused():
     import numpy as np
     with pytest.raises(ValueError, match="dtype: expected the peer's loss in float64, got float32"):
-        train_step._time_steps(lambda st: (st, np.float32(1.0)), None, 0, 1, np.float64)
+        train_step.check_dtype(np.float32(1.0), np.float64)
+    assert train_step.check_dtype(np.float64(1.0), np.float64) == "float64"
+
+
+def test_steppers_are_timed_in_turn_over_the_same_rounds():
+    """After each stepper's own warm-up, every round runs each stepper once, in turn: a slow minute
+    of the machine lands on all of them alike."""
+    calls = []
+
+    def stepper(name, seconds, kernel):
+        def step():
+            calls.append(name)
+            return seconds, kernel, float(len(calls))
+        return step
+    out, losses = train_step.time_interleaved(
+        {"a": stepper("a", 2.0, 1.0), "b": stepper("b", 3.0, None)}, warmup=2, repeats=3, settle=1)
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3  # settling step, timed step
+    assert out["a"]["step_median_s"] == 2.0 and out["a"]["train_step_only_median_s"] == 1.0
+    assert out["b"]["step_median_s"] == 3.0 and "train_step_only_median_s" not in out["b"]
+    assert out["a"]["repeats"] == 3  # timed steps only
+    assert (out["a"]["final_loss"], out["b"]["final_loss"]) == (14.0, 16.0) == (losses["a"], losses["b"])
