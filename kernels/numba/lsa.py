@@ -26,9 +26,10 @@ and on the host dW_q = dW_KQ W_k, dW_k = dW_KQ^T W_q, dW_v = dW_PV W_p^T, dW_p =
 Layout: tasks are taken in groups of NL (8 in float64, 16 in float32), stored innermost ((T, D, NL)
 per group). The products (kernels.numba.lsa_lanes) keep the NL lanes in lane tuples of NL scalars,
 which LLVM's SLP vectoriser turns into packed instructions (a tuple is 64 bytes in either dtype: one
-AVX-512 register or two AVX2 registers, so float32 does twice the tasks per instruction). Numba compiles with that vectoriser off (NUMBA_SLP_VECTORIZE=0), so `loss_and_grads`
-turns it on while the kernel is compiled: about 2x on the deep model. A last, partial group is
-padded with zero tokens and zero loss gradient, which contribute nothing.
+AVX-512 register or two AVX2 registers, so float32 does twice the tasks per instruction). Numba
+compiles with that vectoriser off (NUMBA_SLP_VECTORIZE=0), so `loss_and_grads` turns it on while
+the kernel is compiled: about 2x on the deep model. A last, partial group is padded with zero tokens
+and zero loss gradient, which contribute nothing.
 
 Kernel (`@njit(cache=True, parallel=True)`): kernels.numba.lsa_kernels.lsa_kernel, prange over
 chunks of groups. Determinism: each chunk adds its tasks' gradients per lane in task order, sums

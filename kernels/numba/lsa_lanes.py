@@ -7,9 +7,9 @@ below is one multiply-add of tuples. Kept as NL scalars by LLVM, the tuples are 
 registers by its SLP vectoriser (kernels.numba.lsa turns it on while compiling): a tuple is 64 bytes
 in either dtype (one AVX-512 register, or two AVX2 registers), so float32 does twice the tasks of
 float64 per instruction; eight float32 lanes would fill half a register and run no faster than
-float64. The helpers are inlined, so the arithmetic is
-exactly that of NL written-out accumulators. Each helper is a Numba `overload` that picks its
-8- or 16-entry body from the array's dtype or the tuple's length at compile time.
+float64. The helpers are inlined, so the arithmetic is exactly that of NL written-out accumulators.
+Each helper is a Numba `overload` that picks its 8- or 16-entry body from the array's dtype or the
+tuple's length at compile time.
 """
 from contextlib import contextmanager
 
@@ -101,64 +101,78 @@ def _store(X, r, c, a):
     return impl
 
 
+# The arithmetic below is written once for eight lanes; sixteen are two halves of eight,
+# concatenated (the same scalars, which the SLP vectoriser packs into one register).
+half = njit(inline="always", fastmath={"contract"})
+
+
+@half
+def _add8(a, b):
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3],
+            a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7])
+
+
+@half
+def _mul8(x, y):
+    return (x[0] * y[0], x[1] * y[1], x[2] * y[2], x[3] * y[3],
+            x[4] * y[4], x[5] * y[5], x[6] * y[6], x[7] * y[7])
+
+
+@half
+def _scale8(x, m):
+    return (x[0] * m, x[1] * m, x[2] * m, x[3] * m, x[4] * m, x[5] * m, x[6] * m, x[7] * m)
+
+
+@half
+def _fma8(a, x, y):
+    return (a[0] + x[0] * y[0], a[1] + x[1] * y[1], a[2] + x[2] * y[2], a[3] + x[3] * y[3],
+            a[4] + x[4] * y[4], a[5] + x[5] * y[5], a[6] + x[6] * y[6], a[7] + x[7] * y[7])
+
+
+@half
+def _fma_scalar8(a, x, m):
+    return (a[0] + x[0] * m, a[1] + x[1] * m, a[2] + x[2] * m, a[3] + x[3] * m,
+            a[4] + x[4] * m, a[5] + x[5] * m, a[6] + x[6] * m, a[7] + x[7] * m)
+
+
 @overload(add, **LANE_OPTS)
 def _add(a, b):
     """a + b per lane."""
     if _wide(a):
-        return lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3],
-                             a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7],
-                             a[8] + b[8], a[9] + b[9], a[10] + b[10], a[11] + b[11],
-                             a[12] + b[12], a[13] + b[13], a[14] + b[14], a[15] + b[15])
-    return lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3],
-                         a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7])
+        return lambda a, b: _add8(a[:8], b[:8]) + _add8(a[8:], b[8:])
+    return lambda a, b: _add8(a, b)
 
 
 @overload(mul, **LANE_OPTS)
 def _mul(x, y):
     """x * y per lane."""
     if _wide(x):
-        return lambda x, y: (x[0] * y[0], x[1] * y[1], x[2] * y[2], x[3] * y[3],
-                             x[4] * y[4], x[5] * y[5], x[6] * y[6], x[7] * y[7],
-                             x[8] * y[8], x[9] * y[9], x[10] * y[10], x[11] * y[11],
-                             x[12] * y[12], x[13] * y[13], x[14] * y[14], x[15] * y[15])
-    return lambda x, y: (x[0] * y[0], x[1] * y[1], x[2] * y[2], x[3] * y[3],
-                         x[4] * y[4], x[5] * y[5], x[6] * y[6], x[7] * y[7])
+        return lambda x, y: _mul8(x[:8], y[:8]) + _mul8(x[8:], y[8:])
+    return lambda x, y: _mul8(x, y)
 
 
 @overload(scale, **LANE_OPTS)
 def _scale(x, m):
     """x * m per lane, m a scalar shared by the lanes."""
     if _wide(x):
-        return lambda x, m: (x[0] * m, x[1] * m, x[2] * m, x[3] * m, x[4] * m, x[5] * m, x[6] * m, x[7] * m,
-                             x[8] * m, x[9] * m, x[10] * m, x[11] * m, x[12] * m, x[13] * m, x[14] * m,
-                             x[15] * m)
-    return lambda x, m: (x[0] * m, x[1] * m, x[2] * m, x[3] * m, x[4] * m, x[5] * m, x[6] * m, x[7] * m)
+        return lambda x, m: _scale8(x[:8], m) + _scale8(x[8:], m)
+    return lambda x, m: _scale8(x, m)
 
 
 @overload(fma, **LANE_OPTS)
 def _fma(a, x, y):
     """a + x * y per lane."""
     if _wide(a):
-        return lambda a, x, y: (a[0] + x[0] * y[0], a[1] + x[1] * y[1], a[2] + x[2] * y[2],
-                                a[3] + x[3] * y[3], a[4] + x[4] * y[4], a[5] + x[5] * y[5],
-                                a[6] + x[6] * y[6], a[7] + x[7] * y[7], a[8] + x[8] * y[8],
-                                a[9] + x[9] * y[9], a[10] + x[10] * y[10], a[11] + x[11] * y[11],
-                                a[12] + x[12] * y[12], a[13] + x[13] * y[13], a[14] + x[14] * y[14],
-                                a[15] + x[15] * y[15])
-    return lambda a, x, y: (a[0] + x[0] * y[0], a[1] + x[1] * y[1], a[2] + x[2] * y[2], a[3] + x[3] * y[3],
-                            a[4] + x[4] * y[4], a[5] + x[5] * y[5], a[6] + x[6] * y[6], a[7] + x[7] * y[7])
+        return lambda a, x, y: _fma8(a[:8], x[:8], y[:8]) + _fma8(a[8:], x[8:], y[8:])
+    return lambda a, x, y: _fma8(a, x, y)
 
 
 @overload(fma_scalar, **LANE_OPTS)
 def _fma_scalar(a, x, m):
     """a + x * m per lane, m a scalar shared by the lanes."""
     if _wide(a):
-        return lambda a, x, m: (a[0] + x[0] * m, a[1] + x[1] * m, a[2] + x[2] * m, a[3] + x[3] * m,
-                                a[4] + x[4] * m, a[5] + x[5] * m, a[6] + x[6] * m, a[7] + x[7] * m,
-                                a[8] + x[8] * m, a[9] + x[9] * m, a[10] + x[10] * m, a[11] + x[11] * m,
-                                a[12] + x[12] * m, a[13] + x[13] * m, a[14] + x[14] * m, a[15] + x[15] * m)
-    return lambda a, x, m: (a[0] + x[0] * m, a[1] + x[1] * m, a[2] + x[2] * m, a[3] + x[3] * m,
-                            a[4] + x[4] * m, a[5] + x[5] * m, a[6] + x[6] * m, a[7] + x[7] * m)
+        return lambda a, x, m: _fma_scalar8(a[:8], x[:8], m) + _fma_scalar8(a[8:], x[8:], m)
+    return lambda a, x, m: _fma_scalar8(a, x, m)
 
 
 @njit(inline="always")
@@ -174,13 +188,13 @@ def _unclipped1(d, z, c):
     return c - c if abs(z) > c else d  # c - c: a zero of the data's dtype (c is finite)
 
 
-@njit(inline="always")
+@half
 def _clip8(a, c):
     return (_clip1(a[0], c), _clip1(a[1], c), _clip1(a[2], c), _clip1(a[3], c),
             _clip1(a[4], c), _clip1(a[5], c), _clip1(a[6], c), _clip1(a[7], c))
 
 
-@njit(inline="always")
+@half
 def _unclipped8(d, z, c):
     return (_unclipped1(d[0], z[0], c), _unclipped1(d[1], z[1], c), _unclipped1(d[2], z[2], c),
             _unclipped1(d[3], z[3], c), _unclipped1(d[4], z[4], c), _unclipped1(d[5], z[5], c),
