@@ -9,7 +9,10 @@ Models with an embedding or an input MLP (kernels.numba.front.supports) run thei
 end on all tokens at once (BLAS matmuls, a parallel GELU) and their blocks on the kernels below.
 Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm, MLP or front end) get
 their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py, which works in
-parameter space with eight tasks per SIMD group; everything else uses the kernels below.
+parameter space with eight tasks per SIMD group (sixteen in float32); one-block models with softmax
+attention and / or an MLP (kernels.numba.query_block.supports) get them from
+kernels/numba/query_block.py, which computes the query row alone, in the same lanes; everything
+else (and every evaluation of those) uses the kernels below.
 The GPT-2 model (a refimpl.gpt2.GPT2Config) runs on kernels/numba/gpt2.py (through gpt2_host.py):
 model_forward gives its predictions (B, n), model_backward the full (2n, E) pos gradient, as the
 numpy backend; its train_step runs the Adam arithmetic of kernels/numba/adam.py in pieces on threads.
@@ -40,6 +43,7 @@ from refimpl.validate import check_array, check_same_dtype
 from kernels.numba import front as numba_front
 from kernels.numba import gpt2_host as numba_gpt2
 from kernels.numba import lsa as numba_lsa
+from kernels.numba import query_block as numba_query_block
 from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
 from kernels.numba.layout import I_NP, I_W_SIZE, plan
@@ -222,6 +226,9 @@ def _loss_grads_flat(pv, tok, y, cfg):
     if numba_lsa.supports(cfg):  # linear attention only: the parameter-space kernel
         loss, per_layer, grads = numba_lsa.loss_and_grads(unpack(pv, cfg), tok, y, cfg)
         return loss, per_layer, pack(grads, cfg)
+    if numba_query_block.supports(cfg):  # one block: its query row alone, tasks in SIMD lanes
+        loss, per_layer, grads = numba_query_block.loss_and_grads(unpack(pv, cfg), tok, y, cfg)
+        return loss, per_layer, pack(grads, cfg)
     B, T, _ = tok.shape
     pl = plan(cfg, T, B, tok.dtype)
     run_tasks(MODE_LOSS, tok, y, pl.dr, pv, pl, pl.rd, pl.no_dtok)
@@ -318,6 +325,8 @@ def kernels_to_compile(cfg=None):
         return missing_kernels(numba_gpt2.kernels(cfg))
     lsa = cfg is None or numba_lsa.supports(cfg)
     model = [numba_lsa.lsa_kernel] if lsa else [task_kernel, reduce_rows]
+    if cfg is not None and numba_query_block.supports(cfg):
+        model.append(numba_query_block.query_block_kernel)
     if cfg is not None and numba_front.supports(cfg):
         model += [numba_front.gelu_kernel, numba_front.gelu_backward_kernel]
     return missing_kernels(model + [draw.draw_kernel, sum_squares, adam_kernel])
@@ -335,3 +344,5 @@ def fill_buffers(cfg, num_tokens, batch, dtype, value):
         a[...] = value
     if numba_lsa.supports(cfg):
         numba_lsa.fill_buffers(cfg, num_tokens, batch, dtype, value)
+    if numba_query_block.supports(cfg):
+        numba_query_block.fill_buffers(cfg, num_tokens, batch, dtype, value)

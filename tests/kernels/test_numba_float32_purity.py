@@ -1,6 +1,7 @@
 """float32 data is computed in float32: the numba-cpu building blocks that mix integer counts or
-literals into their arithmetic (LayerNorm's means, GELU and its derivative) must not widen to
-float64 (in Numba, float32 / int64 and int64 * float32 are float64). Checked on the compiled code:
+literals into their arithmetic (LayerNorm's means, GELU and its derivative, the one-block kernel's
+softmax, LayerNorm and MLP) must not widen to float64 (in Numba, float32 / int64 and
+int64 * float32 are float64). Checked on the compiled code:
 no `fpext` (float -> double) in the LLVM IR of their float32 versions, and no double-precision
 instruction at all in the PTX of numba-cuda's float32 warp-per-task kernels."""
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from numba import njit
 
 from kernels.numba import front, ops
+from kernels.numba import query_block_kernels as qbk
 
 
 def _fresh(fn):
@@ -18,6 +20,22 @@ def _fresh(fn):
 
 
 f = np.zeros(64, np.float32)
+
+
+def _one_block(backward):
+    """Arguments of query_block_kernels.block_forward / block_backward: two heads of key size 3,
+    D = 4, F = 6, S = 4 keys, 16 lanes (float32), softmax, LayerNorm and MLP on."""
+    z = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    c32 = np.float32
+    X, V = z(5, 4, 16), z(qbk.num_rows(2), 6, 16)
+    W = (z(4, 6), z(4, 6), z(4, 6), z(6, 4))
+    flags = (True, c32(1.7), c32(0.5), False, c32(3.0), True, True, c32(4.0))
+    if backward:
+        return lambda c: (X, 4, 2, *W, z(4), z(4, 6), z(6, 4), *flags, c, V, z(4, 6, 16), z(4, 6, 16),
+                          z(4, 6, 16), z(6, 4, 16), z(4, 6, 16), z(5, 6, 16))
+    return lambda c: (X, 4, 2, *W, z(4), z(4), z(4, 6), z(6), z(6, 4), z(4), *flags, c, V)
+
+
 CASES = {
     "layernorm_fwd": (ops.layernorm_fwd, lambda c: (f, 0, 2, 5, f, 0, 0, f, 0, f, 0, f, 0, c)),
     "layernorm_bwd": (ops.layernorm_bwd, lambda c: (f, 0, 2, 5, f, 0, f, 0, f, 0, f, 0, 0, f, 0, 0, c)),
@@ -25,6 +43,8 @@ CASES = {
     "gelu_bwd": (ops.gelu_bwd, lambda c: (f, 0, f, 0, 8, c)),
     "front.gelu_kernel": (front.gelu_kernel, lambda c: (f, f.copy(), f.copy(), c)),
     "front.gelu_backward_kernel": (front.gelu_backward_kernel, lambda c: (f, f.copy(), f.copy(), f.copy(), c)),
+    "query_block.block_forward": (qbk.block_forward, _one_block(False)),
+    "query_block.block_backward": (qbk.block_backward, _one_block(True)),
 }
 
 

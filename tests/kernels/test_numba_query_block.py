@@ -1,0 +1,128 @@
+"""The numba-cpu one-block kernel (kernels/numba/query_block.py: the query row alone, tasks in SIMD
+lanes) against the oracle: loss and every parameter gradient, on uneven shapes and every option it
+takes, with NaN-poisoned buffers, partial SIMD groups, and the same bits whatever the thread count."""
+import numba
+import numpy as np
+import pytest
+from tests.conftest import RTOL_FLOAT64, assert_close_to_oracle
+
+from kernels import get_backend
+from kernels.numba import query_block
+from refimpl import loss as oracle_loss
+from refimpl import model as oracle_model
+from refimpl import optim
+from refimpl.config import AdamConfig, ModelConfig
+from refimpl.params import init_params, params_astype
+
+# name -> (config, tokens per task T). Weights at init_scale 1: the scores spread the softmax
+# weights and the clip bites (test_options_are_exercised), which the paper's 0.002 would not.
+CONFIGS = {
+    "softmax_2head_ln_mlp": (ModelConfig(token_dim=7, num_heads=2, key_size=5, attention="softmax",
+                                         layernorm=True, mlp=True, init_scale=1.0), 9),
+    "softmax_1head": (ModelConfig(token_dim=6, key_size=4, attention="softmax", init_scale=1.0), 8),
+    "linear_3head_mlp_clip_damped": (ModelConfig(token_dim=5, num_heads=3, key_size=3, mlp=True, mlp_widening=3,
+                                                 token_clip=0.3, dampening=0.75, init_scale=1.0), 6),
+    "softmax_yupdate_query_causal_ln_mlp": (ModelConfig(token_dim=6, num_heads=2, key_size=6, attention="softmax",
+                                                        y_update=True, include_query=True, causal=True,
+                                                        layernorm=True, mlp=True, mlp_widening=2,
+                                                        token_clip=2.0, init_scale=1.0), 7),
+}
+BATCHES = [1, 13, 150]  # one task (padded lanes), a partial group, several chunks
+
+
+def inputs(cfg, T, B, rng, dtype):
+    params = params_astype(init_params(cfg, rng), dtype)
+    tokens = rng.standard_normal((B, T, cfg.token_dim)).astype(dtype)  # (B, T, D)
+    y = rng.standard_normal(B).astype(dtype)  # (B,)
+    return params, tokens, y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B", BATCHES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_loss_and_grads_match_oracle(name, B, dtype, rng):
+    cfg, T = CONFIGS[name]
+    assert query_block.supports(cfg)
+    params, tok, y = inputs(cfg, T, B, rng, dtype)
+    query_block.fill_buffers(cfg, T, B, dtype, np.nan)
+    loss, per_layer, grads = query_block.loss_and_grads(params, tok, y, cfg)
+    p64 = params_astype(params, np.float64)
+    loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(p64, tok.astype(np.float64),
+                                                             y.astype(np.float64), cfg)
+    red = B * T * cfg.model_dim * cfg.num_heads * cfg.mlp_widening
+    assert np.asarray(loss).dtype == dtype and per_layer.dtype == dtype
+    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, red, "loss")
+    assert_close_to_oracle(per_layer, per_layer_o, dtype, red, "per-layer losses")
+    assert sorted(grads) == sorted(grads_o)
+    for k in grads_o:
+        assert grads[k].dtype == dtype and grads[k].shape == grads_o[k].shape, k
+        assert_close_to_oracle(grads[k], grads_o[k], dtype, red, f"grads[{k}]")
+
+
+def test_options_are_exercised(rng):
+    """The test configs really clip some query entries and spread the softmax weights (else the
+    clip mask and the softmax backward would go untested)."""
+    for name in ("linear_3head_mlp_clip_damped", "softmax_yupdate_query_causal_ln_mlp"):
+        cfg, T = CONFIGS[name]
+        params, tok, _ = inputs(cfg, T, 150, rng, np.float64)
+        _, cache = oracle_model.model_forward(params, tok, cfg)
+        inside = cache["layers"][0]["clip"][:, -1]  # the query row
+        assert 0.01 < 1 - inside.mean() < 0.99, name
+    cfg, T = CONFIGS["softmax_2head_ln_mlp"]
+    params, tok, _ = inputs(cfg, T, 150, rng, np.float64)
+    _, cache = oracle_model.model_forward(params, tok, cfg)
+    P = cache["layers"][0]["attn"]["P"][:, :, -1]  # (B, nh, N) the query's weights
+    assert P.max() > 3 * P.min() and P.max() > 2.0 / P.shape[-1]
+
+
+def test_bits_do_not_depend_on_the_thread_count(rng):
+    cfg, T = CONFIGS["softmax_2head_ln_mlp"]
+    params, tok, y = inputs(cfg, T, 150, rng, np.float64)
+    old = numba.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, old}):
+            numba.set_num_threads(n)
+            outs.append(query_block.loss_and_grads(params, tok, y, cfg))
+    finally:
+        numba.set_num_threads(old)
+    again = query_block.loss_and_grads(params, tok, y, cfg)
+    for out in outs[1:] + [again]:
+        assert out[0] == outs[0][0]
+        for k in out[2]:
+            assert np.array_equal(out[2][k], outs[0][2][k]), k
+
+
+def test_which_models_come_here():
+    assert query_block.supports(ModelConfig(attention="softmax"))
+    assert query_block.supports(ModelConfig(attention="softmax", num_heads=2, layernorm=True, mlp=True))
+    assert query_block.supports(ModelConfig(mlp=True))  # linear attention with an MLP
+    assert not query_block.supports(ModelConfig())  # plain LSA: kernels.numba.lsa
+    assert not query_block.supports(ModelConfig(attention="softmax", num_layers=2))
+    assert not query_block.supports(ModelConfig(attention="softmax", layernorm=True, ln_placement="pre"))
+    assert not query_block.supports(ModelConfig(attention="softmax", weight_tied=True, layernorm=True))
+    assert not query_block.supports(ModelConfig(token_dim=2, key_size=40, embed_dim=40, input_mlp=True))
+
+
+def test_train_step_uses_it_and_follows_the_oracle(rng, monkeypatch):
+    """Five numba-cpu train steps of the case-(c)-like model against the oracle's, through this
+    kernel (the general per-task kernel is made to fail, so the step cannot fall back to it)."""
+    be = get_backend("numba-cpu")
+    cfg, T = CONFIGS["softmax_2head_ln_mlp"]
+    acfg = AdamConfig(lr=1e-2, grad_clip=1.0)
+    p64 = init_params(cfg, rng)
+    p, s = be.asarray(p64), be.adam_init(be.asarray(p64))
+    s_o = optim.adam_init(p64)
+
+    def general_kernel(*args):
+        raise AssertionError("the per-task kernel ran")
+
+    monkeypatch.setattr("kernels.numba.cpu.run_tasks", general_kernel)
+    for _ in range(5):
+        tok, y = rng.standard_normal((70, T, cfg.token_dim)), rng.standard_normal(70)
+        p, s, loss = be.train_step(p, s, tok, y, cfg, acfg)
+        loss_o, _, g_o = oracle_loss.loss_and_grads(p64, tok, y, cfg)
+        p64, s_o, _ = optim.adam_update(p64, g_o, s_o, acfg)
+        assert abs(loss - loss_o) <= RTOL_FLOAT64 * abs(loss_o)
+    for k in p64:
+        np.testing.assert_allclose(p[k], p64[k], rtol=1e-9, atol=1e-12, err_msg=k)
