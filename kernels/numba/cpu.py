@@ -7,12 +7,12 @@ batches: `linear_regression_tasks` (kernels.numba.draw), refimpl.data's draws bi
 
 Models with an embedding or an input MLP (kernels.numba.front.supports) run their token-wise front
 end on all tokens at once (BLAS matmuls, a parallel GELU) and their blocks on the kernels below.
-Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm, MLP or front end) get
-their loss and gradients (loss_and_grads, train_step) from kernels/numba/lsa.py, which works in
-parameter space with eight tasks per SIMD group (sixteen in float32); one-block models with softmax
-attention and / or an MLP (kernels.numba.query_block.supports) get them from
+Linear-attention models (kernels.numba.lsa.supports: no softmax, LayerNorm or front end; an MLP is
+fine) get their loss and gradients (loss_and_grads, train_step) and evaluation from
+kernels/numba/lsa.py, which works in parameter space with eight tasks per SIMD group (sixteen in
+float32); one-block softmax models (kernels.numba.query_block.supports) train on
 kernels/numba/query_block.py, which computes the query row alone, in the same lanes; everything
-else (and every evaluation of those) uses the kernels below.
+else (and the evaluation of those) uses the kernels below.
 The GPT-2 model (a refimpl.gpt2.GPT2Config) runs on kernels/numba/gpt2.py (through gpt2_host.py):
 model_forward gives its predictions (B, n), model_backward the full (2n, E) pos gradient, as the
 numpy backend; its train_step runs the Adam arithmetic of kernels/numba/adam.py in pieces on threads.

@@ -1,11 +1,14 @@
 """numba-cpu fast path for linear-self-attention models: the training loss and its parameter
-gradients computed in parameter space, with eight tasks side by side in every SIMD operation.
+gradients computed in parameter space, with eight tasks (sixteen in float32) side by side in every
+SIMD operation, and the evaluation's read-outs and query gradient from the same kernel.
 
-Which models (`supports(cfg)`): linear attention in every layer, no LayerNorm, MLP, embedding,
-input MLP or positional encoding; any depth, weight tying, number of heads, key size, dampening,
-`y_update`, token clipping and `include_query`. It mirrors refimpl.loss.loss_and_grads for them
-(float64: to rounding; float32 computed in float32); kernels.numba.cpu uses it for loss_and_grads
-and train_step, and its general per-task kernels for everything else.
+Which models (`supports(cfg)`): linear attention in every layer, with or without an MLP after it
+(fig8's models), no LayerNorm, embedding, input MLP or positional encoding; any depth, weight
+tying, number of heads, key size, dampening, `y_update`, token clipping and `include_query`. It
+mirrors refimpl.loss.loss_and_grads for them (float64: to rounding; float32 computed in float32);
+kernels.numba.cpu uses it for loss_and_grads, train_step and evaluation, and its general per-task
+kernels for everything else. The MLP runs on the same lane products (kernels.numba.lsa_mlp): on
+every token of a deep layer, and on the query row alone in the last application.
 
 Shape legend: T tokens, D token width, S key tokens (T - 1, or T with include_query), H heads,
 K key size, L applications, Lp parameter sets (1 when weight-tied, else L), NL tasks per group.
@@ -39,18 +42,20 @@ its lanes in lane order into its own row, and rows are summed in chunk order; ch
 import numpy as np
 from numba import set_parallel_chunksize
 
-from kernels.numba.layout import cached_plan
+from kernels.numba.layout import build_constants, cached_plan
 from kernels.numba.lsa_kernels import lsa_kernel
 from kernels.numba.lsa_lanes import lane_count, slp_vectorizer
 
 MAX_CHUNKS = 64  # gradient rows; a function of B only
+MLP_CHUNKS = 16  # with an MLP (its lane accumulators are zeroed and summed once per chunk)
 TRAIN, READOUTS_AND_QUERY_GRADIENT, READOUTS = 0, 1, 2  # lsa_kernel's modes (its `evaluate`)
 
 
 def supports(cfg):
-    """True when every application is a plain linear self-attention (see the module docstring)."""
+    """True when every application is a linear self-attention, with or without an MLP (see the
+    module docstring)."""
     return (cfg.attention == "linear" and not cfg.first_layer_softmax and not cfg.layernorm
-            and not cfg.mlp and cfg.embed_dim == 0 and not cfg.input_mlp and cfg.pos_enc == "none")
+            and cfg.embed_dim == 0 and not cfg.input_mlp and cfg.pos_enc == "none")
 
 
 # ------------------------------------------------------------------------------------ host side
@@ -63,7 +68,7 @@ class _Plan:
         Lp = 1 if cfg.weight_tied else L
         NL = lane_count(dtype)  # tasks per SIMD group
         groups = -(-B // NL)
-        self.gpc = max(1, -(-groups // MAX_CHUNKS))  # groups per chunk
+        self.gpc = max(1, -(-groups // (MLP_CHUNKS if cfg.mlp else MAX_CHUNKS)))  # groups per chunk
         nch = -(-groups // self.gpc)
         e = lambda *shape: np.empty((nch,) + shape, dtype)  # noqa: E731
         self.Xs = e(L + 1, T, D, NL)
@@ -76,10 +81,23 @@ class _Plan:
         self.SQ = e(L)
         self.no_rd, self.no_dq = np.empty((L, 1), dtype), np.empty((1, D), dtype)  # training: unused
         self.players = np.array([cfg.param_layer(l) for l in range(L)], np.int64)
+        self.cst = build_constants(cfg, dtype, B)
+        if cfg.mlp:
+            F = cfg.mlp_widening * D
+            self.HIDs = e(L, T, F, NL)
+            self.mws = (e(L, T, F, NL), e(L, T, D, NL), e(T, F, NL), e(T, F, NL), e(T, D, NL), e(3, D, NL),
+                        e(Lp, D, F, NL), e(Lp, 1, F, NL), e(Lp, F, D, NL), e(Lp, 1, D, NL),
+                        e(Lp, D, F), e(Lp, 1, F), e(Lp, F, D), e(Lp, 1, D))
+        else:  # Numba drops the MLP's code (HIDs None); the tuple's arrays are never touched
+            self.HIDs, self.mws = None, tuple(np.empty((1,) * k, dtype) for k in (5, 5, 4, 4, 4, 4, 5, 5, 5, 5,
+                                                                                      4, 4, 4, 4))
 
     def buffers(self):
         return (self.Xs, self.Zs, self.As, self.Us, self.Vs, self.tmp, self.dA, self.small,
                 self.dW_KQ_lanes, self.dW_PV_lanes, self.dW_KQ_rows, self.dW_PV_rows, self.SQ)
+
+    def mlp_buffers(self):
+        return (self.HIDs,) + self.mws if self.HIDs is not None else ()
 
 
 _PLANS = {}
@@ -113,6 +131,18 @@ def parameter_space(params, cfg):
     return W_KQ, W_PV, views
 
 
+def mlp_weights(params, cfg, dtype):
+    """(W1 (Lp, D, F), b1 (Lp, F), W2 (Lp, F, D), b2 (Lp, D), W1^T, W2^T) of every parameter set,
+    or a tuple of placeholders without an MLP."""
+    if not cfg.mlp:
+        return tuple(np.empty((1,) * k, dtype) for k in (3, 2, 3, 2, 3, 3))
+    Lp = 1 if cfg.weight_tied else cfg.num_layers
+    st = lambda n: np.ascontiguousarray(np.stack([params[f"layer{p}.mlp.{n}"] for p in range(Lp)]))  # noqa: E731
+    W1, W2 = st("W1"), st("W2")
+    return (W1, st("b1"), W2, st("b2"), np.ascontiguousarray(W1.transpose(0, 2, 1)),
+            np.ascontiguousarray(W2.transpose(0, 2, 1)))
+
+
 def _run(params, tok, y, cfg, evaluate, RD, DQ):
     """lsa_kernel on the tasks tok (B, T, D); returns the plan and the per-head views."""
     B, T, _ = tok.shape
@@ -127,7 +157,8 @@ def _run(params, tok, y, cfg, evaluate, RD, DQ):
             lsa_kernel(tok, y, np.ascontiguousarray(W_KQ), np.ascontiguousarray(W_PV),
                        transposed(W_PV), transposed(W_KQ), pl.players, S, dtype.type(cfg.dampening),
                        cfg.y_update, dtype.type(cfg.token_clip), dtype.type(1.0 / B), pl.gpc,
-                       *pl.buffers(), evaluate, RD, DQ)
+                       *pl.buffers(), evaluate, RD, DQ, pl.HIDs, mlp_weights(params, cfg, dtype), pl.mws,
+                       pl.cst)
     finally:
         set_parallel_chunksize(old)
     return pl, views
@@ -171,12 +202,18 @@ def loss_and_grads(params, tok, y, cfg):
         grads[pre + "W_k"] = (dW_KQ[p].transpose(0, 2, 1) @ q).transpose(1, 0, 2).reshape(D, H * K)
         grads[pre + "W_v"] = (dW_PV[p] @ o.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(D, H * K)
         grads[pre + "W_p"] = (v.transpose(0, 2, 1) @ dW_PV[p]).reshape(H * K, D)  # W_v^h^T dW_PV^h
+    if cfg.mlp:
+        W1, b1, W2, b2 = (r.sum(axis=0) for r in pl.mws[10:])  # (Lp, ...) chunk order
+        for p in range(len(views)):
+            pre = f"layer{p}.mlp."
+            grads.update({pre + "W1": W1[p], pre + "b1": b1[p, 0], pre + "W2": W2[p], pre + "b2": b2[p, 0]})
     per_layer = (0.5 * pl.SQ.sum(axis=0) / B).astype(dtype)  # (L,)
     return per_layer[-1], per_layer, grads
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
     """Poison every persistent buffer (a test fills them with NaN: nothing may be read unwritten)."""
-    for a in plan(cfg, num_tokens, batch, dtype).buffers():
+    pl = plan(cfg, num_tokens, batch, dtype)
+    for a in pl.buffers() + pl.mlp_buffers():
         if a is not None:
             a[...] = value

@@ -13,6 +13,8 @@ from numba import njit, prange
 
 from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma, fma_scalar, gram, lanes, lanes_column, mul,
                                      mul_lanes, mul_shared, nlanes, scale, shared_column, store, unclipped)
+from kernels.numba.lsa_mlp import mlp_backward, mlp_forward, readout_row_backward, readout_row_forward
+from kernels.numba.ops import gelu_consts
 
 
 @njit(cache=True)
@@ -196,6 +198,18 @@ def sum_lanes(dW_KQ, dW_PV, row_KQ, row_PV):
                     row_PV[p, h, i, k] = s_pv
 
 
+@njit(cache=True)
+def sum_lanes_last(G, row):
+    """row = G summed over its last (lane) axis in lane order: G (Lp, n, m, NL), row (Lp, n, m)."""
+    for p in range(G.shape[0]):
+        for i in range(G.shape[1]):
+            for k in range(G.shape[2]):
+                a = G[p, i, k, 0]
+                for j in range(1, G.shape[3]):
+                    a += G[p, i, k, j]
+                row[p, i, k] = a
+
+
 @njit(cache=True, fastmath={"contract"})
 def readout_gradient(X, z, clip, real, b0, RD, dz):
     """Evaluation: the group's read-outs into RD (L, B) (application l reads out -X[l + 1] query
@@ -213,10 +227,10 @@ def readout_gradient(X, z, clip, real, b0, RD, dz):
             dz[j] = 0
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, inv_b, gpc,
                Xs, Zs, As, Us, Vs, tmp, dA, small, dW_KQ_lanes, dW_PV_lanes, dW_KQ_rows,
-               dW_PV_rows, SQ, evaluate, RD, DQ):
+               dW_PV_rows, SQ, evaluate, RD, DQ, HIDs, mw, mws, cst):
     """evaluate = 0 (TRAIN): loss and parameter-space gradients of a linear-attention model over
     all tasks; evaluate = 1 (READOUTS_AND_QUERY_GRADIENT), instead, every application's read-out RD
     (L, B) and the gradient of the final read-out with respect to the query token DQ (B, D) (y
@@ -230,39 +244,80 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
     small (3, max(D, 4), NL), dW_KQ_lanes/dW_PV_lanes (Lp, H, D, D, NL) lane accumulators.
     Out: dW_KQ_rows/dW_PV_rows (nch, Lp, H, D, D) chunk rows of d loss / d W_KQ^h and d W_PV^h,
     SQ (nch, L) sums of squared read-out errors per application.
+    MLP (kernels.numba.lsa_mlp): HIDs (nch, L, T, F, NL) its hidden values, or None without an MLP
+    (Numba then drops its code); mw = (W1 (Lp, D, F), b1 (Lp, F), W2 (Lp, F, D), b2 (Lp, D),
+    W1^T, W2^T); mws = (TH like HIDs, Xc (nch, L, T, D, NL) the MLP inputs, ACT and dHID
+    (nch, T, F, NL), dM (nch, T, D, NL), QR (nch, 3, D, NL) the last query row before clipping,
+    after it and after the MLP, lane accumulators of W1, b1, W2, b2 (nch, Lp, D, F, NL),
+    (nch, Lp, 1, F, NL), (nch, Lp, F, D, NL), (nch, Lp, 1, D, NL), and their rows without NL).
+    cst: kernels.numba.layout.build_constants (GELU's).
     """
     NL = nlanes(Xs)  # tasks per group: 8 in float64, 16 in float32
     B = tok.shape[0]
     L = players.shape[0]
     groups = (B + NL - 1) // NL
     nch = dW_KQ_rows.shape[0]
+    g_mlp = gelu_consts(cst)
     for c in prange(nch):
         X, Ac, U, V, tm, dAc, sm = Xs[c], As[c], Us[c], Vs[c], tmp[c], dA[c], small[c]
         dKQ, dPV = dW_KQ_lanes[c], dW_PV_lanes[c]
         dKQ[...] = 0
         dPV[...] = 0
         SQ[c] = 0
+        if HIDs is not None:
+            for a in (mws[6][c], mws[7][c], mws[8][c], mws[9][c]):
+                a[...] = 0
         yl, real, z, dz = sm[0, 0], sm[0, 1], sm[0, 2], sm[0, 3]
+        clip_out = clip if HIDs is None else clip - clip  # the read-out is clipped only without an MLP
         for g in range(c * gpc, min(groups, (c + 1) * gpc)):
             load_group(tok, y, g * NL, X[0], yl, real)
             if Zs is not None:  # pruned when compiling for one application (Zs None)
                 for l in range(L - 1):
                     p = players[l]
-                    full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
-                                 Zs[c, l], X[l + 1])
+                    if HIDs is None:
+                        full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
+                                     Zs[c, l], X[l + 1])
+                    else:
+                        full_forward(X[l], S, W_KQ[p], W_PV[p], lam, yup, clip, Ac[l], U[l], V[l], tm[0],
+                                     Zs[c, l], mws[1][c, l])
+                        mlp_forward(mws[1][c, l], X.shape[1], mw[0][p], mw[1][p], mw[2][p], mw[3][p], lam,
+                                    HIDs[c, l], mws[0][c, l], mws[2][c], X[l + 1], g_mlp)
             p = players[L - 1]
             readout_forward(X[L - 1], S, W_KQ[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], z)
+            if HIDs is not None:  # the query row through clipping and the MLP: its label is the read-out
+                QR = mws[5][c]
+                readout_row_forward(X[L - 1], W_PV[p], lam, yup, clip, V[L - 1], QR[0:1], QR[1:2])
+                mlp_forward(QR[1:2], 1, mw[0][p], mw[1][p], mw[2][p], mw[3][p], lam, HIDs[c, L - 1],
+                            mws[0][c, L - 1], mws[2][c], QR[2:3], g_mlp)
+                for j in range(NL):
+                    z[j] = QR[2, QR.shape[1] - 1, j]
             if evaluate > 0:
-                readout_gradient(X, z, clip, real, g * NL, RD, dz)
+                readout_gradient(X, z, clip_out, real, g * NL, RD, dz)
             else:
-                readout_loss(X, z, yl, real, clip, inv_b, SQ[c], dz)
+                readout_loss(X, z, yl, real, clip_out, inv_b, SQ[c], dz)
             if evaluate == 2:  # read-outs only: no backward
                 continue
-            readout_backward(X[L - 1], S, W_KQ_T[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], dz,
-                             L > 1 or evaluate > 0, tm[0], sm[1:2], sm[2:3], dKQ[p], dPV[p])
+            if HIDs is None:
+                readout_backward(X[L - 1], S, W_KQ_T[p], W_PV[p], lam, Ac[L - 1], U[L - 1], V[L - 1], dz,
+                                 L > 1 or evaluate > 0, tm[0], sm[1:2], sm[2:3], dKQ[p], dPV[p])
+            else:
+                QR, dq = mws[5][c], tm[2][0:1]
+                dq[...] = 0
+                for j in range(NL):
+                    dq[0, dq.shape[1] - 1, j] = dz[j]
+                mlp_backward(QR[1:2], 1, mw[4][p], mw[5][p], lam, HIDs[c, L - 1], mws[0][c, L - 1], mws[2][c],
+                             dq, mws[4][c], mws[3][c], mws[6][c, p], mws[7][c, p], mws[8][c, p],
+                             mws[9][c, p], g_mlp)
+                readout_row_backward(X[L - 1], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[L - 1], U[L - 1],
+                                     V[L - 1], QR[0:1], dq, L > 1 or evaluate > 0, tm[0], tm[1][0:1], sm[1:2],
+                                     sm[2:3], dKQ[p], dPV[p])
             if Zs is not None:
                 for l in range(L - 2, -1, -1):
                     p = players[l]
+                    if HIDs is not None:  # tm[0]: d X[l + 1] in, d (MLP input) out
+                        mlp_backward(mws[1][c, l], X.shape[1], mw[4][p], mw[5][p], lam, HIDs[c, l],
+                                     mws[0][c, l], mws[2][c], tm[0], mws[4][c], mws[3][c], mws[6][c, p],
+                                     mws[7][c, p], mws[8][c, p], mws[9][c, p], g_mlp)
                     full_backward(X[l], S, W_KQ_T[p], W_PV_T[p], lam, yup, clip, Ac[l], U[l], V[l],
                                   Zs[c, l], tm[0], l > 0 or evaluate > 0, tm[1], tm[2], tm[3], dAc, dKQ[p],
                                   dPV[p])
@@ -273,3 +328,8 @@ def lsa_kernel(tok, y, W_KQ, W_PV, W_PV_T, W_KQ_T, players, S, lam, yup, clip, i
                         for i in range(Dm):
                             DQ[g * NL + j, i] = tm[0, tm.shape[1] - 1, i, j]
         sum_lanes(dKQ, dPV, dW_KQ_rows[c], dW_PV_rows[c])
+        if HIDs is not None:
+            sum_lanes_last(mws[6][c], mws[10][c])
+            sum_lanes_last(mws[7][c], mws[11][c])
+            sum_lanes_last(mws[8][c], mws[12][c])
+            sum_lanes_last(mws[9][c], mws[13][c])

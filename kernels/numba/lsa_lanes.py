@@ -254,9 +254,10 @@ BLOCK = 4  # output columns per pass
 
 @njit(cache=True, fastmath={"contract"})
 def mul_shared(X, rows, W, out, accumulate):
-    """out[t] (+)= X[t] @ W for t < rows: per task (rows, D) times the shared (D, D)."""
-    D = W.shape[0]
-    full = D - D % BLOCK
+    """out[t] (+)= X[t] @ W for t < rows: per task (rows, n) times the shared (n, m) (D x D in
+    the attention, D x F and F x D in the MLP)."""
+    D, M = W.shape[0], W.shape[1]
+    full = M - M % BLOCK
     for t in range(rows):
         for k in range(0, full, BLOCK):
             x = lanes(X, t, 0)
@@ -273,7 +274,7 @@ def mul_shared(X, rows, W, out, accumulate):
             store(out, t, k + 1, a1)
             store(out, t, k + 2, a2)
             store(out, t, k + 3, a3)
-        for k in range(full, D):
+        for k in range(full, M):
             shared_column(X, t, W, k, out, t, accumulate)
 
 
@@ -304,9 +305,9 @@ def mul_lanes(X, rows, A, out, accumulate):
 
 @njit(cache=True, fastmath={"contract"})
 def add_at_b(X, Y, rows, G):
-    """G += X[:rows]^T Y[:rows] per lane: G (D, D, NL)."""
-    D = G.shape[0]
-    full = D - D % BLOCK
+    """G += X[:rows]^T Y[:rows] per lane: G (n, m, NL), X (rows, n, NL), Y (rows, m, NL)."""
+    D, M = G.shape[0], G.shape[1]
+    full = M - M % BLOCK
     for i in range(D):
         for k in range(0, full, BLOCK):
             a0, a1 = lanes(G, i, k), lanes(G, i, k + 1)
@@ -319,7 +320,7 @@ def add_at_b(X, Y, rows, G):
             store(G, i, k + 1, a1)
             store(G, i, k + 2, a2)
             store(G, i, k + 3, a3)
-        for k in range(full, D):
+        for k in range(full, M):
             a = lanes(G, i, k)
             for t in range(rows):
                 a = fma(a, lanes(X, t, i), lanes(Y, t, k))

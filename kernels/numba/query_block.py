@@ -5,8 +5,8 @@ Which models (`supports(cfg)`): one block (num_layers 1) of softmax or linear at
 key size, with or without the MLP and its LayerNorm, token clipping, dampening, `y_update` and
 `include_query`; no LayerNorm before the attention (the public placement of a deep model), no
 embedding, input MLP or positional encoding; causal masking changes nothing for the query, the last
-token. Linear-attention models without an MLP keep kernels.numba.lsa. Figure 12's softmax layers and
-benchmark case (c) are such models. kernels.numba.cpu uses it for loss_and_grads and train_step, and
+token. kernels.numba.cpu asks kernels.numba.lsa first, so linear-attention models (with an MLP too)
+train there; figure 12's softmax layers and benchmark case (c) train here. kernels.numba.cpu uses it for loss_and_grads and train_step, and
 its per-task kernels for everything else (evaluation included).
 
 The algebra. The read-out is the query's label after the block, so of every token only the query

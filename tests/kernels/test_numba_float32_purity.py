@@ -1,6 +1,6 @@
 """float32 data is computed in float32: the numba-cpu building blocks that mix integer counts or
 literals into their arithmetic (LayerNorm's means, GELU and its derivative, the one-block kernel's
-softmax, LayerNorm and MLP) must not widen to float64 (in Numba, float32 / int64 and
+softmax, LayerNorm and MLP, the linear-attention kernel's MLP) must not widen to float64 (in Numba, float32 / int64 and
 int64 * float32 are float64). Checked on the compiled code:
 no `fpext` (float -> double) in the LLVM IR of their float32 versions, and no double-precision
 instruction at all in the PTX of numba-cuda's float32 warp-per-task kernels."""
@@ -9,6 +9,7 @@ import pytest
 from numba import njit
 
 from kernels.numba import front, ops
+from kernels.numba import lsa_mlp
 from kernels.numba import query_block_kernels as qbk
 
 
@@ -36,6 +37,19 @@ def _one_block(backward):
     return lambda c: (X, 4, 2, *W, z(4), z(4), z(4, 6), z(6), z(6, 4), z(4), *flags, c, V)
 
 
+def _lsa_mlp(backward):
+    """Arguments of lsa_mlp.mlp_forward / mlp_backward: 3 rows, D = 4, F = 6, 16 lanes (float32);
+    GELU's constants as the kernel reads them (float32 scalars, not the Python floats of a call)."""
+    z = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    g = lambda c: tuple(np.float32(x) for x in ops.gelu_consts(c))  # noqa: E731
+    if backward:
+        return lambda c: (z(3, 4, 16), 3, z(6, 4), z(4, 6), np.float32(0.5), z(3, 6, 16), z(3, 6, 16),
+                          z(3, 6, 16), z(3, 4, 16), z(3, 4, 16), z(3, 6, 16), z(4, 6, 16), z(1, 6, 16),
+                          z(6, 4, 16), z(1, 4, 16), g(c))
+    return lambda c: (z(3, 4, 16), 3, z(4, 6), z(6), z(6, 4), z(4), np.float32(0.5), z(3, 6, 16), z(3, 6, 16),
+                      z(3, 6, 16), z(3, 4, 16), g(c))
+
+
 CASES = {
     "layernorm_fwd": (ops.layernorm_fwd, lambda c: (f, 0, 2, 5, f, 0, 0, f, 0, f, 0, f, 0, c)),
     "layernorm_bwd": (ops.layernorm_bwd, lambda c: (f, 0, 2, 5, f, 0, f, 0, f, 0, f, 0, 0, f, 0, 0, c)),
@@ -45,6 +59,8 @@ CASES = {
     "front.gelu_backward_kernel": (front.gelu_backward_kernel, lambda c: (f, f.copy(), f.copy(), f.copy(), c)),
     "query_block.block_forward": (qbk.block_forward, _one_block(False)),
     "query_block.block_backward": (qbk.block_backward, _one_block(True)),
+    "lsa_mlp.mlp_forward": (lsa_mlp.mlp_forward, _lsa_mlp(False)),
+    "lsa_mlp.mlp_backward": (lsa_mlp.mlp_backward, _lsa_mlp(True)),
 }
 
 

@@ -19,6 +19,15 @@ from refimpl.params import init_params, params_astype
 CONFIGS = {name: (cfg, T) for (name, cfg), T in zip(
     model_configs("paper_1layer", "deep3_2head_clip_damp", "tied3_yupdate_query",
                   "deep2_3head_wide_key_clip").items(), [11, 7, 5, 9])}
+# with an MLP after every attention (fig8's models; weights at init_scale 1 so that the MLP and the
+# clip matter): one block, a deep clipped two-head model, a tied one with y_update and the query
+CONFIGS.update({
+    "mlp_1layer": (ModelConfig(token_dim=6, key_size=4, mlp=True, init_scale=1.0), 8),
+    "deep3_2head_mlp_clip_damp": (ModelConfig(token_dim=6, key_size=4, num_layers=3, num_heads=2, mlp=True,
+                                              mlp_widening=3, token_clip=0.8, dampening=0.75, init_scale=1.0), 7),
+    "tied2_mlp_yupdate_query": (ModelConfig(token_dim=5, key_size=5, num_layers=2, weight_tied=True, mlp=True,
+                                            y_update=True, include_query=True, init_scale=1.0), 6),
+})
 BATCHES = [1, 13, 130]  # one task (seven padded lanes), a partial group, several chunks
 
 
@@ -41,7 +50,7 @@ def test_loss_and_grads_match_oracle(name, B, dtype, rng):
     p64 = params_astype(params, np.float64)
     loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(p64, tok.astype(np.float64),
                                                              y.astype(np.float64), cfg)
-    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads
+    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads * (cfg.mlp_widening if cfg.mlp else 1)
     assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, red, "loss")
     assert_close_to_oracle(per_layer, per_layer_o, dtype, red, "per-layer losses")
     assert sorted(grads) == sorted(grads_o)
@@ -64,7 +73,7 @@ def test_evaluation_readouts_and_query_gradient_match_oracle(name, B, dtype, rng
     p64, t64 = params_astype(params, np.float64), tok.astype(np.float64)
     readouts_o, _ = oracle_model.model_forward(p64, t64, cfg)
     dquery_o = oracle_model.prediction_input_gradient(p64, t64, cfg)[:, -1]  # (B, D)
-    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads
+    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads * (cfg.mlp_widening if cfg.mlp else 1)
     assert readouts.dtype == dtype and dquery.dtype == dtype
     assert_close_to_oracle(readouts, readouts_o, dtype, red, "read-outs")
     assert_close_to_oracle(dquery, dquery_o, dtype, red, "d read-out / d query")
@@ -100,7 +109,7 @@ def test_evaluation_through_the_general_kernel_for_other_models(rng):
 
 def test_clipping_is_exercised(rng):
     """The clipping configs really clip some entries (else their gradient masks go untested)."""
-    for name in ("deep3_2head_clip_damp", "deep2_3head_wide_key_clip"):
+    for name in ("deep3_2head_clip_damp", "deep2_3head_wide_key_clip", "deep3_2head_mlp_clip_damp"):
         cfg, T = CONFIGS[name]
         params, tok, _ = inputs(cfg, T, 130, rng, np.float64)
         _, cache = oracle_model.model_forward(params, tok, cfg)
@@ -108,8 +117,9 @@ def test_clipping_is_exercised(rng):
         assert 0.01 < 1 - inside.mean() < 0.99, name
 
 
-def test_bits_do_not_depend_on_the_thread_count(rng):
-    cfg, T = CONFIGS["deep3_2head_clip_damp"]
+@pytest.mark.parametrize("name", ["deep3_2head_clip_damp", "deep3_2head_mlp_clip_damp"])
+def test_bits_do_not_depend_on_the_thread_count(name, rng):
+    cfg, T = CONFIGS[name]
     params, tok, y = inputs(cfg, T, 130, rng, np.float64)
     old = numba.get_num_threads()
     outs = []
@@ -129,7 +139,9 @@ def test_bits_do_not_depend_on_the_thread_count(rng):
 def test_numba_cpu_routes_linear_models_here_and_others_not():
     assert not numba_lsa.supports(ModelConfig(token_dim=5, attention="softmax"))
     assert not numba_lsa.supports(ModelConfig(token_dim=5, layernorm=True))
-    assert not numba_lsa.supports(ModelConfig(token_dim=5, mlp=True))
+    assert numba_lsa.supports(ModelConfig(token_dim=5, mlp=True))
+    assert numba_lsa.supports(ModelConfig(token_dim=5, mlp=True, num_layers=5, num_heads=2, token_clip=10.0))
+    assert not numba_lsa.supports(ModelConfig(token_dim=5, mlp=True, layernorm=True))
     assert not numba_lsa.supports(ModelConfig(token_dim=5, first_layer_softmax=True, num_layers=2))
     assert not numba_lsa.supports(ModelConfig(token_dim=5, embed_dim=4))
 
