@@ -11,9 +11,10 @@ the final read-out at the query token), so an evaluation compiles nothing more.
 """
 from numba import njit, prange
 
-from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma, fma_scalar, gram, lanes, lanes_column, mul,
-                                     mul_lanes, mul_shared, nlanes, scale, shared_column, store, unclipped)
-from kernels.numba.lsa_mlp import mlp_backward, mlp_forward, readout_row_backward, readout_row_forward
+from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma_scalar, gram, lanes, lanes_column, mul_lanes,
+                                     mul_shared, nlanes, scale, shared_column, store, unclipped)
+from kernels.numba.lsa_mlp import (mlp_backward, mlp_forward, query_head_backward, readout_row_backward,
+                                   readout_row_forward)
 from kernels.numba.ops import gelu_consts
 
 
@@ -136,24 +137,7 @@ def readout_backward(X, S, W_KQ_T, W_PV, lam, A, U, V, dz, need_dx, dX, dv, du, 
                 do = lam * dz[j]
                 dW_PV[h, k, D - 1, j] += do * v[k, j]  # dW_PV[:, -1] += do v
                 dv[0, k, j] = do * p  # dv = do W_PV[:, -1]
-        for k in range(D):
-            lanes_column(dv, 0, A, k, du, 0, False)  # du = dv A = A dv
-        for i in range(D):  # dW_KQ += q du^T
-            q = lanes(X, T - 1, i)
-            for k in range(D):
-                store(dW_KQ[h], i, k, fma(lanes(dW_KQ[h], i, k), q, lanes(du, 0, k)))
-        if need_dx:
-            for k in range(D):
-                shared_column(du, 0, W_KQ_T[h], k, dX, T - 1, True)  # dq += W_KQ du
-            # dA = u dv^T: dX[:S] += C (dA + dA^T) = (C u) dv^T + (C dv) u^T
-            Uh = U[h]  # row 0 is u
-            for s in range(S):  # lane tuples: c0 = x_s . u, c1 = x_s . dv
-                c0, c1 = mul(lanes(X, s, 0), lanes(Uh, 0, 0)), mul(lanes(X, s, 0), lanes(dv, 0, 0))
-                for i in range(1, D):
-                    x = lanes(X, s, i)
-                    c0, c1 = fma(c0, x, lanes(Uh, 0, i)), fma(c1, x, lanes(dv, 0, i))
-                for i in range(D):
-                    store(dX, s, i, add(lanes(dX, s, i), fma(mul(c1, lanes(Uh, 0, i)), c0, lanes(dv, 0, i))))
+        query_head_backward(X, S, W_KQ_T[h], A, U[h], dv, du, dW_KQ[h], need_dx, dX)
 
 
 @njit(cache=True, fastmath={"contract"})

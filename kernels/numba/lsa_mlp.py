@@ -117,20 +117,29 @@ def readout_row_backward(X, S, W_KQ_T, W_PV_T, lam, yup, clip, A, U, V, Zq, dq, 
             for i in range(D):
                 store(dW_PV[h], k, i, fma(lanes(dW_PV[h], k, i), vk, lanes(dO, 0, i)))
             shared_column(dO, 0, W_PV_T[h], k, dv, 0, False)
+        query_head_backward(X, S, W_KQ_T[h], A, U[h], dv, du, dW_KQ[h], need_dx, dX)
+
+
+@njit(inline="always", fastmath={"contract"})
+def query_head_backward(X, S, W_KQ_T_h, A, Uh, dv, du, dW_KQ_h, need_dx, dX):
+    """The read-out's attention backward for head h from dv (1, D, NL), the gradient of
+    v_h = A u_h (row 0 of Uh is u_h = W_KQ^h^T q): du = A dv, dW_KQ^h += q du^T and, with need_dx,
+    d q += W_KQ^h du and dX[:S] += C (dA + dA^T) = (C u) dv^T + (C dv) u^T (dA = u dv^T). Shared by
+    both read-outs (lsa_kernels.readout_backward, readout_row_backward)."""
+    T, D = X.shape[0], X.shape[1]
+    for k in range(D):
+        lanes_column(dv, 0, A, k, du, 0, False)  # du = dv A = A dv (A symmetric)
+    for i in range(D):  # dW_KQ += q du^T
+        q = lanes(X, T - 1, i)
         for k in range(D):
-            lanes_column(dv, 0, A, k, du, 0, False)  # du = A dv (A symmetric)
-        for i in range(D):  # dW_KQ += q du^T
-            q = lanes(X, T - 1, i)
-            for k in range(D):
-                store(dW_KQ[h], i, k, fma(lanes(dW_KQ[h], i, k), q, lanes(du, 0, k)))
-        if need_dx:
-            for k in range(D):
-                shared_column(du, 0, W_KQ_T[h], k, dX, T - 1, True)  # dq += W_KQ du
-            Uh = U[h]  # row 0 is u
-            for s in range(S):  # dX[:S] += (C u) dv^T + (C dv) u^T, as readout_backward
-                c0, c1 = mul(lanes(X, s, 0), lanes(Uh, 0, 0)), mul(lanes(X, s, 0), lanes(dv, 0, 0))
-                for i in range(1, D):
-                    x = lanes(X, s, i)
-                    c0, c1 = fma(c0, x, lanes(Uh, 0, i)), fma(c1, x, lanes(dv, 0, i))
-                for i in range(D):
-                    store(dX, s, i, add(lanes(dX, s, i), fma(mul(c1, lanes(Uh, 0, i)), c0, lanes(dv, 0, i))))
+            store(dW_KQ_h, i, k, fma(lanes(dW_KQ_h, i, k), q, lanes(du, 0, k)))
+    if need_dx:
+        for k in range(D):
+            shared_column(du, 0, W_KQ_T_h, k, dX, T - 1, True)  # dq += W_KQ du
+        for s in range(S):  # lane tuples: c0 = x_s . u, c1 = x_s . dv
+            c0, c1 = mul(lanes(X, s, 0), lanes(Uh, 0, 0)), mul(lanes(X, s, 0), lanes(dv, 0, 0))
+            for i in range(1, D):
+                x = lanes(X, s, i)
+                c0, c1 = fma(c0, x, lanes(Uh, 0, i)), fma(c1, x, lanes(dv, 0, i))
+            for i in range(D):
+                store(dX, s, i, add(lanes(dX, s, i), fma(mul(c1, lanes(Uh, 0, i)), c0, lanes(dv, 0, i))))
