@@ -99,6 +99,52 @@ def assert_close_to_oracle(actual, expected, dtype, reduction_size=1, name="valu
                                   f"rtol {rtol:.1e} / atol {atol:.1e} x scale {scale:.3e}")
 
 
+# ----------------------------------------------------------------------------------------------
+# the numba-cpu lane kernels (kernels/numba/lsa.py, query_block.py): shared inputs and checks
+def lane_kernel_inputs(cfg, T, B, rng, dtype):
+    """(params, tokens (B, T, D), y (B,)) in dtype: the oracle's initialisation, normal tokens."""
+    from refimpl.params import init_params, params_astype
+    params = params_astype(init_params(cfg, rng), dtype)
+    tokens = rng.standard_normal((B, T, cfg.token_dim)).astype(dtype)  # (B, T, D)
+    y = rng.standard_normal(B).astype(dtype)  # (B,)
+    return params, tokens, y
+
+
+def assert_loss_and_grads_match_oracle(loss_and_grads, params, tok, y, cfg, dtype, reduction_size):
+    """A kernel's (loss, per-layer losses, grads) against refimpl.loss.loss_and_grads in float64:
+    the same names, shapes and dtype, every value within the backend tolerance."""
+    from refimpl import loss as oracle_loss
+    from refimpl.params import params_astype
+    loss, per_layer, grads = loss_and_grads(params, tok, y, cfg)
+    loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(params_astype(params, np.float64),
+                                                             tok.astype(np.float64), y.astype(np.float64), cfg)
+    assert np.asarray(loss).dtype == dtype and per_layer.dtype == dtype
+    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, reduction_size, "loss")
+    assert_close_to_oracle(per_layer, per_layer_o, dtype, reduction_size, "per-layer losses")
+    assert sorted(grads) == sorted(grads_o)
+    for k in grads_o:
+        assert grads[k].dtype == dtype and grads[k].shape == grads_o[k].shape, k
+        assert_close_to_oracle(grads[k], grads_o[k], dtype, reduction_size, f"grads[{k}]")
+
+
+def assert_same_bits_for_any_thread_count(loss_and_grads, params, tok, y, cfg):
+    """loss_and_grads on one thread, on Numba's default count and again: the same bits."""
+    import numba
+    old = numba.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, old}):
+            numba.set_num_threads(n)
+            outs.append(loss_and_grads(params, tok, y, cfg))
+    finally:
+        numba.set_num_threads(old)
+    again = loss_and_grads(params, tok, y, cfg)
+    for out in outs[1:] + [again]:
+        assert out[0] == outs[0][0]
+        for k in out[2]:
+            assert np.array_equal(out[2][k], outs[0][2][k]), k
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's file name and name: reproducible, different per test, and

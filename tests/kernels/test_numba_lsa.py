@@ -1,10 +1,10 @@
 """The numba-cpu parameter-space kernel for linear-attention models (kernels/numba/lsa.py) against
 the oracle: loss, per-layer losses and every parameter gradient, on uneven shapes, with NaN-poisoned
 buffers, partial SIMD groups, and the same bits whatever the thread count."""
-import numba
 import numpy as np
 import pytest
-from tests.conftest import RTOL_FLOAT64, TOL, assert_close_to_oracle, model_configs
+from tests.conftest import (RTOL_FLOAT64, TOL, assert_close_to_oracle, assert_loss_and_grads_match_oracle,
+                            assert_same_bits_for_any_thread_count, lane_kernel_inputs, model_configs)
 
 from kernels import get_backend
 
@@ -31,11 +31,7 @@ CONFIGS.update({
 BATCHES = [1, 13, 130]  # one task (seven padded lanes), a partial group, several chunks
 
 
-def inputs(cfg, T, B, rng, dtype):
-    params = params_astype(init_params(cfg, rng), dtype)
-    tokens = rng.standard_normal((B, T, cfg.token_dim)).astype(dtype)  # (B, T, D)
-    y = rng.standard_normal(B).astype(dtype)  # (B,)
-    return params, tokens, y
+inputs = lane_kernel_inputs
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -46,17 +42,8 @@ def test_loss_and_grads_match_oracle(name, B, dtype, rng):
     assert numba_lsa.supports(cfg)
     params, tok, y = inputs(cfg, T, B, rng, dtype)
     numba_lsa.fill_buffers(cfg, T, B, dtype, np.nan)
-    loss, per_layer, grads = numba_lsa.loss_and_grads(params, tok, y, cfg)
-    p64 = params_astype(params, np.float64)
-    loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(p64, tok.astype(np.float64),
-                                                             y.astype(np.float64), cfg)
-    red = B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads * (cfg.mlp_widening if cfg.mlp else 1)
-    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, red, "loss")
-    assert_close_to_oracle(per_layer, per_layer_o, dtype, red, "per-layer losses")
-    assert sorted(grads) == sorted(grads_o)
-    for k in grads_o:
-        assert grads[k].dtype == dtype
-        assert_close_to_oracle(grads[k], grads_o[k], dtype, red, f"grads[{k}]")
+    assert_loss_and_grads_match_oracle(numba_lsa.loss_and_grads, params, tok, y, cfg, dtype,
+                                       B * T * cfg.model_dim * cfg.num_layers * cfg.num_heads * (cfg.mlp_widening if cfg.mlp else 1))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -121,19 +108,7 @@ def test_clipping_is_exercised(rng):
 def test_bits_do_not_depend_on_the_thread_count(name, rng):
     cfg, T = CONFIGS[name]
     params, tok, y = inputs(cfg, T, 130, rng, np.float64)
-    old = numba.get_num_threads()
-    outs = []
-    try:
-        for n in sorted({1, old}):
-            numba.set_num_threads(n)
-            outs.append(numba_lsa.loss_and_grads(params, tok, y, cfg))
-    finally:
-        numba.set_num_threads(old)
-    again = numba_lsa.loss_and_grads(params, tok, y, cfg)
-    for out in outs[1:] + [again]:
-        assert out[0] == outs[0][0]
-        for k in out[2]:
-            assert np.array_equal(out[2][k], outs[0][2][k]), k
+    assert_same_bits_for_any_thread_count(numba_lsa.loss_and_grads, params, tok, y, cfg)
 
 
 def test_numba_cpu_routes_linear_models_here_and_others_not():

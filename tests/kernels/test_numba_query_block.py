@@ -1,10 +1,10 @@
 """The numba-cpu one-block kernel (kernels/numba/query_block.py: the query row alone, tasks in SIMD
 lanes) against the oracle: loss and every parameter gradient, on uneven shapes and every option it
 takes, with NaN-poisoned buffers, partial SIMD groups, and the same bits whatever the thread count."""
-import numba
 import numpy as np
 import pytest
-from tests.conftest import RTOL_FLOAT64, assert_close_to_oracle
+from tests.conftest import (RTOL_FLOAT64, assert_loss_and_grads_match_oracle, assert_same_bits_for_any_thread_count,
+                            lane_kernel_inputs)
 
 from kernels import get_backend
 from kernels.numba import query_block
@@ -12,7 +12,7 @@ from refimpl import loss as oracle_loss
 from refimpl import model as oracle_model
 from refimpl import optim
 from refimpl.config import AdamConfig, ModelConfig
-from refimpl.params import init_params, params_astype
+from refimpl.params import init_params
 
 # name -> (config, tokens per task T). Weights at init_scale 1: the scores spread the softmax
 # weights and the clip bites (test_options_are_exercised), which the paper's 0.002 would not.
@@ -30,11 +30,7 @@ CONFIGS = {
 BATCHES = [1, 13, 150]  # one task (padded lanes), a partial group, several chunks
 
 
-def inputs(cfg, T, B, rng, dtype):
-    params = params_astype(init_params(cfg, rng), dtype)
-    tokens = rng.standard_normal((B, T, cfg.token_dim)).astype(dtype)  # (B, T, D)
-    y = rng.standard_normal(B).astype(dtype)  # (B,)
-    return params, tokens, y
+inputs = lane_kernel_inputs
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -45,18 +41,8 @@ def test_loss_and_grads_match_oracle(name, B, dtype, rng):
     assert query_block.supports(cfg)
     params, tok, y = inputs(cfg, T, B, rng, dtype)
     query_block.fill_buffers(cfg, T, B, dtype, np.nan)
-    loss, per_layer, grads = query_block.loss_and_grads(params, tok, y, cfg)
-    p64 = params_astype(params, np.float64)
-    loss_o, per_layer_o, grads_o = oracle_loss.loss_and_grads(p64, tok.astype(np.float64),
-                                                             y.astype(np.float64), cfg)
-    red = B * T * cfg.model_dim * cfg.num_heads * cfg.mlp_widening
-    assert np.asarray(loss).dtype == dtype and per_layer.dtype == dtype
-    assert_close_to_oracle(np.asarray(loss), np.asarray(loss_o), dtype, red, "loss")
-    assert_close_to_oracle(per_layer, per_layer_o, dtype, red, "per-layer losses")
-    assert sorted(grads) == sorted(grads_o)
-    for k in grads_o:
-        assert grads[k].dtype == dtype and grads[k].shape == grads_o[k].shape, k
-        assert_close_to_oracle(grads[k], grads_o[k], dtype, red, f"grads[{k}]")
+    assert_loss_and_grads_match_oracle(query_block.loss_and_grads, params, tok, y, cfg, dtype,
+                                       B * T * cfg.model_dim * cfg.num_heads * cfg.mlp_widening)
 
 
 def test_options_are_exercised(rng):
@@ -78,19 +64,7 @@ def test_options_are_exercised(rng):
 def test_bits_do_not_depend_on_the_thread_count(rng):
     cfg, T = CONFIGS["softmax_2head_ln_mlp"]
     params, tok, y = inputs(cfg, T, 150, rng, np.float64)
-    old = numba.get_num_threads()
-    outs = []
-    try:
-        for n in sorted({1, old}):
-            numba.set_num_threads(n)
-            outs.append(query_block.loss_and_grads(params, tok, y, cfg))
-    finally:
-        numba.set_num_threads(old)
-    again = query_block.loss_and_grads(params, tok, y, cfg)
-    for out in outs[1:] + [again]:
-        assert out[0] == outs[0][0]
-        for k in out[2]:
-            assert np.array_equal(out[2][k], outs[0][2][k]), k
+    assert_same_bits_for_any_thread_count(query_block.loss_and_grads, params, tok, y, cfg)
 
 
 def test_which_models_come_here():
