@@ -45,7 +45,11 @@ def assert_same_draw(make_rng, *args, before=None, **kwargs):
     (6, 33, 5, 3, 0.0, 1.0, np.float64),  # zero range: every x is exactly 0
     (7, 20, 4, 5, 1.0, 1.0, np.float16),  # any dtype: the oracle's cast of the float64 values
     (8, 10, 2, 2, 3, 2, np.float64),  # integer range and scale
+    (9, 16, 3, 2, 1.0, np.float32(0.7), np.float64),  # a NumPy scalar scale: a float64 product
+    (10, 16, 3, 2, 1.0, True, np.float32),
+    (11, 16, 3, 2, 1.0, float("inf"), np.float64),  # 0 * inf = nan, as NumPy's product
 ])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the oracle's inf - inf
 def test_draw_matches_the_oracle_bit_for_bit(seed, B, N, d, r, s, dtype):
     assert_same_draw(lambda: np.random.default_rng(seed), B, num_context=N, input_dim=d,
                      input_range=r, weight_scale=s, dtype=dtype)
@@ -118,6 +122,7 @@ def test_jump_ahead_equals_numpy_advance(n):
     (lambda: np.random.RandomState(3), {}),  # the legacy interface
     (lambda: np.random.default_rng(3), {"distractors": 2}),
     (lambda: np.random.default_rng(3), {"weight_scale": np.array([1.0, 2.0, 0.5])}),
+    (lambda: np.random.default_rng(3), {"weight_scale": np.longdouble(2.0)}),  # a long double w
 ])
 def test_fallbacks_give_the_oracle_draw(make_rng, kwargs):
     rng_ref, rng_got = make_rng(), make_rng()
@@ -135,12 +140,17 @@ def test_fallbacks_give_the_oracle_draw(make_rng, kwargs):
     ({"distractors": 6}, ValueError, "distractors"),
     ({"input_range": -1.0}, ValueError, "high - low"),  # NumPy's uniform
     ({"input_range": float("nan")}, OverflowError, "range"),
+    ({"weight_scale": 10**400}, OverflowError, None),  # NumPy's product
 ])
 def test_bad_arguments_raise_as_in_the_oracle(kwargs, error, match):
     args = {"batch": 4, "num_context": 5, "input_dim": 3, **kwargs}
+    states = []
     for draw in (oracle_tasks, numba_draw.linear_regression_tasks):
+        rng = np.random.default_rng(0)
         with pytest.raises(error, match=match):
-            draw(np.random.default_rng(0), **args)
+            draw(rng, **args)
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]  # w drawn or not, as in the oracle
 
 
 def test_task_source_uses_a_given_drawer_with_the_same_batches():
