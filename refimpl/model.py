@@ -27,8 +27,9 @@ def _add_grads(grads, sub):
             grads[name] = g
 
 
-def check_tokens(tokens, cfg: ModelConfig, name="tokens"):
-    check_array(name, tokens, ndim=3)
+def check_tokens(tokens, cfg: ModelConfig, name="tokens", finite=True):
+    """tokens (B, T, D_in) of the model's width; finite=False leaves the NaN/inf scan to the caller."""
+    check_array(name, tokens, ndim=3, finite=finite)
     if tokens.shape[2] != cfg.token_dim:
         raise ValueError(f"{name}: expected token width token_dim = {cfg.token_dim}, got shape {tokens.shape}")
     if tokens.shape[1] < 2 and not cfg.include_query:

@@ -110,12 +110,13 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float64):
     return params
 
 
-def check_params(params, cfg: ModelConfig):
-    """Every expected name present with its shape, no unknown names, finite, one dtype."""
-    return check_named_arrays(params, param_shapes(cfg))
+def check_params(params, cfg: ModelConfig, finite=True):
+    """Every expected name present with its shape, no unknown names, finite, one dtype
+    (finite=False leaves the NaN/inf scan to the caller)."""
+    return check_named_arrays(params, param_shapes(cfg), finite)
 
 
-def check_named_arrays(params, shapes):
+def check_named_arrays(params, shapes, finite=True):
     """params against {name: shape}: every name present with its shape, no unknown names, finite,
     one dtype (the check of every model's parameters: this module's and refimpl.gpt2's)."""
     if not isinstance(params, dict):
@@ -128,7 +129,7 @@ def check_named_arrays(params, shapes):
         raise ValueError(f"params: unknown name(s) {unknown} for this config; expected {list(shapes)}")
     dtypes = set()
     for name, shape in shapes.items():
-        check_array(f"params[{name!r}]", params[name], shape=shape)
+        check_array(f"params[{name!r}]", params[name], shape=shape, finite=finite)
         dtypes.add(params[name].dtype)
     if len(dtypes) > 1:
         raise ValueError(f"params: mixed dtypes {sorted(map(str, dtypes))}")

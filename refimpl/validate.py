@@ -39,11 +39,11 @@ def check_array(name, x, ndim=None, shape=None, finite=True):
             want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
     if finite:
-        _check_finite(name, x)
+        check_finite_values(name, x)
     return x
 
 
-def _check_finite(name, x):
+def check_finite_values(name, x):
     if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise NonFiniteError(f"{name}: contains {bad} NaN or inf value(s)")
@@ -59,7 +59,7 @@ def check_upstream(name, dout, shape, dtype):
     check_array(name, dout, shape=tuple(shape), finite=False)
     if dout.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the forward's), got {dout.dtype}")
-    _check_finite(name, dout)
+    check_finite_values(name, dout)
     return dout
 
 

@@ -36,8 +36,7 @@ from refimpl.gpt2 import GPT2Config
 from refimpl.loss import mse_backward, mse_forward  # noqa: F401  (the same (B,) arithmetic)
 from refimpl.model import check_tokens
 from refimpl.optim import adam_init, scaled_norm  # noqa: F401  (adam_init: the same zeros)
-from refimpl.params import check_params
-from refimpl.params import init_params as _oracle_init_params
+from refimpl.params import check_params, init_params as _oracle_init_params
 from refimpl.validate import check_array, check_same_dtype
 
 from kernels.numba import front as numba_front
@@ -46,6 +45,7 @@ from kernels.numba import lsa as numba_lsa
 from kernels.numba import query_block as numba_query_block
 from kernels.numba.adam import adam_hyper, adam_kernel, clip_factor
 from kernels.numba.draw import linear_regression_tasks  # noqa: F401  (the training batches, in parallel)
+from kernels.numba.finite import check_finite, exponent_carry, is_finite
 from kernels.numba.layout import I_NP, I_W_SIZE, plan
 from kernels.numba.model import task_backward, task_forward, task_loss_backward
 from kernels.params import pack, pack_like, unpack, unpack_like
@@ -139,12 +139,13 @@ def run_tasks(mode, tok, y, dr, pv, pl, rd, dtok):
 
 
 def _check_inputs(params, tokens, cfg):
-    check_tokens(tokens, cfg)
-    check_params(params, cfg)
+    """refimpl's checks of tokens and params, their NaN/inf scans compiled (kernels.numba.finite)."""
+    tok = check_finite("tokens", check_tokens(tokens, cfg, finite=False))
+    check_params(params, cfg, finite=False)
+    if not all(is_finite(v) for v in params.values()):
+        check_params(params, cfg)  # raises, naming the parameter
     check_same_dtype(tokens=tokens, params=next(iter(params.values())))
-    if tokens.dtype not in (np.float32, np.float64):
-        raise ValueError(f"tokens: expected dtype float32 or float64, got {tokens.dtype}")
-    return np.ascontiguousarray(tokens)
+    return tok
 
 
 def model_forward(params, tokens, cfg):
@@ -329,7 +330,8 @@ def kernels_to_compile(cfg=None):
         model.append(numba_query_block.query_block_kernel)
     if cfg is not None and numba_front.supports(cfg):
         model += [numba_front.gelu_kernel, numba_front.gelu_backward_kernel]
-    return missing_kernels(model + [draw.draw_kernel, sum_squares, adam_kernel])
+    return missing_kernels(model + [draw.draw_kernel, draw.normal_kernel, exponent_carry, sum_squares,
+                                    adam_kernel])
 
 
 def fill_buffers(cfg, num_tokens, batch, dtype, value):
