@@ -27,7 +27,7 @@ Backward of a layer, per head, from dOut (the gradient of the attention output):
 and on the host dW_q = dW_KQ W_k, dW_k = dW_KQ^T W_q, dW_v = dW_PV W_p^T, dW_p = W_v^T dW_PV.
 
 Layout: tasks are taken in groups of NL (8 in float64, 16 in float32), stored innermost ((T, D, NL)
-per group). The products (kernels.numba.lsa_lanes) keep the NL lanes in lane tuples of NL scalars,
+per group). The products (kernels.numba.lsa_products) keep the NL lanes in lane tuples of NL scalars,
 which LLVM's SLP vectoriser turns into packed instructions (a tuple is 64 bytes in either dtype: one
 AVX-512 register or two AVX2 registers, so float32 does twice the tasks per instruction). Numba
 compiles with that vectoriser off (NUMBA_SLP_VECTORIZE=0), so `loss_and_grads` turns it on while

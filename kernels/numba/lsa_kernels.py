@@ -11,8 +11,8 @@ the final read-out at the query token), so an evaluation compiles nothing more.
 """
 from numba import njit, prange
 
-from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma_scalar, gram, lanes, lanes_column, mul_lanes,
-                                     mul_shared, nlanes, scale, shared_column, store, unclipped)
+from kernels.numba.lsa_lanes import add, clip_lanes, fma_scalar, lanes, nlanes, scale, store, unclipped
+from kernels.numba.lsa_products import add_at_b, gram, lanes_column, mul_lanes, mul_shared, shared_column
 from kernels.numba.lsa_mlp import (mlp_backward, mlp_forward, query_head_backward, readout_row_backward,
                                    readout_row_forward)
 from kernels.numba.ops import gelu_consts

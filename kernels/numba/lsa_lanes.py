@@ -1,10 +1,10 @@
-"""Lane tuples and the lane-matrix products of the linear-self-attention kernel (kernels.numba.lsa).
+"""Lane tuples of the linear-self-attention kernels (kernels.numba.lsa; products: .lsa_products).
 
 Shape legend: D token width, NL tasks per SIMD group (lane_count: 8 in float64, 16 in float32),
 rows a leading token count. A lane tuple holds one entry of NL tasks' matrices, (x_0, .., x_NL-1):
-the lane-innermost arrays (rows, D, NL) are read and written one tuple at a time, and every product
-below is one multiply-add of tuples. Kept as NL scalars by LLVM, the tuples are packed into SIMD
-registers by its SLP vectoriser (kernels.numba.lsa turns it on while compiling): a tuple is 64 bytes
+the lane-innermost arrays (rows, D, NL) are read and written one tuple at a time, and every step
+of a product (kernels.numba.lsa_products) is one multiply-add of tuples. Kept as NL scalars by
+LLVM, the tuples are packed into SIMD registers by its SLP vectoriser (kernels.numba.lsa turns it on while compiling): a tuple is 64 bytes
 in either dtype (one AVX-512 register, or two AVX2 registers), so float32 does twice the tasks of
 float64 per instruction; eight float32 lanes would fill half a register and run no faster than
 float64. The helpers are inlined, so the arithmetic is exactly that of NL written-out accumulators.
@@ -218,131 +218,3 @@ def _unclipped(d, z, c):
     if _wide(d):
         return lambda d, z, c: _unclipped8(d[:8], z[:8], c) + _unclipped8(d[8:], z[8:], c)
     return lambda d, z, c: _unclipped8(d, z, c)
-
-
-# ---------------------------------------------------------------- lane-matrix building blocks
-# X, U, V, dX ...: (rows, D, NL) per-task matrices; W: (D, D) shared; A: (D, D, NL) per task.
-
-@njit(inline="always", fastmath={"contract"})
-def shared_column(X, tx, W, k, out, to, accumulate):
-    """out[to, k] (+)= X[tx] . W[:, k] per lane (one output of mul_shared)."""
-    a = scale(lanes(X, tx, 0), W[0, k])
-    if accumulate:
-        a = add(a, lanes(out, to, k))
-    for i in range(1, W.shape[0]):
-        a = fma_scalar(a, lanes(X, tx, i), W[i, k])
-    store(out, to, k, a)
-
-
-@njit(inline="always", fastmath={"contract"})
-def lanes_column(X, tx, A, k, out, to, accumulate):
-    """out[to, k] (+)= X[tx] . A[:, k] per lane (one output of mul_lanes)."""
-    a = mul(lanes(X, tx, 0), lanes(A, 0, k))
-    if accumulate:
-        a = add(a, lanes(out, to, k))
-    for i in range(1, A.shape[0]):
-        a = fma(a, lanes(X, tx, i), lanes(A, i, k))
-    store(out, to, k, a)
-
-
-# Each product computes four outputs at a time (columns k .. k+3): four independent chains of
-# multiply-adds that share every load of the left operand, then the last D mod 4 columns one by one.
-# One chain alone waits on its previous multiply-add (latency ~4 cycles) each step; four keep the
-# FMA units busy and need fewer loads per multiply-add. Per output the arithmetic is unchanged.
-BLOCK = 4  # output columns per pass
-
-
-@njit(cache=True, fastmath={"contract"})
-def mul_shared(X, rows, W, out, accumulate):
-    """out[t] (+)= X[t] @ W for t < rows: per task (rows, n) times the shared (n, m) (D x D in
-    the attention, D x F and F x D in the MLP)."""
-    D, M = W.shape[0], W.shape[1]
-    full = M - M % BLOCK
-    for t in range(rows):
-        for k in range(0, full, BLOCK):
-            x = lanes(X, t, 0)
-            a0, a1 = scale(x, W[0, k]), scale(x, W[0, k + 1])
-            a2, a3 = scale(x, W[0, k + 2]), scale(x, W[0, k + 3])
-            if accumulate:
-                a0, a1 = add(a0, lanes(out, t, k)), add(a1, lanes(out, t, k + 1))
-                a2, a3 = add(a2, lanes(out, t, k + 2)), add(a3, lanes(out, t, k + 3))
-            for i in range(1, D):
-                x = lanes(X, t, i)
-                a0, a1 = fma_scalar(a0, x, W[i, k]), fma_scalar(a1, x, W[i, k + 1])
-                a2, a3 = fma_scalar(a2, x, W[i, k + 2]), fma_scalar(a3, x, W[i, k + 3])
-            store(out, t, k, a0)
-            store(out, t, k + 1, a1)
-            store(out, t, k + 2, a2)
-            store(out, t, k + 3, a3)
-        for k in range(full, M):
-            shared_column(X, t, W, k, out, t, accumulate)
-
-
-@njit(cache=True, fastmath={"contract"})
-def mul_lanes(X, rows, A, out, accumulate):
-    """out[t] (+)= X[t] @ A for t < rows: per task (rows, D) times per task (D, D)."""
-    D = A.shape[0]
-    full = D - D % BLOCK
-    for t in range(rows):
-        for k in range(0, full, BLOCK):
-            x = lanes(X, t, 0)
-            a0, a1 = mul(x, lanes(A, 0, k)), mul(x, lanes(A, 0, k + 1))
-            a2, a3 = mul(x, lanes(A, 0, k + 2)), mul(x, lanes(A, 0, k + 3))
-            if accumulate:
-                a0, a1 = add(a0, lanes(out, t, k)), add(a1, lanes(out, t, k + 1))
-                a2, a3 = add(a2, lanes(out, t, k + 2)), add(a3, lanes(out, t, k + 3))
-            for i in range(1, D):
-                x = lanes(X, t, i)
-                a0, a1 = fma(a0, x, lanes(A, i, k)), fma(a1, x, lanes(A, i, k + 1))
-                a2, a3 = fma(a2, x, lanes(A, i, k + 2)), fma(a3, x, lanes(A, i, k + 3))
-            store(out, t, k, a0)
-            store(out, t, k + 1, a1)
-            store(out, t, k + 2, a2)
-            store(out, t, k + 3, a3)
-        for k in range(full, D):
-            lanes_column(X, t, A, k, out, t, accumulate)
-
-
-@njit(cache=True, fastmath={"contract"})
-def add_at_b(X, Y, rows, G):
-    """G += X[:rows]^T Y[:rows] per lane: G (n, m, NL), X (rows, n, NL), Y (rows, m, NL)."""
-    D, M = G.shape[0], G.shape[1]
-    full = M - M % BLOCK
-    for i in range(D):
-        for k in range(0, full, BLOCK):
-            a0, a1 = lanes(G, i, k), lanes(G, i, k + 1)
-            a2, a3 = lanes(G, i, k + 2), lanes(G, i, k + 3)
-            for t in range(rows):
-                x = lanes(X, t, i)
-                a0, a1 = fma(a0, x, lanes(Y, t, k)), fma(a1, x, lanes(Y, t, k + 1))
-                a2, a3 = fma(a2, x, lanes(Y, t, k + 2)), fma(a3, x, lanes(Y, t, k + 3))
-            store(G, i, k, a0)
-            store(G, i, k + 1, a1)
-            store(G, i, k + 2, a2)
-            store(G, i, k + 3, a3)
-        for k in range(full, M):
-            a = lanes(G, i, k)
-            for t in range(rows):
-                a = fma(a, lanes(X, t, i), lanes(Y, t, k))
-            store(G, i, k, a)
-
-
-@njit(cache=True, fastmath={"contract"})
-def gram(X, S, A):
-    """A = X[:S]^T X[:S] per lane: the pairs k >= i in blocks of four columns, each mirrored to
-    A[k, i]; a last block's spare chains repeat the last column (~30 % faster than a column at a
-    time at D = 11; the same in the products above was slower, so they keep one-column remainders)."""
-    D = A.shape[0]
-    for i in range(D):
-        for kb in range(i, D, BLOCK):
-            k0, k1, k2, k3 = kb, min(kb + 1, D - 1), min(kb + 2, D - 1), min(kb + 3, D - 1)
-            x = lanes(X, 0, i)
-            a0, a1 = mul(x, lanes(X, 0, k0)), mul(x, lanes(X, 0, k1))
-            a2, a3 = mul(x, lanes(X, 0, k2)), mul(x, lanes(X, 0, k3))
-            for s in range(1, S):
-                x = lanes(X, s, i)
-                a0, a1 = fma(a0, x, lanes(X, s, k0)), fma(a1, x, lanes(X, s, k1))
-                a2, a3 = fma(a2, x, lanes(X, s, k2)), fma(a3, x, lanes(X, s, k3))
-            for k, a in ((k3, a3), (k2, a2), (k1, a1), (k0, a0)):
-                store(A, i, k, a)
-                store(A, k, i, a)

@@ -5,7 +5,7 @@ Shape legend as kernels.numba.lsa: T tokens, D token width, S key tokens, H head
 NL tasks per group. With an MLP (and no LayerNorm), a block is
     Z = X + lam O,  Xc = clip(Z),  hid = Xc W1 + b1,  a = gelu(hid),  X' = Xc + lam (a W2 + b2)
 (refimpl.block). Per task the MLP is two products with shared weights, so it runs on the lane
-products of kernels.numba.lsa_lanes (mul_shared, add_at_b) for every token of a deep layer and for
+products of kernels.numba.lsa_products (mul_shared, add_at_b) for every token of a deep layer and for
 the query row alone in the last application, whose read-out is the query label of X' (no clip
 after the MLP). GELU and its derivative run as flat loops over the (rows, F, NL) entries, which
 vectorise. The last application needs the whole query row of its attention output here (the MLP
@@ -13,8 +13,9 @@ mixes every column into the label), so its backward starts from a D-vector, not 
 """
 from numba import njit
 
-from kernels.numba.lsa_lanes import (add, add_at_b, clip_lanes, fma, fma_scalar, lanes, lanes_column, mul,
-                                     mul_shared, nlanes, scale, shared_column, store, unclipped)
+from kernels.numba.lsa_lanes import (add, clip_lanes, fma, fma_scalar, lanes, mul, nlanes, scale, store,
+                                     unclipped)
+from kernels.numba.lsa_products import add_at_b, lanes_column, mul_shared, shared_column
 from kernels.numba.ops import G_A, G_C, G_HALF, G_ONE, gelu_tanh
 
 OPTS = {"cache": True, "fastmath": {"contract"}, "error_model": "numpy"}

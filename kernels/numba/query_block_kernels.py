@@ -25,8 +25,9 @@ import math
 from numba import njit, prange
 
 from kernels.numba.lsa_kernels import load_group
-from kernels.numba.lsa_lanes import (add, clip_lanes, fma, fma_scalar, lanes, mul, nlanes, scale, shared_column,
-                                     store, unclipped)
+from kernels.numba.lsa_lanes import (add, clip_lanes, fma, fma_scalar, lanes, mul, nlanes, scale, store,
+                                     unclipped)
+from kernels.numba.lsa_products import shared_column
 from kernels.numba.ops import C_LN_EPS, C_ONE, C_ZERO, G_A, G_C, G_HALF, G_ONE, gelu_consts, gelu_tanh
 
 R_Q, R_KQ = 0, 1  # rows of V; the per-head rows are offsets in H (row_layout)

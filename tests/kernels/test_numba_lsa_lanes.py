@@ -1,13 +1,14 @@
-"""The lane-tuple products of the linear-self-attention kernel (kernels/numba/lsa_lanes.py) against
-einsum, lane by lane: uneven shapes, partial row counts, accumulation, and NaN-poisoned outputs."""
+"""The lane-tuple products of the linear-self-attention kernel (kernels/numba/lsa_products.py) against
+einsum, lane by lane: uneven shapes, partial row counts (even and odd: the products take rows in
+pairs), accumulation, and NaN-poisoned outputs."""
 import numpy as np
 import pytest
 from numba import njit
 
-from kernels.numba import lsa_lanes
+from kernels.numba import lsa_lanes, lsa_products
 from kernels.numba.lsa_lanes import lane_count
 
-ROWS, D, USED = 7, 5, 4  # all different; products read only the first USED rows
+ROWS, D = 7, 5  # different; products read only the first `used` rows (4 or 5 below)
 # widths around the products' block of four output columns: a remainder only, one block and a
 # remainder, whole blocks, two blocks and a remainder
 WIDTHS = [3, 5, 8, 11]
@@ -26,38 +27,40 @@ def rtol(dtype):
     return 1e-12 if dtype == np.float64 else 1e-5
 
 
+@pytest.mark.parametrize("used", [4, 5])
 @pytest.mark.parametrize("D", WIDTHS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_mul_shared_and_mul_lanes_match_einsum(dtype, accumulate, D, rng):
+def test_mul_shared_and_mul_lanes_match_einsum(dtype, accumulate, D, used, rng):
     X, _, A, W = lane_arrays(rng, dtype, D)
     start = rng.standard_normal(X.shape).astype(dtype)  # (rows, D, LANES)
     with lsa_lanes.slp_vectorizer():
-        for product, want in ((lsa_lanes.mul_shared, np.einsum("tin,ik->tkn", X[:USED], W)),
-                              (lsa_lanes.mul_lanes, np.einsum("tin,ikn->tkn", X[:USED], A))):
+        for product, want in ((lsa_products.mul_shared, np.einsum("tin,ik->tkn", X[:used], W)),
+                              (lsa_products.mul_lanes, np.einsum("tin,ikn->tkn", X[:used], A))):
             out = start.copy() if accumulate else np.full_like(start, np.nan)
-            product(X, USED, W if product is lsa_lanes.mul_shared else A, out, accumulate)
+            product(X, used, W if product is lsa_products.mul_shared else A, out, accumulate)
             if accumulate:
-                want = want + start[:USED]
-            np.testing.assert_allclose(out[:USED], want, rtol=rtol(dtype), atol=rtol(dtype))
-            if accumulate:  # rows past USED are left as they were
-                np.testing.assert_array_equal(out[USED:], start[USED:])
+                want = want + start[:used]
+            np.testing.assert_allclose(out[:used], want, rtol=rtol(dtype), atol=rtol(dtype))
+            if accumulate:  # rows past used are left as they were
+                np.testing.assert_array_equal(out[used:], start[used:])
             else:
-                assert np.isnan(out[USED:]).all()
+                assert np.isnan(out[used:]).all()
 
 
+@pytest.mark.parametrize("used", [4, 5])
 @pytest.mark.parametrize("D", WIDTHS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_add_at_b_and_gram_match_einsum(dtype, D, rng):
+def test_add_at_b_and_gram_match_einsum(dtype, D, used, rng):
     X, Y, A, _ = lane_arrays(rng, dtype, D)
     G = A.copy()
     with lsa_lanes.slp_vectorizer():
-        lsa_lanes.add_at_b(X, Y, USED, G)
+        lsa_products.add_at_b(X, Y, used, G)
         gram = np.full(A.shape, np.nan, dtype)
-        lsa_lanes.gram(X, USED, gram)
-    want_g = A + np.einsum("tin,tkn->ikn", X[:USED], Y[:USED])
+        lsa_products.gram(X, used, gram)
+    want_g = A + np.einsum("tin,tkn->ikn", X[:used], Y[:used])
     np.testing.assert_allclose(G, want_g, rtol=rtol(dtype), atol=rtol(dtype))
-    want_gram = np.einsum("sin,skn->ikn", X[:USED], X[:USED])  # (D, D, LANES)
+    want_gram = np.einsum("sin,skn->ikn", X[:used], X[:used])  # (D, D, LANES)
     np.testing.assert_allclose(gram, want_gram, rtol=rtol(dtype), atol=rtol(dtype))  # f32: cancellation
     np.testing.assert_array_equal(gram, gram.transpose(1, 0, 2))  # mirrored exactly
 
@@ -75,8 +78,8 @@ def test_lanes_do_not_mix(dtype, rng):
             out = np.empty((ROWS, D, LANES), dtype)
             gram = np.empty((D, D, LANES), dtype)
             with lsa_lanes.slp_vectorizer():
-                lsa_lanes.mul_lanes(X_, ROWS, A, out, False)
-                lsa_lanes.gram(X_, ROWS, gram)
+                lsa_products.mul_lanes(X_, ROWS, A, out, False)
+                lsa_products.gram(X_, ROWS, gram)
             outs.append((out, gram))
         for before, after in zip(*outs):
             changed = np.any(before != after, axis=tuple(range(before.ndim - 1)))  # (LANES,)
