@@ -11,9 +11,11 @@ value in C order of (B, T, d), PCG64 as in kernels.numba.pcg64.
 Kernel (`@njit(cache=True, parallel=True)`, launch shape: `prange` over pieces of tasks):
     draw_kernel   each piece of `chunk` consecutive tasks (B*T*d values cut into contiguous pieces
                   by B alone, not by the thread count) jumps its own copy of the PCG64 state to its
-                  first value (LCG jump-ahead, O(log n) 128-bit products), then per value: step,
-                  output, uniform; x goes straight into the tokens, y is summed in the oracle's
-                  order, the query's label is 0 and y_q is the target.
+                  first value (LCG jump-ahead, O(log n) 128-bit products), draws the piece's x into
+                  a scratch row with 32 PCG64 states stepped side by side in SIMD lanes
+                  (kernels.numba.pcg64_lanes: NumPy's values, ~0.7 ns a value here against ~1.9 ns
+                  one state at a time), then per task copies x into the tokens and sums y in the
+                  oracle's order; the query's label is 0 and y_q is the target.
 Afterwards the Generator gets the state B*T*d steps past the end of w (jump-ahead) and keeps its
 buffered 32-bit half (`has_uint32`, `uinteger`), which the 64-bit draws leave alone.
 
@@ -22,13 +24,16 @@ Falls back to the oracle (same numbers, NumPy speed) when the bit generator is n
 not a real scalar, or a weight_scale whose product with float64 normals is not float64.
 
 Measured by benchmarks/draw.py (benchmarks/results/draw_cpu.json: AMD EPYC, 2 shared cores,
-B = 2048, N = d = 10, float64, median of 50): the oracle 1.41 ms, this drawer 0.39 ms (2 threads;
-0.53 ms on one), of which ~0.06 ms is the draw of w (NumPy's own took ~0.2 ms).
+B = 2048, N = d = 10, float64, median of 50): the oracle 1.40 ms, this drawer 0.27 ms (2 threads;
+0.41 ms on one; 0.39 ms before the x were drawn in lanes), of which ~0.05 ms is the draw of w
+(one thread: each normal's position in the stream depends on the one before) and about as much
+the writing of the 2 MB of tokens.
 """
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
-from kernels.numba.pcg64 import pcg64_jump, pcg64_uniform, set_state, state_words
+from kernels.numba.pcg64 import pcg64_jump, set_state, state_words
+from kernels.numba.pcg64_lanes import STATES, lane_states, stride_map, uniform_rounds
 from kernels.numba.ziggurat import normal_kernel
 from refimpl.data import linear_regression_tasks as _oracle_tasks
 from refimpl.validate import check_positive_int
@@ -43,14 +48,23 @@ def draw_kernel(st, w, low, span, chunk, tok, tgt):
     d = D - 1
     npieces = (B + chunk - 1) // chunk
     ih, il = st[2], st[3]
+    amap = stride_map(ih, il)
     for c in prange(npieces):
-        b0 = c * chunk
+        b0, b1 = c * chunk, min(B, (c + 1) * chunk)
+        cnt = (b1 - b0) * T * d
+        rounds = (cnt + STATES - 1) // STATES
+        xs = np.empty(rounds * STATES)  # the piece's x in the oracle's order (and a last round's spares)
+        lanes = np.empty((2, STATES), np.uint64)
         sh, sl = pcg64_jump(st[0], st[1], ih, il, np.uint64(b0 * T * d))
-        for b in range(b0, min(B, b0 + chunk)):
+        lane_states(sh, sl, ih, il, lanes)
+        uniform_rounds(lanes, amap, xs, 0, rounds, low, span)
+        i = 0
+        for b in range(b0, b1):
             for t in range(T):
                 y = -0.0  # the exact identity of +: y = -0.0 + x_0 w_0 = x_0 w_0, as the oracle's
                 for k in range(d):
-                    sh, sl, x = pcg64_uniform(sh, sl, ih, il, low, span)
+                    x = xs[i]
+                    i += 1
                     tok[b, t, k] = x
                     y = y + x * w[b, k]
                 if t == T - 1:
