@@ -12,7 +12,8 @@ the final read-out at the query token), so an evaluation compiles nothing more.
 from numba import njit, prange
 
 from kernels.numba.lsa_lanes import add, clip_lanes, fma_scalar, lanes, nlanes, scale, store, unclipped
-from kernels.numba.lsa_products import add_at_b, gram, lanes_column, mul_lanes, mul_shared, shared_column
+from kernels.numba.lsa_products import (add_at_b, check_lanes, gram, lanes_column, mul_lanes, mul_shared,
+                                        shared_column)
 from kernels.numba.lsa_mlp import (mlp_backward, mlp_forward, query_head_backward, readout_row_backward,
                                    readout_row_forward)
 from kernels.numba.ops import gelu_consts
@@ -45,6 +46,8 @@ def full_forward(X, S, W_KQ, W_PV, lam, yup, clip, A, U, V, O, Z, Xn):
     O = sum_h V_h W_PV^h, Z = X + lam O (label column only with y_update), Xn = clip(Z)
     (Xn = Z when clip = 0). W_KQ, W_PV (H, D, D); U, V (H, T, D, NL)."""
     T, D = X.shape[0], X.shape[1]
+    check_lanes(X, Z, Xn)
+    check_lanes(O, A, X)
     gram(X, S, A)
     for h in range(W_KQ.shape[0]):
         mul_shared(X, T, W_KQ[h], U[h], False)
@@ -64,6 +67,8 @@ def full_backward(X, S, W_KQ_T, W_PV_T, lam, yup, clip, A, U, V, Z, dX, need_dx,
     dW_KQ, dW_PV (H, D, D, NL) gain this group's parameter-space gradients."""
     NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[0], X.shape[1]
+    check_lanes(X, Z, dX)
+    check_lanes(dO, dA, X)
     for t in range(T):
         for i in range(D):
             d = lanes(dX, t, i)

@@ -10,8 +10,8 @@ from kernels.numba.lsa_lanes import lane_count
 
 ROWS, D = 7, 5  # different; products read only the first `used` rows (4 or 5 below)
 # widths around the products' block of four output columns: a remainder only, one block and a
-# remainder, whole blocks, two blocks and a remainder
-WIDTHS = [3, 5, 8, 11]
+# remainder of one or two, whole blocks, two blocks and a remainder of three
+WIDTHS = [3, 5, 6, 8, 11]
 
 
 def lane_arrays(rng, dtype, D=D):
@@ -63,6 +63,21 @@ def test_add_at_b_and_gram_match_einsum(dtype, D, used, rng):
     want_gram = np.einsum("sin,skn->ikn", X[:used], X[:used])  # (D, D, LANES)
     np.testing.assert_allclose(gram, want_gram, rtol=rtol(dtype), atol=rtol(dtype))  # f32: cancellation
     np.testing.assert_array_equal(gram, gram.transpose(1, 0, 2))  # mirrored exactly
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_products_refuse_a_lane_axis_that_is_not_the_lane_count(dtype, rng):
+    """The products address their columns with the lane count as a constant stride: an array
+    whose last axis holds another count is refused, not read at the wrong places."""
+    X, Y, A, W = lane_arrays(rng, dtype)
+    short = np.ascontiguousarray(X[:, :, :-1])  # one lane fewer
+    with lsa_lanes.slp_vectorizer():
+        for call in (lambda: lsa_products.mul_shared(short, 4, W, np.zeros_like(short), False),
+                     lambda: lsa_products.mul_lanes(X, 4, np.ascontiguousarray(A[:, :, :-1]), np.zeros_like(X), False),
+                     lambda: lsa_products.add_at_b(X, short, 4, A.copy()),
+                     lambda: lsa_products.gram(short, 4, np.zeros((D, D, short.shape[2]), dtype))):
+            with pytest.raises(ValueError, match="lane count"):
+                call()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
