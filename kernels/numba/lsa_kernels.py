@@ -111,6 +111,7 @@ def readout_forward(X, S, W_KQ, W_PV, lam, A, U, V, z):
         z[j] = 0
     for h in range(W_KQ.shape[0]):
         u, v = U[h], V[h]  # row 0: (T, D, NL)
+        check_lanes(u, v, X)
         for k in range(D):  # one column at a time (the blocked products compile far longer)
             shared_column(X, T - 1, W_KQ[h], k, u, 0, False)  # u = q W_KQ^h
         for k in range(D):
@@ -130,6 +131,7 @@ def readout_backward(X, S, W_KQ_T, W_PV, lam, A, U, V, dz, need_dx, dX, dv, du, 
     need_dx, dX (T, D, NL) is overwritten with d X."""
     NL = nlanes(X)  # tasks per group: 8 in float64, 16 in float32
     T, D = X.shape[0], X.shape[1]
+    check_lanes(dv, du, dX)
     if need_dx:
         dX[...] = 0
         for j in range(NL):

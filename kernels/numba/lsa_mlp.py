@@ -15,7 +15,7 @@ from numba import njit
 
 from kernels.numba.lsa_lanes import (add, clip_lanes, fma, fma_scalar, lanes, mul, nlanes, scale, store,
                                      unclipped)
-from kernels.numba.lsa_products import add_at_b, lanes_column, mul_shared, shared_column
+from kernels.numba.lsa_products import add_at_b, check_lanes, lanes_column, mul_shared, shared_column
 from kernels.numba.ops import G_A, G_C, G_HALF, G_ONE, gelu_tanh
 
 OPTS = {"cache": True, "fastmath": {"contract"}, "error_model": "numpy"}
@@ -27,6 +27,7 @@ def mlp_forward(Xc, rows, W1, b1, W2, b2, lam, HID, TH, ACT, Xout, g):
     (HID, TH (rows, F, NL)) for the backward; ACT is scratch. g = ops.gelu_consts(cst)."""
     NL = nlanes(Xc)
     D, F = W1.shape[0], W1.shape[1]
+    check_lanes(Xc, HID, Xout)
     mul_shared(Xc, rows, W1, HID, False)
     for t in range(rows):
         for f in range(F):
@@ -128,6 +129,9 @@ def query_head_backward(X, S, W_KQ_T_h, A, Uh, dv, du, dW_KQ_h, need_dx, dX):
     d q += W_KQ^h du and dX[:S] += C (dA + dA^T) = (C u) dv^T + (C dv) u^T (dA = u dv^T). Shared by
     both read-outs (lsa_kernels.readout_backward, readout_row_backward)."""
     T, D = X.shape[0], X.shape[1]
+    check_lanes(X, A, Uh)
+    check_lanes(dv, du, dW_KQ_h)
+    check_lanes(dX, dX, dX)
     for k in range(D):
         lanes_column(dv, 0, A, k, du, 0, False)  # du = dv A = A dv (A symmetric)
     for i in range(D):  # dW_KQ += q du^T
