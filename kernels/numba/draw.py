@@ -25,9 +25,9 @@ not a real scalar, or a weight_scale whose product with float64 normals is not f
 
 Measured by benchmarks/draw.py (benchmarks/results/draw_cpu.json: AMD EPYC, 2 shared cores,
 B = 2048, N = d = 10, float64, median of 50): the oracle 1.40 ms, this drawer 0.27 ms (2 threads;
-0.41 ms on one; 0.39 ms before the x were drawn in lanes), of which ~0.05 ms is the draw of w
-(one thread: each normal's position in the stream depends on the one before) and about as much
-the writing of the 2 MB of tokens.
+0.41 ms on one; 0.39 ms before the x were drawn in lanes). In a profile (not that benchmark), ~0.05
+ms of it is the draw of w (one thread: each normal's position in the stream depends on the one
+before) and about as much the copy of x into the tokens with the sums for y.
 """
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
